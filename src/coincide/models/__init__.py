@@ -1,1 +1,21 @@
-"""models"""
+"""Encoders f and g (features vs embedding head) and the coincidence, cluster and class heads."""
+
+from coincide.models.encoders import (
+    ARCHS,
+    Encoder,
+    EncoderConfig,
+    build_encoder,
+    images_to_tensor,
+)
+from coincide.models.heads import ClassifierHead, ClusterHead, CoincidenceHead
+
+__all__ = [
+    "ARCHS",
+    "ClassifierHead",
+    "ClusterHead",
+    "CoincidenceHead",
+    "Encoder",
+    "EncoderConfig",
+    "build_encoder",
+    "images_to_tensor",
+]

@@ -1,0 +1,145 @@
+"""Process-group helpers that fall back to one process.
+
+The same code runs as `coincide train ...` (one process: every helper is the identity) and as
+`torchrun --nproc_per_node N coincide train ...` (`setup` joins the group torchrun describes in
+the environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+
+Gradient convention of the two collectives with gradient: each is the exact adjoint of its
+forward summed over ranks, i.e. backward propagates the gradient of sum_r L_r (the sum of every
+rank's loss). DistributedDataParallel then divides parameter gradients by the world size, so the
+model follows the gradient of mean_r L_r, which the losses in `coincide.losses` define to equal
+the loss on the global batch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as torch_dist
+
+from coincide.errors import UserError
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group."""
+    return torch_dist.is_available() and torch_dist.is_initialized()
+
+
+def rank() -> int:
+    """This process's global rank (0 without a process group)."""
+    return torch_dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    return torch_dist.get_world_size() if is_distributed() else 1
+
+
+def local_rank() -> int:
+    """This process's rank on its node, as torchrun sets it (0 otherwise)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main() -> bool:
+    """True on the one process that logs and writes (rank 0)."""
+    return rank() == 0
+
+
+def setup(device: str = "auto") -> torch.device:
+    """Join torchrun's process group if WORLD_SIZE > 1 and return the device to compute on.
+
+    device: "auto" (CUDA when available, else CPU), "cuda" or "cpu". Under torchrun with CUDA
+    each process takes GPU LOCAL_RANK and the backend is NCCL; on CPU it is gloo.
+    """
+    if device not in ("auto", "cuda", "cpu"):
+        raise UserError(f"Device '{device}' is unknown; use auto, cuda or cpu.")
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise UserError(
+            "Device 'cuda' was asked for but no CUDA GPU is visible; use --set device=cpu."
+        )
+    chosen = torch.device("cpu")
+    if use_cuda:
+        if local_rank() >= torch.cuda.device_count():
+            raise UserError(
+                f"LOCAL_RANK {local_rank()} has no GPU ({torch.cuda.device_count()} visible); "
+                "start at most one process per GPU."
+            )
+        chosen = torch.device("cuda", local_rank())
+        torch.cuda.set_device(chosen)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
+        if use_cuda:
+            torch_dist.init_process_group(backend="nccl", device_id=chosen)
+        else:
+            torch_dist.init_process_group(backend="gloo")
+    return chosen
+
+
+def cleanup() -> None:
+    """Leave the process group (no-op without one)."""
+    if is_distributed():
+        torch_dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op without a process group)."""
+    if is_distributed():
+        torch_dist.barrier()
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x = x.contiguous()
+        parts = [torch.empty_like(x) for _ in range(torch_dist.get_world_size())]
+        torch_dist.all_gather(parts, x)
+        ctx.rows = x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # Every rank used every rank's rows: this rank's rows receive the sum of all ranks'
+        # gradients for them. (gloo has no reduce_scatter; the all-reduce is B_global x d, small.)
+        grad = grad.contiguous().clone()
+        torch_dist.all_reduce(grad, op=torch_dist.ReduceOp.SUM)
+        start = torch_dist.get_rank() * ctx.rows
+        return grad[start : start + ctx.rows]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's `(B_local, ...)` tensor in rank order -> `(world * B_local, ...)`.
+
+    Gradient flows back to each rank's own rows (summed over the ranks that used them). All ranks
+    must pass the same shape (the trainer's fixed batch size guarantees it). Without a process
+    group this returns x itself.
+    """
+    if not is_distributed() or world_size() == 1:
+        return x
+    return _AllGatherWithGrad.apply(x)
+
+
+class _AllReduceMean(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        mean = x.clone()
+        torch_dist.all_reduce(mean, op=torch_dist.ReduceOp.SUM)
+        return mean / torch_dist.get_world_size()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        # Each rank's input enters every rank's output with weight 1/world.
+        grad = grad.contiguous().clone()
+        torch_dist.all_reduce(grad, op=torch_dist.ReduceOp.SUM)
+        return grad / torch_dist.get_world_size()
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean of x over ranks (same shape), differentiable; x itself without a process group.
+
+    Used for the cluster marginal of the global batch, and (detached) for logging a loss that
+    means the same on every rank.
+    """
+    if not is_distributed() or world_size() == 1:
+        return x
+    return _AllReduceMean.apply(x)

@@ -1,0 +1,136 @@
+"""Heads on top of the embeddings: p_AA / p_AV, p_clust and p_class (paper sections 3 and 4)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from coincide.errors import UserError
+
+
+class CoincidenceHead(nn.Module):
+    """p_AA or p_AV: "a single 512-unit fully connected ReLU layer followed by a binary
+    classification output layer (i.e., logistic regression)" on z = [e1, e2] in R^{2d}.
+
+    Returns logits; the probability of coincidence is their sigmoid.
+    """
+
+    def __init__(self, embed_dim: int = 128, hidden: int = 512) -> None:
+        super().__init__()
+        if embed_dim < 1 or hidden < 1:
+            raise UserError(
+                f"Coincidence head sizes must be positive (embed_dim={embed_dim}, hidden={hidden})."
+            )
+        self.embed_dim = embed_dim
+        self.hidden = nn.Linear(2 * embed_dim, hidden)
+        self.output = nn.Linear(hidden, 1)
+
+    def forward(self, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
+        """Aligned pairs: e1, e2 `(batch, d)` -> coincidence logits `(batch,)`."""
+        z = torch.cat([e1, e2], dim=-1)
+        return self.output(F.relu(self.hidden(z))).squeeze(-1)
+
+    def pairwise_logits(
+        self, e1: torch.Tensor, e2: torch.Tensor, max_elements: int = 2**28
+    ) -> torch.Tensor:
+        """All pairs: e1 `(B1, d)`, e2 `(B2, d)` -> logits `(B1, B2)`, (i, j) for [e1_i, e2_j].
+
+        The first layer is linear in z, so W [e1_i, e2_j] + c = (W1 e1_i + c) + W2 e2_j: each side
+        is projected once and the (B1, B2, 2d) concatenation never exists. The hidden activations
+        (B1, B2, hidden) cannot be avoided; when they would exceed `max_elements` they are computed
+        in blocks of rows, each block recomputed during backward (activation checkpointing), so
+        neither the forward nor the autograd graph holds more than one block.
+        """
+        d = self.embed_dim
+        weight = self.hidden.weight
+        e1_part = F.linear(e1, weight[:, :d], self.hidden.bias)  # (B1, hidden)
+        e2_part = F.linear(e2, weight[:, d:])  # (B2, hidden)
+        rows = max(1, max_elements // max(1, e2_part.shape[0] * e2_part.shape[1]))
+        if rows >= e1_part.shape[0]:
+            return self._pair_block(e1_part, e2_part)
+        blocks = []
+        for start in range(0, e1_part.shape[0], rows):
+            e1_rows = e1_part[start : start + rows]
+            if torch.is_grad_enabled():
+                block = checkpoint(self._pair_block, e1_rows, e2_part, use_reentrant=False)
+            else:
+                block = self._pair_block(e1_rows, e2_part)
+            blocks.append(block)
+        return torch.cat(blocks)
+
+    def _pair_block(self, e1_part: torch.Tensor, e2_part: torch.Tensor) -> torch.Tensor:
+        """(rows, hidden), (B2, hidden) -> logits (rows, B2)."""
+        hidden = F.relu(e1_part[:, None, :] + e2_part[None, :, :])
+        return self.output(hidden).squeeze(-1)
+
+
+class ClusterHead(nn.Module):
+    """p_clust: one fully connected layer with K outputs. Following the paper, "length normalizing
+    both input embeddings and layer weights for each output logit and introduce a fixed logit
+    scaling factor of 60 before applying the softmax".
+
+    Weights start random (cold start, no k-means). K may reach 1,000,000: the layer holds a
+    (K, d) weight, a normalised copy of it and the (batch, K) logits, nothing larger.
+    """
+
+    def __init__(self, embed_dim: int = 128, num_clusters: int = 1000, scale: float = 60.0) -> None:
+        super().__init__()
+        if num_clusters < 2:
+            raise UserError(f"The number of clusters K must be at least 2, got {num_clusters}.")
+        self.num_clusters = num_clusters
+        self.scale = scale
+        self.weight = nn.Parameter(torch.randn(num_clusters, embed_dim))
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Embeddings `(batch, d)` -> logits `(batch, K)` = 60 * cosine, in [-60, 60].
+
+        Computed in float32 even under autocast: bf16 keeps about 3 significant digits, and the
+        scale of 60 would turn that rounding of the cosine into logit errors of about 0.25.
+        """
+        # float64 stays float64 (tests); anything narrower becomes float32.
+        dtype = torch.promote_types(embeddings.dtype, torch.float32)
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            # Normalising the (K, d) weight is cheaper than rescaling the (batch, K) logits
+            # whenever batch > d, and it is the same number.
+            unit_weight = F.normalize(self.weight.to(dtype), dim=1)
+            unit_embeddings = F.normalize(embeddings.to(dtype), dim=-1)
+            return (self.scale * unit_embeddings) @ unit_weight.T
+
+    def probs(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Embeddings `(batch, d)` -> cluster assignment probabilities `(batch, K)`."""
+        return torch.softmax(self(embeddings), dim=-1)
+
+
+class ClassifierHead(nn.Module):
+    """p_class: C outputs on the embedding, softmax (mutually exclusive classes) or one sigmoid
+    per class (multi-label). `hidden` > 0 inserts one ReLU layer of that width (the paper's
+    shallow classifier evaluation uses 512)."""
+
+    def __init__(
+        self, embed_dim: int, num_classes: int, multilabel: bool = False, hidden: int = 0
+    ) -> None:
+        super().__init__()
+        if num_classes < 1 or hidden < 0:
+            raise UserError(
+                f"Classifier head needs num_classes >= 1 and hidden >= 0 "
+                f"(got {num_classes} and {hidden})."
+            )
+        self.multilabel = multilabel
+        layers: list[nn.Module] = []
+        width = embed_dim
+        if hidden > 0:
+            layers += [nn.Linear(embed_dim, hidden), nn.ReLU(inplace=True)]
+            width = hidden
+        layers.append(nn.Linear(width, num_classes))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Embeddings `(batch, d)` -> class logits `(batch, C)`."""
+        return self.layers(embeddings)
+
+    def probs(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Embeddings `(batch, d)` -> class scores `(batch, C)` (softmax, or sigmoid per class)."""
+        logits = self(embeddings)
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
