@@ -34,11 +34,33 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
 
     # 1. Benchmark videos composed from real spoken digits, handwritten digits and ambient sound.
-    _step("compose the demo benchmark videos", ["make-bench", str(bench), "--preset", "demo"])
+    _step(
+        "compose the demo benchmark videos",
+        ["make-bench", str(bench), "--preset", "demo", "--force"],
+    )
     # 2. Ingest: log-mel windows and 1 Hz frames into feature stores (resumable, idempotent).
-    labels = str(bench / "labels.csv")
-    _step("ingest the training videos", ["ingest", str(bench / "train"), "--store", str(train_store), "--labels", labels])
-    _step("ingest the test videos", ["ingest", str(bench / "test"), "--store", str(test_store), "--labels", labels])
+    _step(
+        "ingest the training videos",
+        [
+            "ingest",
+            str(bench / "train"),
+            "--store",
+            str(train_store),
+            "--labels",
+            str(bench / "labels_train.csv"),
+        ],
+    )
+    _step(
+        "ingest the test videos",
+        [
+            "ingest",
+            str(bench / "test"),
+            "--store",
+            str(test_store),
+            "--labels",
+            str(bench / "labels_test.csv"),
+        ],
+    )
     _step("summarise the training store", ["info", str(train_store)])
 
     print(f"\ndemo finished in {time.monotonic() - started:.0f} s; outputs are in {out}/")
