@@ -1,0 +1,597 @@
+"""`coincide label`: cluster-based active learning (paper 3.3) and the random-labeling baseline.
+
+"If the clusters are sufficiently pure, we can simply request a label for a single,
+randomly-selected cluster constituent and propagate that label to the cluster cohabitants."
+
+A labeling session lives in the label store (SQLite by default, `RUN/labels.sqlite`):
+1. Selection (`cluster_order`, `select_requests`): for a budget of N, the first N clusters of a
+   fixed, seeded order of the active clusters (uniformly random, the paper; or largest first),
+   each shown through one member (random, the paper; or the medoid). The order and the member
+   of a cluster depend only on the seed and the clustering, so a larger budget extends the
+   same list: `extend_session` adds only the new requests, and earlier answers are kept.
+2. Answers (`answer_with_oracle`): the simulated annotator of the paper answers each pending
+   request with the clip-level labels of the shown window's clip (or `skip` when that clip has
+   none), committed one by one as annotator `oracle`. People answer the same requests through
+   the web page (a later command), writing through the same store.
+3. Propagation (`propagate_answers`): each cluster answered with labels gives them to every one
+   of its windows; `RUN/labels/<session>/propagated.parquet` holds (window_index, labels,
+   cluster_id) for the first N requests.
+
+Random baseline (`--strategy random`): N windows drawn uniformly at random, each labeled alone,
+no propagation. In the label store each is a request whose "cluster" is the window itself
+(cluster_id = window index), so people and the oracle answer both strategies the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pandas as pd
+
+from coincide.cluster import Clustering, ClusterMembers, load_clustering, store_clusters_dir
+from coincide.errors import UserError
+from coincide.metrics import labels_to_matrix, propagated_label_quality
+from coincide.store.features import FeatureStore, open_store
+from coincide.store.labels import Answer, LabelStore, Request, Session, SQLiteLabelStore
+from coincide.store.media_labels import read_labels_csv
+
+Strategy = Literal["cluster", "random"]
+Order = Literal["random", "size"]
+MemberChoice = Literal["random", "medoid"]
+STRATEGIES: tuple[str, ...] = ("cluster", "random")
+ORACLE_ANNOTATOR = "oracle"
+PROPAGATED_FILE = "propagated.parquet"
+SUMMARY_FILE = "summary.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Selection
+
+
+def cluster_order(sizes: np.ndarray, order: Order = "random", seed: int = 0) -> np.ndarray:
+    """The order in which active clusters are put to the annotator.
+
+    Args:
+        sizes: `(K,)` windows per cluster; clusters of size 0 are never asked.
+        order: "random" (uniform permutation, the paper) or "size" (largest first, ties in a
+            seeded random order).
+        seed: the permutation's seed.
+
+    Returns:
+        `(active,)` int64 cluster ids; a budget of N asks the first N.
+    """
+    sizes = np.asarray(sizes)
+    active = np.flatnonzero(sizes > 0)
+    shuffled = active[np.random.default_rng(seed).permutation(len(active))]
+    if order == "random":
+        return shuffled
+    if order == "size":
+        return shuffled[np.argsort(-sizes[shuffled], kind="stable")]
+    raise UserError(f"cluster order '{order}' is unknown; use random or size.")
+
+
+def pick_member(
+    members: np.ndarray,
+    cluster_id: int,
+    how: MemberChoice = "random",
+    seed: int = 0,
+    embeddings: np.ndarray | None = None,
+) -> int:
+    """The window shown for a cluster.
+
+    Args:
+        members: `(m,)` window indices of the cluster (m >= 1).
+        cluster_id: the cluster (seeds the random choice together with `seed`, so a cluster's
+            member does not depend on which other clusters were asked).
+        how: "random" (the paper) or "medoid" (the member with the highest cosine similarity
+            to the mean of the members' unit embeddings).
+        embeddings: `(n, d)` embeddings of the whole store, needed for "medoid".
+
+    Returns:
+        The chosen window index.
+    """
+    if len(members) == 0:
+        raise ValueError(f"cluster {cluster_id} has no members")
+    if how == "random":
+        rng = np.random.default_rng([seed, int(cluster_id)])
+        return int(members[rng.integers(len(members))])
+    if how == "medoid":
+        if embeddings is None:
+            raise UserError(
+                "the medoid member needs the store's embeddings; run `coincide cluster` first."
+            )
+        vectors = np.asarray(embeddings[np.sort(members)], dtype=np.float64)
+        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        centroid = unit.mean(axis=0)
+        return int(np.sort(members)[int(np.argmax(unit @ centroid))])
+    raise UserError(f"member choice '{how}' is unknown; use random or medoid.")
+
+
+def select_requests(
+    assignment: np.ndarray,
+    num_clusters: int,
+    budget: int,
+    order: Order = "random",
+    member: MemberChoice = "random",
+    seed: int = 0,
+    embeddings: np.ndarray | None = None,
+    members: ClusterMembers | None = None,
+) -> list[tuple[int, int]]:
+    """The first `budget` requests of a cluster-labeling session (fewer when there are fewer
+    active clusters): `(cluster_id, window_index)` pairs in asking order.
+
+    Args:
+        assignment: `(n,)` cluster of each window; num_clusters: K.
+        budget: N, the number of clusters to ask.
+        order, member, seed: see `cluster_order` and `pick_member`.
+        embeddings: `(n, d)`, for the medoid member.
+        members: the grouping of `assignment` when the caller already has it.
+    """
+    if budget < 0:
+        raise UserError(f"the label budget is {budget}; give a positive number of labels.")
+    members = members or ClusterMembers(assignment)
+    sizes = np.bincount(np.asarray(assignment, dtype=np.int64), minlength=num_clusters)
+    chosen = cluster_order(sizes, order, seed)[:budget]
+    return [
+        (int(c), pick_member(members.members(c), int(c), member, seed, embeddings)) for c in chosen
+    ]
+
+
+def random_window_requests(n_windows: int, budget: int, seed: int = 0) -> list[tuple[int, int]]:
+    """The first `budget` requests of a random-labeling session: windows drawn uniformly without
+    replacement (a seeded permutation, so a larger budget extends a smaller one), each its own
+    "cluster": `(window_index, window_index)` pairs."""
+    if budget < 0:
+        raise UserError(f"the label budget is {budget}; give a positive number of labels.")
+    windows = np.random.default_rng(seed).permutation(n_windows)[:budget]
+    return [(int(w), int(w)) for w in windows]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions
+
+
+def assignment_fingerprint(assignment: np.ndarray) -> str:
+    """A short hash of a cluster assignment: a session is tied to the clustering it asked."""
+    data = np.ascontiguousarray(np.asarray(assignment, dtype=np.int64))
+    return hashlib.sha256(data.tobytes()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """How a session chooses its requests; stored in the session, checked when extending."""
+
+    strategy: Strategy
+    seed: int
+    windows: int
+    clustering: str | None = None
+    order: Order = "random"
+    member: MemberChoice = "random"
+    fingerprint: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        """The plan as the session's JSON parameters (the strategy and seed have columns)."""
+        if self.strategy == "random":
+            return {"windows": self.windows}
+        return {
+            "windows": self.windows,
+            "clustering": self.clustering,
+            "order": self.order,
+            "member": self.member,
+            "assignment": self.fingerprint,
+        }
+
+
+def cluster_plan(
+    clustering: Clustering, order: Order = "random", member: MemberChoice = "random", seed: int = 0
+) -> SessionPlan:
+    """The plan of a cluster-labeling session over `clustering`."""
+    return SessionPlan(
+        strategy="cluster",
+        seed=seed,
+        windows=len(clustering.assignment),
+        clustering=clustering.name,
+        order=order,
+        member=member,
+        fingerprint=assignment_fingerprint(clustering.assignment),
+    )
+
+
+def open_session(
+    label_store: LabelStore, name: str, run: Path, store: FeatureStore, plan: SessionPlan
+) -> Session:
+    """The session called `name`, created with `plan` when new; an existing session must have
+    been made with the same plan (else a larger budget would not extend the same list)."""
+    existing = label_store.get_session(name)
+    if existing is None:
+        label_store.create_session(
+            name, str(run), str(store.root.resolve()), plan.strategy, plan.seed, plan.params()
+        )
+        created = label_store.get_session(name)
+        assert created is not None
+        return created
+    wanted = {"strategy": plan.strategy, "seed": plan.seed, **plan.params()}
+    have = {"strategy": existing.strategy, "seed": existing.seed, **existing.params}
+    differ = sorted(key for key in wanted.keys() | have.keys() if wanted.get(key) != have.get(key))
+    if differ:
+        key = differ[0]
+        reason = (
+            "the clustering changed since the session began"
+            if key == "assignment"
+            else f"it has {key} = {have.get(key)!r}, not {wanted.get(key)!r}"
+        )
+        raise UserError(
+            f"labeling session {name!r} cannot be extended: {reason}; "
+            "use the same settings or another --session name."
+        )
+    if existing.store != str(store.root.resolve()):
+        raise UserError(
+            f"labeling session {name!r} labels the store {existing.store}, not {store.root}; "
+            "use that store or another --session name."
+        )
+    return existing
+
+
+def extend_session(
+    label_store: LabelStore,
+    session: Session,
+    budget: int,
+    clustering: Clustering | None = None,
+    embeddings: np.ndarray | None = None,
+    members: ClusterMembers | None = None,
+) -> list[Request]:
+    """Make sure the session holds the first `budget` requests of its plan (adding only the
+    missing ones) and return those `budget` requests, in order."""
+    params = session.params
+    if session.strategy == "random":
+        wanted = random_window_requests(int(params["windows"]), budget, session.seed)
+    else:
+        if clustering is None:
+            raise ValueError("a cluster-labeling session needs its clustering")
+        wanted = select_requests(
+            clustering.assignment,
+            clustering.num_clusters,
+            budget,
+            params["order"],
+            params["member"],
+            session.seed,
+            embeddings,
+            members,
+        )
+    label_store.add_requests(session.id, wanted)
+    return label_store.requests(session.id)[: len(wanted)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The simulated annotator
+
+
+class Oracle(Protocol):
+    """Answers "what is in this window?" with a list of labels (empty: it cannot say)."""
+
+    def __call__(self, window_index: int) -> Sequence[str]: ...
+
+
+@dataclass
+class WindowLabelOracle:
+    """The paper's simulated annotator: the clip-level labels of the window's clip.
+
+    `window_labels[i]` is the label list of window i (its clip's labels); `calls` counts the
+    questions asked, so a test can check that nothing was asked twice.
+    """
+
+    window_labels: Sequence[Sequence[str]]
+    calls: int = 0
+
+    def __call__(self, window_index: int) -> Sequence[str]:
+        self.calls += 1
+        return list(self.window_labels[window_index])
+
+
+def oracle_window_labels(store: FeatureStore, source: str | Path) -> list[list[str]]:
+    """The label list of every window of `store`, from `source`: "store" (the store's own
+    clip-level labels) or a CSV file `path,label` (one row per label; paths as ingested).
+
+    Returns:
+        `n` lists of labels, row i for window i (empty for a clip with no label).
+    """
+    index = store.index
+    if str(source) == "store":
+        window_labels = [list(labels) for labels in index["labels"]]
+        if not any(window_labels):
+            raise UserError(
+                f"feature store {store.root} has no labels to simulate the annotator with; "
+                "attach them with `coincide add-labels` or give --oracle LABELS.csv."
+            )
+        return window_labels
+    csv_path = Path(source)
+    if not csv_path.is_file():
+        raise UserError(f"--oracle {csv_path} is not a file; give a path,label CSV or 'store'.")
+    by_path: dict[str, set[str]] = {}
+    for path, label in read_labels_csv(csv_path).rows:
+        by_path.setdefault(str(path), set()).add(label)
+    paths = index["media_path"].to_numpy()
+    if not set(by_path) & set(paths):
+        raise UserError(
+            f"no path in {csv_path} matches a media file of the store {store.root}; "
+            "give the paths as they were ingested (relative to the CSV's folder)."
+        )
+    return [sorted(by_path.get(str(p), ())) for p in paths]
+
+
+def answer_with_oracle(
+    label_store: LabelStore, session: Session, requests: Iterable[Request], oracle: Oracle
+) -> int:
+    """Answer every pending request in `requests` with the oracle, each answer committed as it
+    is given (a crash loses at most the question being asked); answered requests are not asked
+    again. Labels become a `label` answer, no label a `skip`. Returns the number answered."""
+    answered = 0
+    for request in requests:
+        if request.state == "answered":
+            continue
+        labels = list(oracle(request.window_index))
+        label_store.answer(
+            session.id,
+            request.cluster_id,
+            request.window_index,
+            labels,
+            "label" if labels else "skip",
+            ORACLE_ANNOTATOR,
+        )
+        answered += 1
+    return answered
+
+
+# ---------------------------------------------------------------------------------------------
+# Propagation
+
+
+def propagate_answers(
+    answers: Iterable[Answer], members: ClusterMembers | None, kinds: Sequence[str] = ("label",)
+) -> pd.DataFrame:
+    """Give each answered cluster's labels to every window of the cluster.
+
+    Args:
+        answers: the answers to propagate (of kinds other than `kinds` give nothing; by
+            default only confident `label` answers do, not `unsure` or `mixed` ones).
+        members: the clusters' windows; None for a random-labeling session, where each
+            answer labels its own window only.
+
+    Returns:
+        DataFrame with one row per labeled window, sorted by window: `window_index` (int64),
+        `labels` (list of str), `cluster_id` (int64, the answered request).
+    """
+    window_parts: list[np.ndarray] = []
+    label_parts: list[list[str]] = []
+    cluster_parts: list[int] = []
+    for answer in answers:
+        if answer.kind not in kinds or not answer.labels:
+            continue
+        windows = (
+            np.array([answer.window_index], dtype=np.int64)
+            if members is None
+            else members.members(answer.cluster_id)
+        )
+        window_parts.append(windows)
+        label_parts.extend([list(answer.labels)] * len(windows))
+        cluster_parts.extend([answer.cluster_id] * len(windows))
+    if not window_parts:
+        return pd.DataFrame(
+            {
+                "window_index": pd.Series([], dtype=np.int64),
+                "labels": pd.Series([], dtype=object),
+                "cluster_id": pd.Series([], dtype=np.int64),
+            }
+        )
+    frame = pd.DataFrame(
+        {
+            "window_index": np.concatenate(window_parts),
+            "labels": label_parts,
+            "cluster_id": np.asarray(cluster_parts, dtype=np.int64),
+        }
+    )
+    return frame.sort_values("window_index", kind="stable").reset_index(drop=True)
+
+
+def session_labels(
+    label_store: LabelStore,
+    session: Session,
+    budget: int | None = None,
+    members: ClusterMembers | None = None,
+) -> pd.DataFrame:
+    """The propagated labels of the session's first `budget` requests (all when None); see
+    `propagate_answers` for the columns. A cluster session needs `members`."""
+    requests = label_store.requests(session.id)
+    asked = {r.cluster_id for r in (requests if budget is None else requests[:budget])}
+    answers = [a for a in label_store.answers(session.id) if a.cluster_id in asked]
+    if session.strategy != "random" and members is None:
+        raise ValueError("propagating a cluster session needs the cluster members")
+    return propagate_answers(answers, None if session.strategy == "random" else members)
+
+
+def label_quality(
+    propagated: pd.DataFrame, window_labels: Sequence[Sequence[str]]
+) -> tuple[float, float]:
+    """Precision and recall of propagated labels against each window's true labels (Table 2),
+    over (window, class) cells; see `coincide.metrics.propagated_label_quality`.
+
+    Args:
+        propagated: as `propagate_answers` returns; window_labels: `n` true label lists.
+    """
+    classes = sorted(
+        {c for labels in window_labels for c in labels}
+        | {c for labels in propagated["labels"] for c in labels}
+    )
+    truth, _ = labels_to_matrix(window_labels, classes)
+    given = np.zeros_like(truth)
+    if len(propagated):
+        given_rows, _ = labels_to_matrix(list(propagated["labels"]), classes)
+        given[propagated["window_index"].to_numpy()] = given_rows
+    return propagated_label_quality(truth, given)
+
+
+def write_propagated(folder: Path, propagated: pd.DataFrame, summary: dict[str, Any]) -> Path:
+    """Write propagated.parquet and summary.json into `folder` (atomic renames)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / PROPAGATED_FILE
+    tmp = folder / f".{PROPAGATED_FILE}.tmp"
+    propagated.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    tmp_summary = folder / f".{SUMMARY_FILE}.tmp"
+    tmp_summary.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp_summary, folder / SUMMARY_FILE)
+    return path
+
+
+def read_propagated(run: Path, session: str) -> pd.DataFrame:
+    """`RUN/labels/<session>/propagated.parquet`; a missing one is a UserError."""
+    path = labels_dir(run, session) / PROPAGATED_FILE
+    if not path.is_file():
+        raise UserError(
+            f"no labels for session {session!r} in {run}; run `coincide label {run} --store STORE "
+            f"--budget N --session {session}` first."
+        )
+    frame = pd.read_parquet(path)
+    frame["labels"] = [list(labels) for labels in frame["labels"]]
+    return frame
+
+
+def labels_dir(run: Path, session: str) -> Path:
+    """`RUN/labels/<session>/`."""
+    return Path(run) / "labels" / session
+
+
+def default_session_name(strategy: Strategy, clustering: str = "head") -> str:
+    """`cluster` (cluster labeling of the head's clustering), `cluster-kmeans-K`, or `random`."""
+    if strategy == "random":
+        return "random"
+    return "cluster" if clustering == "head" else f"cluster-{clustering}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def _load_embeddings(run: Path, store: FeatureStore) -> np.ndarray:
+    path = store_clusters_dir(run, store.root) / "embeddings.npy"
+    if not path.is_file():
+        raise UserError(
+            f"the medoid member needs the embeddings of {store.root} in {path}; "
+            f"run `coincide cluster {run} --store {store.root}` first."
+        )
+    return np.load(path, mmap_mode="r")
+
+
+def run(
+    run_dir: Path,
+    store_path: Path,
+    budget: int,
+    oracle: str | None = None,
+    strategy: Strategy = "cluster",
+    select: Order = "random",
+    member: MemberChoice = "random",
+    session_name: str | None = None,
+    db: Path | None = None,
+    seed: int = 0,
+    method: Literal["head", "kmeans"] = "head",
+    k: int | None = None,
+) -> dict[str, Any]:
+    """The `coincide label` command: select, ask the oracle, propagate, write. Returns the
+    summary written next to the propagated labels."""
+    if not Path(run_dir).is_dir():
+        raise UserError(f"run folder {run_dir} does not exist; train a run first.")
+    if budget < 1:
+        raise UserError(f"--budget is {budget}; give a positive number of labels.")
+    if strategy not in STRATEGIES:
+        raise UserError(f"--strategy {strategy} is unknown; use cluster or random.")
+    store = open_store(store_path)
+    if len(store) == 0:
+        raise UserError(f"feature store {store_path} holds no windows; ingest media first.")
+
+    # Selection plan (and the clustering it selects from).
+    clustering: Clustering | None = None
+    members: ClusterMembers | None = None
+    embeddings: np.ndarray | None = None
+    if strategy == "cluster":
+        clustering = load_clustering(run_dir, store.root, method, k)
+        if len(clustering.assignment) != len(store):
+            raise UserError(
+                f"the clustering in {clustering.folder} covers {len(clustering.assignment)} "
+                f"windows but the store has {len(store)}; run `coincide cluster` again."
+            )
+        members = ClusterMembers(clustering.assignment)
+        plan = cluster_plan(clustering, select, member, seed)
+        if member == "medoid":
+            embeddings = _load_embeddings(run_dir, store)
+        name = session_name or default_session_name("cluster", clustering.name)
+    else:
+        plan = SessionPlan(strategy="random", seed=seed, windows=len(store))
+        name = session_name or default_session_name("random")
+
+    # The session name becomes a folder name under RUN/labels/.
+    if Path(name).name != name or name in (".", ".."):
+        raise UserError(f"--session {name!r} must be a plain name (no '/'); choose another.")
+
+    # Requests and answers, committed one by one in the label store.
+    db_path = Path(db) if db else Path(run_dir) / "labels.sqlite"
+    window_labels = oracle_window_labels(store, oracle) if oracle else None
+    with SQLiteLabelStore(db_path) as label_store:
+        session = open_session(label_store, name, run_dir, store, plan)
+        requests = extend_session(label_store, session, budget, clustering, embeddings, members)
+        asked = 0
+        if window_labels is not None:
+            asked = answer_with_oracle(
+                label_store, session, requests, WindowLabelOracle(window_labels)
+            )
+        requests = label_store.requests(session.id)[: len(requests)]
+        propagated = session_labels(label_store, session, len(requests), members)
+        asked_clusters = {r.cluster_id for r in requests}
+        kinds = Counter(
+            a.kind for a in label_store.answers(session.id) if a.cluster_id in asked_clusters
+        )
+
+    # Propagated labels and a summary.
+    summary: dict[str, Any] = {
+        "session": name,
+        "strategy": strategy,
+        "seed": seed,
+        "clustering": clustering.name if clustering else None,
+        "budget": budget,
+        "requests": len(requests),
+        "answered": sum(r.state == "answered" for r in requests),
+        "asked_now": asked,
+        "answers_by_kind": dict(kinds),
+        "labeled_windows": len(propagated),
+        "classes": sorted({c for labels in propagated["labels"] for c in labels}),
+    }
+    if window_labels is not None and any(window_labels):
+        precision, recall = label_quality(propagated, window_labels)
+        # NaN precision (nothing propagated) is written as null: JSON has no NaN.
+        summary["label_precision"] = None if np.isnan(precision) else precision
+        summary["label_recall"] = recall
+    out = labels_dir(run_dir, name)
+    write_propagated(out, propagated, summary)
+
+    capped = f" (only {len(requests)} active clusters)" if len(requests) < budget else ""
+    pending = summary["requests"] - summary["answered"]
+    print(
+        f"session {name!r}: {summary['answered']} of {len(requests)} requests answered{capped}, "
+        f"{asked} asked now; {len(propagated)} windows labeled"
+        + (f"; {pending} requests wait for an annotator" if pending else "")
+        + (
+            f"; label precision {summary['label_precision']:.3f}, "
+            f"recall {summary['label_recall']:.3f}"
+            if summary.get("label_precision") is not None
+            else ""
+        )
+        + f"; wrote {out / PROPAGATED_FILE}"
+    )
+    return summary
