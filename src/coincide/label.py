@@ -503,9 +503,16 @@ def run(
     seed: int = 0,
     method: Literal["head", "kmeans"] = "head",
     k: int | None = None,
+    serve: bool = False,
+    host: str = "127.0.0.1",
+    port: int = 8750,
+    vocab: Path | None = None,
+    annotator: str | None = None,
 ) -> dict[str, Any]:
     """The `coincide label` command: select, ask the oracle, propagate, write. Returns the
-    summary written next to the propagated labels."""
+    summary written next to the propagated labels. With `serve`, people answer the selected
+    clusters in the labeling page (`coincide.labelui.server.serve`, until Ctrl+C) before the
+    labels are propagated."""
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist; train a run first.")
     if budget < 1:
@@ -550,6 +557,20 @@ def run(
         if window_labels is not None:
             asked = answer_with_oracle(
                 label_store, session, requests, WindowLabelOracle(window_labels)
+            )
+        if serve:
+            from coincide.labelui.server import serve as serve_page
+
+            serve_page(
+                run_dir,
+                store_path,
+                len(requests),
+                host,
+                port,
+                vocab,
+                name,
+                db_path,
+                annotator=annotator,
             )
         requests = label_store.requests(session.id)[: len(requests)]
         propagated = session_labels(label_store, session, len(requests), members)

@@ -1,0 +1,188 @@
+"""The labeling page end to end in a real headless Chromium (Debian's, driven by Playwright).
+
+Open the page, play the audio, label three clusters with the keyboard only (a vocabulary term,
+a hostile label text, a skip), undo one, restart the server, see the answers kept and the page
+resume where it was, check that a second tab gets another cluster, export CSV and read it back.
+
+Skipped only when /usr/bin/chromium is missing (`apt-get install chromium`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(
+        f"{CHROMIUM} is missing; install it with `apt-get install -y chromium`",
+        allow_module_level=True,
+    )
+
+from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from coincide.cli import app as cli_app  # noqa: E402
+from coincide.labelui.server import LabelingServer  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_labelui_api import XSS, build_labeling_run, write_media, write_ontology  # noqa: E402
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 20_000
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+def start_server(setup, vocab: Path, port: int = 0) -> LabelingServer:
+    page_server = LabelingServer(
+        setup.run, setup.store, 5, port=port, vocab=vocab, annotator="tester"
+    )
+    page_server.start()
+    return page_server
+
+
+def wait_until(page: Page, expression: str, timeout_s: float = TIMEOUT_MS / 1000) -> None:
+    """Poll a JS expression until it is true (`page.wait_for_function` evaluates strings with
+    eval, which the page's Content-Security-Policy rightly forbids)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        time.sleep(0.05)
+
+
+def expect_cluster(page: Page, cluster_id: int) -> None:
+    expect(page.locator("#cluster-title")).to_have_text(f"Cluster {cluster_id}")
+
+
+def history_labels(page: Page) -> list[str]:
+    return page.locator("#history .chip").all_text_contents()
+
+
+def test_label_three_clusters_undo_restart_export(tmp_path):
+    setup = build_labeling_run(tmp_path / "labeling", write_media(tmp_path / "sources"))
+    vocab = write_ontology(tmp_path / "ontology.json")
+    server = start_server(setup, vocab)
+    dialogs: list[str] = []
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            context.set_default_timeout(TIMEOUT_MS)
+            page = context.new_page()
+            page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+            page.goto(server.url)
+
+            # The first cluster, its member, its pictures, and the annotator from --annotator.
+            expect_cluster(page, 3)
+            expect(page.locator("#member-info")).to_have_text("tone.wav at 3 s")
+            expect(page.locator("#cluster-size")).to_have_text("3 windows")
+            expect(page.locator("#annotator")).to_have_value("tester")
+            wait_until(page, "document.getElementById('spectrogram').naturalWidth === 800")
+            expect(page.locator("#frame")).to_be_hidden()  # tone.wav has no picture
+            expect(page.locator("#progress-text")).to_have_text(
+                "0 / 5 clusters answered · 0 windows labeled"
+            )
+
+            # Play with the keyboard: Esc leaves the label field, Space plays.
+            page.keyboard.press("Escape")
+            page.keyboard.press(" ")
+            wait_until(
+                page,
+                "(() => { const a = document.getElementById('audio');"
+                " return !a.paused && a.currentTime > 0.2; })()",
+            )
+            assert page.evaluate("document.getElementById('audio').duration") == pytest.approx(
+                4.0, abs=0.05
+            )
+            expect(page.locator("#playhead")).not_to_have_attribute("style", "left: 0.00%;")
+            page.keyboard.press(" ")  # pause
+
+            # Cluster 3: a vocabulary term picked from the suggestions, then a typed label.
+            page.keyboard.press("/")
+            page.keyboard.type("do")
+            suggestions = page.locator("#suggestions li")
+            expect(suggestions.first).to_contain_text("Dog")
+            expect(suggestions.first).to_contain_text("All sounds made by a dog.")
+            page.keyboard.press("ArrowDown")
+            page.keyboard.press("Enter")
+            page.keyboard.type(XSS)
+            page.keyboard.press("Enter")
+            expect(page.locator("#chips .chip")).to_have_count(2)
+            page.keyboard.press("Enter")  # empty field: submit
+            expect_cluster(page, 0)
+
+            # Cluster 0: skipped. Cluster 4: a label.
+            page.keyboard.press("Escape")
+            page.keyboard.press("s")
+            expect_cluster(page, 4)
+            page.keyboard.type("cat")
+            page.keyboard.press("Enter")
+            page.keyboard.press("Enter")
+            expect_cluster(page, 1)
+            expect(page.locator("#progress-text")).to_have_text(
+                "3 / 5 clusters answered · 5 windows labeled"
+            )
+            # The hostile label is shown as text: no element made of it, no script run.
+            expect(page.locator("#history .chip").first).to_have_text("cat")
+            assert XSS in history_labels(page)
+            assert page.locator("img[src='x']").count() == 0
+
+            # Undo the last answer: cluster 4 comes back with its label ready to resubmit.
+            page.keyboard.press("Escape")
+            page.keyboard.press("z")
+            expect_cluster(page, 4)
+            expect(page.locator("#chips .chip")).to_have_text(["cat×"])
+            expect(page.locator("#progress-text")).to_have_text(
+                "2 / 5 clusters answered · 3 windows labeled"
+            )
+
+            # Restart the server on the same port: answers kept, the page resumes at cluster 4.
+            port = server.port
+            server.stop()
+            server = start_server(setup, vocab, port)
+            page.reload()
+            expect_cluster(page, 4)
+            expect(page.locator("#progress-text")).to_have_text(
+                "2 / 5 clusters answered · 3 windows labeled"
+            )
+            expect(page.locator("#history li")).to_have_count(2)
+            assert history_labels(page) == ["Dog", XSS]
+            # A second tab is handed the next cluster, not the one this tab holds.
+            other = context.new_page()
+            other.goto(server.url)
+            expect_cluster(other, 1)
+            expect_cluster(page, 4)
+            assert dialogs == []
+        finally:
+            browser.close()
+            server.stop()
+
+    result = CliRunner().invoke(
+        cli_app, ["labels", "export", str(setup.run), "--format", "csv", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    answers = pd.read_csv(tmp_path / "answers.csv", keep_default_na=False)
+    answered = answers[answers["state"] == "answered"]
+    assert list(zip(answered["cluster_id"], answered["kind"], answered["label"], strict=True)) == [
+        (3, "label", "Dog"),
+        (3, "label", XSS),
+        (0, "skip", ""),
+    ]
+    assert set(answered["annotator"]) == {"tester"}
+    assert list(answers.loc[answers["state"] == "pending", "cluster_id"]) == [4, 1, 5]
+    windows = pd.read_csv(tmp_path / "windows.csv", keep_default_na=False)
+    assert list(windows["window_index"]) == [8, 8, 9, 9, 10, 10]
+    assert list(windows["label"]) == ["Dog", XSS] * 3
