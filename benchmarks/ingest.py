@@ -45,8 +45,6 @@ def decode_only(path: Path) -> None:
     """Decode every audio and video frame of a file (the decoder's own work, no features)."""
     with av.open(str(path)) as container:
         streams = [*container.streams.audio[:1], *container.streams.video[:1]]
-        for stream in container.streams.video[:1]:
-            stream.thread_type = "AUTO"  # as ingestion decodes video
         for _frame in container.decode(*streams):
             pass
 

@@ -238,6 +238,7 @@ def frontend_parameters() -> dict[str, Any]:
         "window_step": frontend.WINDOW_STEP,
         "fmin": frontend.FMIN,
         "fmax": frontend.FMAX,
+        "mel_norm": frontend.MEL_NORM,
         "log_offset": frontend.LOG_OFFSET,
         "frame_size": FRAME_SIZE,
     }
