@@ -1,0 +1,333 @@
+"""`coincide predict`: class scores for every second of new media, and labels for each clip.
+
+Each file is read block by block (`coincide.media.decode.iter_features`, `BLOCK_WINDOWS` = 64
+windows at a time) and every block is scored as it arrives, so an hour-long recording needs the
+memory of one block plus its (n_windows, C) scores, not of its audio (the test measures 1 MiB
+more peak memory for an hour than for ten seconds). The clip score of a class is the mean of its
+window scores (paper 4.2, as `coincide finetune` evaluates). Files that cannot be read are
+skipped with one line each, as ingestion does.
+
+Labels: with `--threshold T` every class scoring at least T; with `--top K` the K best classes;
+by default the best class for a softmax classifier, and the classes scoring at least 0.5 for a
+multi-label one (a sigmoid per class).
+
+Outputs:
+- no `--out`: a table of each clip's labels on the terminal;
+- `--out FILE.csv`: one row per window (`scope` = second) and one per clip (`scope` = clip), with
+  columns media_path, scope, time_s, duration_s, labels (joined by ";") and one score per class;
+- `--out FILE.json`: {"classes", "media": [{media_path, duration_s, clip: {scores, labels},
+  seconds: [{time_s, scores, labels}]}], "skipped": [{media_path, reason}]}.
+Both files are written as the files are scored (each file's rows at once) and appear under their
+final name only when complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from coincide.errors import MediaError, UserError
+from coincide.inference import BLOCK_WINDOWS, SoundModel, load_model
+
+MULTILABEL_THRESHOLD = 0.5
+OUT_FORMATS = (".csv", ".json")
+
+
+def printable(path: str | Path) -> str:
+    """A path as printable text, even when its name holds bytes that are not UTF-8."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def say(console: Console, text: str) -> None:
+    """Print a line as it is: no markup, no highlighting, no wrapping (paths stay greppable)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+@dataclass
+class FilePrediction:
+    """The scores of one media file.
+
+    time_s: `(n,)` start of each window in seconds; window_scores: `(n, C)` float32;
+    clip_scores: `(C,)` their mean; duration_s: the audio's duration.
+    """
+
+    media_path: str
+    time_s: np.ndarray
+    window_scores: np.ndarray
+    clip_scores: np.ndarray
+    duration_s: float
+
+
+def predict_file(
+    model: SoundModel, path: Path, block_windows: int = BLOCK_WINDOWS
+) -> FilePrediction:
+    """Score every window of a media file, streaming it in blocks of `block_windows` windows.
+
+    Raises MediaError when the file cannot be read (possibly after part of it was decoded).
+    """
+    from coincide.media.decode import iter_features
+
+    model.require_classifier()
+    times, scores = [], []
+    duration_s = 0.0
+    for block in iter_features(Path(path), block_windows=block_windows):
+        times.append(block.time_s)
+        scores.append(model.score_logmel(block.logmel))
+        duration_s = block.duration_s
+    window_scores = np.concatenate(scores)
+    return FilePrediction(
+        media_path=printable(path),
+        time_s=np.concatenate(times),
+        window_scores=window_scores,
+        clip_scores=window_scores.mean(axis=0),
+        duration_s=duration_s,
+    )
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """How scores become labels: classes scoring >= `threshold`, or the `top` best."""
+
+    threshold: float | None = None
+    top: int | None = None
+
+    @classmethod
+    def for_model(cls, model: SoundModel, threshold: float | None, top: int | None) -> LabelRule:
+        """The rule the flags ask for, or the default for the model's kind of classifier."""
+        if threshold is not None and top is not None:
+            raise UserError("--threshold and --top choose labels in two ways; pass only one.")
+        if top is not None and top < 1:
+            raise UserError(f"--top must be at least 1, not {top}.")
+        if threshold is None and top is None:
+            return cls(threshold=MULTILABEL_THRESHOLD) if model.multilabel else cls(top=1)
+        return cls(threshold=threshold, top=top)
+
+    def indices(self, scores: np.ndarray) -> list[np.ndarray]:
+        """`(n, C)` scores -> for each row the chosen class indices, best first."""
+        order = np.argsort(-scores, axis=1, kind="stable")
+        if self.top is not None:
+            return list(order[:, : self.top])
+        return [row[scores[i, row] >= self.threshold] for i, row in enumerate(order)]
+
+    def labels(self, scores: np.ndarray, classes: Sequence[str]) -> list[list[str]]:
+        """`(n, C)` scores -> for each row the chosen class names, best first."""
+        return [[classes[c] for c in row] for row in self.indices(scores)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Writers
+
+
+def _score_text(value: float) -> str:
+    return f"{value:.7g}"
+
+
+class _CsvOut:
+    def __init__(self, stream: IO[str], classes: list[str], rule: LabelRule) -> None:
+        self.writer = csv.writer(stream)
+        self.writer.writerow(["media_path", "scope", "time_s", "duration_s", "labels", *classes])
+        self.classes, self.rule = classes, rule
+
+    def add(self, result: FilePrediction) -> None:
+        labels = self.rule.labels(result.window_scores, self.classes)
+        for t, names, row in zip(result.time_s, labels, result.window_scores, strict=True):
+            scores = [_score_text(v) for v in row]
+            self.writer.writerow(
+                [result.media_path, "second", f"{t:g}", "", ";".join(names), *scores]
+            )
+        clip_labels = self.rule.labels(result.clip_scores[None], self.classes)[0]
+        self.writer.writerow(
+            [
+                result.media_path,
+                "clip",
+                "0",
+                f"{result.duration_s:.3f}",
+                ";".join(clip_labels),
+                *[_score_text(v) for v in result.clip_scores],
+            ]
+        )
+
+    def close(self, skipped: list[dict[str, str]]) -> None:
+        """Skipped files are reported on the terminal only: a CSV has one kind of row."""
+
+
+class _JsonOut:
+    """Streams the JSON document: the media list is written one file at a time."""
+
+    def __init__(self, stream: IO[str], classes: list[str], rule: LabelRule) -> None:
+        self.stream, self.classes, self.rule = stream, classes, rule
+        self.stream.write('{"classes": ' + json.dumps(classes) + ', "media": [')
+        self.first = True
+
+    def add(self, result: FilePrediction) -> None:
+        labels = self.rule.labels(result.window_scores, self.classes)
+        entry = {
+            "media_path": result.media_path,
+            "duration_s": round(result.duration_s, 3),
+            "clip": {
+                "scores": [float(_score_text(v)) for v in result.clip_scores],
+                "labels": self.rule.labels(result.clip_scores[None], self.classes)[0],
+            },
+            "seconds": [
+                {
+                    "time_s": float(t),
+                    "scores": [float(_score_text(v)) for v in row],
+                    "labels": names,
+                }
+                for t, row, names in zip(result.time_s, result.window_scores, labels, strict=True)
+            ],
+        }
+        self.stream.write(("\n" if self.first else ",\n") + json.dumps(entry))
+        self.first = False
+
+    def close(self, skipped: list[dict[str, str]]) -> None:
+        self.stream.write('\n], "skipped": ' + json.dumps(skipped) + "}\n")
+
+
+def _clip_table(results: list[tuple[str, float, list[str], list[float]]]) -> Table:
+    table = Table(title="clip labels")
+    table.add_column("media")
+    table.add_column("seconds", justify="right")
+    table.add_column("labels (clip score)")
+    for path, duration, names, scores in results:
+        shown = ", ".join(f"{n} ({s:.3f})" for n, s in zip(names, scores, strict=True)) or "-"
+        table.add_row(path, f"{duration:.1f}", shown)
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+@contextmanager
+def atomic_output(path: Path, newline: str | None = None) -> Iterator[IO[str]]:
+    """A text file that appears under `path` only if the block completes (temp file + rename);
+    on an error the temp file is removed and `path` is left as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline=newline) as stream:
+            yield stream
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("predict"),
+        BarColumn(),
+        TextColumn("{task.fields[files]}"),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _predict_all(
+    model: SoundModel,
+    files: list[Path],
+    writer: _CsvOut | _JsonOut | None,
+    rule: LabelRule,
+    console: Console,
+) -> tuple[list[dict[str, str]], list[tuple[str, float, list[str], list[float]]], int]:
+    """Score every file, feeding `writer`; returns (skipped, clip rows for the table, windows)."""
+    skipped: list[dict[str, str]] = []
+    rows: list[tuple[str, float, list[str], list[float]]] = []
+    windows = 0
+    sizes = {p: p.stat().st_size if p.is_file() else 0 for p in files}
+    started = time.perf_counter()
+    progress = _progress(console)
+    with progress:
+        task = progress.add_task("", total=max(sum(sizes.values()), 1), files="", rate="")
+        for done, path in enumerate(files, start=1):
+            try:
+                result = predict_file(model, path)
+            except MediaError as err:
+                skipped.append({"media_path": printable(path), "reason": str(err)})
+                say(progress.console, f"skipped {printable(path)}: {err}")
+            else:
+                windows += len(result.time_s)
+                if writer is not None:
+                    writer.add(result)
+                else:
+                    chosen = rule.indices(result.clip_scores[None])[0]
+                    names = [model.classes[c] for c in chosen]
+                    scores = [float(result.clip_scores[c]) for c in chosen]
+                    rows.append((printable(path), result.duration_s, names, scores))
+            rate = windows / max(time.perf_counter() - started, 1e-9)
+            progress.update(
+                task,
+                advance=sizes[path],
+                files=f"{done}/{len(files)} files",
+                rate=f"{rate:,.0f} windows/s",
+            )
+    if writer is not None:
+        writer.close(skipped)
+    return skipped, rows, windows
+
+
+def run(
+    model_path: Path,
+    paths: Sequence[Path],
+    out: Path | None = None,
+    threshold: float | None = None,
+    top: int | None = None,
+    device: str | None = None,
+    console: Console | None = None,
+) -> int:
+    """Predict labels for media files and folders with a run's classifier; returns 0.
+
+    Raises UserError for a model without classifier, a bad flag or output name, no media found,
+    or when every file was skipped (then no output file is written).
+    """
+    from coincide.ingest import find_media
+
+    console = console or Console(stderr=True)
+    if out is not None and out.suffix.lower() not in OUT_FORMATS:
+        raise UserError(f"--out {printable(out)} must end in .csv or .json; rename it.")
+    model = load_model(model_path, device)
+    model.require_classifier()
+    rule = LabelRule.for_model(model, threshold, top)
+    files = find_media(paths)
+    if not files:
+        shown = " ".join(printable(p) for p in paths)
+        raise UserError(f"no media files under {shown}; give media files or folders.")
+
+    def none_read() -> UserError:
+        return UserError(
+            f"none of the {len(files)} media files could be read; the reasons are printed above."
+        )
+
+    if out is None:
+        skipped, rows, windows = _predict_all(model, files, None, rule, console)
+        if len(skipped) == len(files):
+            raise none_read()
+        Console().print(_clip_table(rows))
+    else:
+        with atomic_output(out, newline="") as stream:
+            kind = _CsvOut if out.suffix.lower() == ".csv" else _JsonOut
+            writer = kind(stream, model.classes, rule)
+            skipped, _, windows = _predict_all(model, files, writer, rule, console)
+            if len(skipped) == len(files):
+                raise none_read()
+    where = f"; wrote {printable(out)}" if out is not None else ""
+    say(
+        console,
+        f"{len(files)} files: {len(files) - len(skipped)} predicted ({windows} seconds), "
+        f"{len(skipped)} skipped{where}",
+    )
+    return 0

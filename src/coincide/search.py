@@ -1,0 +1,540 @@
+"""`coincide search`: find the windows of a store that sound like an example (query by example).
+
+The store's windows are embedded with the model's f once, and a nearest-neighbour index over the
+length-normalised embeddings is built and kept in `HOME/search/<store name>/` (HOME is the run
+folder, or the exported model's folder):
+    embeddings.npy   (n, d) float32 f(x) of every window, in store order (memory-mapped)
+    index.faiss      the faiss index over the unit-length embeddings
+    index.json       what they were made from (model file, store windows and chunks, index kind)
+They are rebuilt when the model file or the store changed (windows were added).
+
+Distances are cosine distances, 1 - cos(f(q), f(x)), the geometry of the paper's QbE evaluation
+and of p_clust. The index is faiss (Meta's library for dense-vector search, maintained for years
+and used at billion scale): inner product over unit vectors is cosine similarity.
+- Up to `EXACT_MAX_WINDOWS` windows, an exact flat index: a query scans n x d floats (about a
+  millisecond for 50k windows), and nothing is approximate.
+- Above, an inverted-file index (IVF-Flat): k-means puts the vectors into sqrt(n) lists, trained
+  on a seeded sample, and a query scans only the `nprobe` lists nearest to it. Building costs one
+  k-means on a sample and one pass to assign the vectors, far less than a graph index (HNSW)
+  on a laptop CPU, and the vectors are stored exactly, so the distances shown are exact.
+  `benchmarks/predict.py` measures its recall@10 and speed against a brute-force search.
+
+The query is a store window (`--query-window i`, found first, at distance 0), one second of a
+media file (`MEDIA@SECONDS`: the window starting at the whole second at or before SECONDS), or a
+whole media file (`MEDIA`: the mean of its unit-length window embeddings). `--html OUT.html`
+writes a page with a player per hit: short WAV excerpts (the window with one second of context
+on each side) are written to `OUT_files/` next to the page, so it plays in any browser, offline.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from coincide.errors import MediaError, UserError
+from coincide.inference import SoundModel, load_model
+from coincide.predict import atomic_output, printable, say
+from coincide.store.features import FeatureStore, open_store
+
+SEARCH_DIR = "search"
+EMBEDDINGS_FILE = "embeddings.npy"
+INDEX_FILE = "index.faiss"
+META_FILE = "index.json"
+# Below this many windows an exact search is about as fast as an approximate one.
+EXACT_MAX_WINDOWS = 50_000
+# Training points per IVF list: faiss asks for at least 39; more gives steadier centroids.
+TRAIN_POINTS_PER_LIST = 64
+KMEANS_ITERATIONS = 20
+# Fraction of the lists a query scans by default (at least MIN_NPROBE lists).
+NPROBE_FRACTION = 1 / 16
+MIN_NPROBE = 16
+ADD_BLOCK = 65536
+EXCERPT_CONTEXT_S = 1.0
+WINDOW_S = 0.96
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """`(n, d)` -> float32 rows of length 1 (a zero row stays zero)."""
+    rows = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    return rows / np.maximum(norms, 1e-12)
+
+
+def ivf_lists(n: int) -> int:
+    """Number of IVF lists for n vectors: sqrt(n), so lists and list lengths balance."""
+    return max(1, round(math.sqrt(n)))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Lists a query scans by default: a sixteenth of them, at least MIN_NPROBE."""
+    return min(nlist, max(MIN_NPROBE, round(nlist * NPROBE_FRACTION)))
+
+
+def build_index(embeddings: np.ndarray, exact_max: int = EXACT_MAX_WINDOWS, seed: int = 0) -> Any:
+    """A faiss inner-product index over the unit-length rows of `embeddings` `(n, d)`.
+
+    Rows are read in blocks, so `embeddings` may be a memory map larger than RAM (the index
+    itself holds n x d float32). Up to `exact_max` rows: IndexFlatIP (exact); above: IndexIVFFlat
+    with `ivf_lists(n)` lists trained on a seeded sample.
+    """
+    import faiss
+
+    n, dim = embeddings.shape
+    if n > exact_max:
+        nlist = ivf_lists(n)
+        quantizer = faiss.IndexFlatIP(dim)
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = KMEANS_ITERATIONS
+        index.cp.seed = seed
+        sample_size = min(n, TRAIN_POINTS_PER_LIST * nlist)
+        sample = np.sort(np.random.default_rng(seed).choice(n, sample_size, replace=False))
+        index.train(unit_rows(embeddings[sample]))
+        index.nprobe = default_nprobe(nlist)
+    else:
+        index = faiss.IndexFlatIP(dim)
+    for start in range(0, n, ADD_BLOCK):
+        index.add(unit_rows(embeddings[start : start + ADD_BLOCK]))
+    return index
+
+
+def search_index(
+    index: Any, queries: np.ndarray, k: int, nprobe: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k nearest rows of each query: (cosine distances `(q, k)`, row ids `(q, k)` int64).
+
+    Missing neighbours (fewer than k rows reached) have id -1 and distance inf.
+    """
+    import faiss
+
+    if nprobe is not None and isinstance(index, faiss.IndexIVF):
+        index.nprobe = nprobe
+    similarity, ids = index.search(unit_rows(np.atleast_2d(queries)), k)
+    distance = np.where(ids >= 0, 1.0 - similarity, np.inf)
+    return distance.astype(np.float64), ids.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------------
+# The store's index, built once per model and store
+
+
+@dataclass
+class StoreIndex:
+    """A store's window embeddings `(n, d)` (memory-mapped) and the faiss index over them."""
+
+    folder: Path
+    embeddings: np.ndarray
+    index: Any
+    built: bool  # True when this call built it, False when it was read from disk
+
+
+def store_identity(store: FeatureStore) -> dict[str, Any]:
+    """What identifies a store's content for the index: its folder, windows and chunks."""
+    return {
+        "store": str(store.root.resolve()),
+        "windows": len(store),
+        "chunks": [int(c) for c in store.chunk_ids()],
+    }
+
+
+def index_folder(model: SoundModel, store: FeatureStore) -> Path:
+    """`HOME/search/<store name>/` for the model's home folder."""
+    if model.home is None:
+        raise UserError("this model was built in memory; load it from a run folder to search.")
+    return model.home / SEARCH_DIR / store.root.resolve().name
+
+
+def ensure_index(
+    model: SoundModel,
+    store: FeatureStore,
+    batch_size: int = 512,
+    console: Console | None = None,
+) -> StoreIndex:
+    """The store's index for this model: read from disk when it was made from the same model
+    file and store content, otherwise (re)built and saved first."""
+    import faiss
+
+    from coincide.embed_store import embed_windows
+
+    folder = index_folder(model, store)
+    identity = {"model": model.identity, **store_identity(store)}
+    meta_path = folder / META_FILE
+    if meta_path.is_file():
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("identity") == identity:
+            embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
+            return StoreIndex(folder, embeddings, faiss.read_index(str(folder / INDEX_FILE)), False)
+    if len(store) == 0:
+        raise UserError(f"store {printable(store.root)} has no windows; ingest media first.")
+    if console is not None:
+        console.print(f"indexing the {len(store)} windows of {printable(store.root)} ...")
+    folder.mkdir(parents=True, exist_ok=True)
+    meta_path.unlink(missing_ok=True)  # the files below change: they match no identity now
+    tmp_embeddings = folder / f"embeddings.tmp-{os.getpid()}.npy"
+    tmp_index = folder / f".{INDEX_FILE}.tmp-{os.getpid()}"
+    try:
+        embed_windows(model.encoder, store, batch_size, model.device, out=tmp_embeddings)
+        os.replace(tmp_embeddings, folder / EMBEDDINGS_FILE)
+        embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
+        index = build_index(embeddings)
+        faiss.write_index(index, str(tmp_index))
+        os.replace(tmp_index, folder / INDEX_FILE)
+    finally:
+        tmp_embeddings.unlink(missing_ok=True)
+        tmp_index.unlink(missing_ok=True)
+    kind = "ivf-flat" if isinstance(index, faiss.IndexIVF) else "flat"
+    meta = {"identity": identity, "index": kind, "ntotal": int(index.ntotal)}
+    if isinstance(index, faiss.IndexIVF):
+        meta.update(nlist=int(index.nlist), nprobe=int(index.nprobe))
+    with atomic_output(meta_path) as stream:
+        json.dump(meta, stream, indent=1)
+    return StoreIndex(folder, embeddings, index, True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries
+
+
+@dataclass(frozen=True)
+class Query:
+    """A media file with an optional time (seconds), or a store window."""
+
+    media: Path | None = None
+    seconds: float | None = None
+    window: int | None = None
+
+    def describe(self) -> str:
+        if self.window is not None:
+            return f"store window {self.window}"
+        assert self.media is not None
+        at = f" at {self.seconds:g} s" if self.seconds is not None else ""
+        return f"{printable(self.media)}{at}"
+
+
+def parse_query(text: str | None, window: int | None) -> Query:
+    """`MEDIA`, `MEDIA@SECONDS` or a store window number -> Query (UserError when ambiguous)."""
+    if (text is None) == (window is None):
+        raise UserError("give the query as either --query MEDIA[@SECONDS] or --query-window I.")
+    if window is not None:
+        return Query(window=window)
+    assert text is not None
+    # A name that exists is a file even if it holds "@"; otherwise split at the last "@".
+    if not os.path.lexists(text) and "@" in text:
+        name, _, seconds_text = text.rpartition("@")
+        try:
+            seconds = float(seconds_text)
+        except ValueError:
+            raise UserError(
+                f"--query {text}: '{seconds_text}' is not a number of seconds; "
+                "write MEDIA@SECONDS, e.g. dog.wav@12.5."
+            ) from None
+        if not math.isfinite(seconds) or seconds < 0:
+            raise UserError(f"--query {text}: the time must be a number of seconds >= 0.")
+        return Query(media=Path(name), seconds=seconds)
+    return Query(media=Path(text))
+
+
+def check_frontend(store: FeatureStore) -> None:
+    """UserError when the store's windows were made by other frontend settings than the ones
+    a media query is decoded with now (its distances would compare unlike features)."""
+    from coincide.ingest import frontend_parameters
+
+    # A setting the store does not record counts as different: it predates that setting. The
+    # frame size concerns pictures only.
+    current = {k: v for k, v in frontend_parameters().items() if k != "frame_size"}
+    different = sorted(k for k, v in current.items() if store.frontend.get(k, ...) != v)
+    if different:
+        raise UserError(
+            f"store {printable(store.root)} was ingested with other frontend settings "
+            f"({', '.join(different)}) than this coincide decodes the query with; ingest the "
+            "media into a new store, or query with --query-window."
+        )
+
+
+def query_vector(model: SoundModel, query: Query, store_index: StoreIndex) -> np.ndarray:
+    """The query's embedding `(d,)` float32."""
+    from coincide.media.decode import iter_features
+
+    if query.window is not None:
+        n = len(store_index.embeddings)
+        if not 0 <= query.window < n:
+            raise UserError(f"--query-window {query.window} is not in 0..{n - 1}; pick a window.")
+        return np.asarray(store_index.embeddings[query.window], dtype=np.float32)
+    assert query.media is not None
+    if not query.media.is_file():
+        raise UserError(f"query media {printable(query.media)} does not exist; give a media file.")
+    wanted = None if query.seconds is None else int(math.floor(query.seconds))
+    total = np.zeros(model.embed_dim, dtype=np.float64)
+    windows = 0
+    try:
+        for block in iter_features(query.media):
+            if wanted is not None and wanted < windows + len(block):
+                row = block.logmel[wanted - windows : wanted - windows + 1]
+                return model.embed_logmel(row)[0]
+            if wanted is None:
+                total += unit_rows(model.embed_logmel(block.logmel)).sum(axis=0)
+            windows += len(block)
+    except MediaError as err:
+        raise UserError(f"cannot read the query {printable(query.media)}: {err}.") from err
+    if wanted is not None:
+        raise UserError(
+            f"--query {query.describe()}: the file has {windows} one-second windows "
+            f"(0..{windows - 1} s); give an earlier time."
+        )
+    return (total / windows).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: a store window, its media and start time, its cosine distance to the query."""
+
+    rank: int
+    window: int
+    media_path: str
+    time_s: float
+    distance: float
+    labels: tuple[str, ...]
+
+
+def find_similar(
+    store: FeatureStore,
+    store_index: StoreIndex,
+    vector: np.ndarray,
+    k: int,
+    query_window: int | None = None,
+    nprobe: int | None = None,
+) -> list[Hit]:
+    """The k windows nearest to `vector`, nearest first. A query that is a store window comes
+    first (its distance to itself is 0, and ties with duplicates must not hide it)."""
+    distances, ids = search_index(store_index.index, vector[None], k, nprobe)
+    found = [(int(i), float(d)) for i, d in zip(ids[0], distances[0], strict=True) if i >= 0]
+    if query_window is not None:
+        found = [(query_window, 0.0)] + [(i, d) for i, d in found if i != query_window]
+    index = store.index
+    return [
+        Hit(
+            rank=rank,
+            window=i,
+            media_path=str(index["media_path"].iat[i]),
+            time_s=float(index["time_s"].iat[i]),
+            distance=max(d, 0.0),
+            labels=tuple(index["labels"].iat[i]),
+        )
+        for rank, (i, d) in enumerate(found[:k], start=1)
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Output: a terminal table and an HTML page with players
+
+
+def hits_table(hits: list[Hit], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("#", justify="right")
+    table.add_column("media")
+    table.add_column("time (s)", justify="right")
+    table.add_column("distance", justify="right")
+    if any(hit.labels for hit in hits):
+        table.add_column("labels")
+    for hit in hits:
+        row = [str(hit.rank), printable(hit.media_path), f"{hit.time_s:.2f}", f"{hit.distance:.4g}"]
+        if any(h.labels for h in hits):
+            row.append(", ".join(hit.labels))
+        table.add_row(*row)
+    return table
+
+
+def read_excerpt(path: Path, start_s: float, seconds: float) -> np.ndarray:
+    """`seconds` of a media file's audio from `start_s` (on the store's clock: seconds from the
+    first audio sample) as 16 kHz mono float32, seeking instead of decoding from the start.
+
+    Raises MediaError when the file cannot be read.
+    """
+    import av
+
+    from coincide.media.frontend import SAMPLE_RATE
+
+    if not Path(path).is_file():
+        raise MediaError("file not found")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as err:
+        raise MediaError(f"cannot open: {err}") from err
+    with container:
+        stream = container.streams.best("audio")
+        if stream is None:
+            raise MediaError("no audio stream")
+        time_base = stream.time_base
+        origin = float(stream.start_time * time_base) if stream.start_time and time_base else 0.0
+        start_s = max(0.0, start_s)
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
+        pieces: list[np.ndarray] = []
+        begin_s: float | None = None  # store time of the first sample in `pieces`
+        have = 0
+        try:
+            if start_s > 0 and time_base:
+                container.seek(round((origin + start_s) / time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                if begin_s is None:
+                    begin_s = (float(frame.time) if frame.time is not None else origin) - origin
+                for out in resampler.resample(frame):
+                    pieces.append(out.to_ndarray().reshape(-1))
+                    have += len(pieces[-1])
+                if begin_s + have / SAMPLE_RATE >= start_s + seconds:
+                    break
+        except av.error.FFmpegError as err:
+            raise MediaError(f"audio does not decode ({err})") from err
+    if not pieces or begin_s is None:
+        raise MediaError("no audio at that time")
+    samples = np.concatenate(pieces)
+    first = max(0, round((start_s - begin_s) * SAMPLE_RATE))
+    return samples[first : first + round(seconds * SAMPLE_RATE)]
+
+
+def write_wav(path: Path, samples: np.ndarray, sample_rate: int = 16000) -> None:
+    """16-bit PCM mono WAV of float samples in [-1, 1]."""
+    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(sample_rate)
+        out.writeframes(pcm.tobytes())
+
+
+def _excerpt_cell(media: Path, start_s: float, wav: Path, page_dir: Path) -> str:
+    """An <audio> player for an excerpt written to `wav`, or why there is none (HTML)."""
+    begin = max(0.0, start_s - EXCERPT_CONTEXT_S)
+    try:
+        samples = read_excerpt(media, begin, start_s + WINDOW_S + EXCERPT_CONTEXT_S - begin)
+    except MediaError as err:
+        return f'<span class="missing">cannot play: {html.escape(str(err))}</span>'
+    write_wav(wav, samples)
+    source = quote(wav.relative_to(page_dir).as_posix())
+    return f'<audio controls preload="none" src="{html.escape(source)}"></audio>'
+
+
+PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; }
+th, td { padding: 0.3em 0.8em; border-bottom: 1px solid #ddd; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.missing { color: #a00; }
+"""
+
+
+def write_page(
+    out: Path, query: Query, query_media: tuple[Path, float] | None, hits: list[Hit], title: str
+) -> None:
+    """The HTML page of a search: the query's player, then one row and player per hit."""
+    files = out.with_name(f"{out.stem}_files")
+    files.mkdir(parents=True, exist_ok=True)
+    page_dir = out.parent
+    rows = []
+    for hit in hits:
+        player = _excerpt_cell(
+            Path(hit.media_path), hit.time_s, files / f"hit{hit.rank:03d}.wav", page_dir
+        )
+        rows.append(
+            "<tr>"
+            f'<td class="num">{hit.rank}</td>'
+            f"<td>{html.escape(printable(hit.media_path))}</td>"
+            f'<td class="num">{hit.time_s:.2f}</td>'
+            f'<td class="num">{hit.distance:.4g}</td>'
+            f"<td>{html.escape(', '.join(hit.labels))}</td>"
+            f"<td>{player}</td>"
+            "</tr>"
+        )
+    query_player = ""
+    if query_media is not None:
+        media, start_s = query_media
+        query_player = _excerpt_cell(media, start_s, files / "query.wav", page_dir)
+    body = f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{html.escape(title)}</title>
+<style>{PAGE_STYLE}</style>
+</head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p>Query: {html.escape(query.describe())} {query_player}</p>
+<p>Distance: cosine distance between embeddings (0 = same direction). Each player plays the
+0.96 s window with {EXCERPT_CONTEXT_S:g} s of context on each side.</p>
+<table>
+<tr><th>#</th><th>media</th><th>time (s)</th><th>distance</th><th>labels</th><th>listen</th></tr>
+{chr(10).join(rows)}
+</table>
+</body>
+</html>
+"""
+    with atomic_output(out) as stream:
+        stream.write(body)
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def search(
+    model: SoundModel,
+    store: FeatureStore,
+    query: Query,
+    k: int = 10,
+    nprobe: int | None = None,
+    console: Console | None = None,
+) -> list[Hit]:
+    """The k store windows nearest to the query (building the store's index when needed)."""
+    if k < 1:
+        raise UserError(f"--top must be at least 1, not {k}.")
+    if query.media is not None:
+        check_frontend(store)
+    store_index = ensure_index(model, store, console=console)
+    vector = query_vector(model, query, store_index)
+    return find_similar(store, store_index, vector, k, query.window, nprobe)
+
+
+def run(
+    model_path: Path,
+    store_path: Path,
+    query_text: str | None = None,
+    query_window: int | None = None,
+    k: int = 10,
+    html_out: Path | None = None,
+    nprobe: int | None = None,
+    device: str | None = None,
+    console: Console | None = None,
+) -> list[Hit]:
+    """The `coincide search` command: print the hits as a table, optionally write the page."""
+    console = console or Console(stderr=True)
+    query = parse_query(query_text, query_window)
+    if html_out is not None and html_out.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"--html {printable(html_out)} must end in .html; rename it.")
+    if not Path(store_path).is_dir():
+        raise UserError(
+            f"no feature store at {printable(store_path)}; create one with `coincide ingest`."
+        )
+    model = load_model(model_path, device)
+    store = open_store(store_path)
+    hits = search(model, store, query, k, nprobe, console)
+    title = f"Nearest windows to {query.describe()}"
+    Console().print(hits_table(hits, title))
+    if html_out is not None:
+        if query.window is not None:
+            row = store.index.iloc[query.window]
+            query_media = (Path(row["media_path"]), float(row["time_s"]))
+        else:
+            assert query.media is not None
+            query_media = (query.media, float(math.floor(query.seconds or 0.0)))
+        write_page(html_out, query, query_media, hits, title)
+        say(console, f"wrote {printable(html_out)}")
+    return hits
