@@ -10,6 +10,9 @@ from coincide.media.frontend import SAMPLE_RATE
 # Seconds of decoded audio gathered per call to the resampler: each call has a fixed cost of about
 # as much as resampling a second of audio.
 BATCH_S = 4
+# Audio that needs no resampling leaves the FIFO in larger batches (fewer copies and calls; the
+# FIFO holds at most this much, 2 MB).
+PASSTHROUGH_BATCH_S = 32
 # Decoded formats that already are float mono at 16 kHz: the resampler would copy them unchanged.
 _PASSTHROUGH = {("flt", "mono", SAMPLE_RATE), ("fltp", "mono", SAMPLE_RATE)}
 
@@ -31,6 +34,7 @@ class AudioConverter:
         self._resampler: av.AudioResampler | None = None
         self._fifo: av.AudioFifo | None = None  # decoded input not yet resampled
         self._input_format: tuple[str, str, int] | None = None
+        self._batch_samples = 0  # input samples gathered before the FIFO is drained
         self._previous: tuple[int | None, int, int] | None = None  # last frame: pts, samples, rate
         self._lost = False  # a packet failed since the last decoded frame
 
@@ -40,17 +44,21 @@ class AudioConverter:
 
     def push(self, frame: av.AudioFrame) -> list[np.ndarray]:
         """Take the next decoded frame; returns the 16 kHz chunks it completes (maybe none)."""
-        chunks = []
         if self._lost:
-            if self._previous is not None:
-                gap_s = _gap_s(self._previous, frame)
-            else:
-                gap_s = 0.0 if frame.time is None else frame.time - self.origin_s
-            silence = _silence(frame, gap_s)
-            if silence is not None:
-                chunks += self._queue(silence)
+            return self._push_after_loss(frame)
+        return self._queue(frame)
+
+    def _push_after_loss(self, frame: av.AudioFrame) -> list[np.ndarray]:
+        """`push` for the first frame after lost packets: silence fills their time first."""
+        chunks = []
+        if self._previous is not None:
+            gap_s = _gap_s(self._previous, frame)
+        else:
+            gap_s = 0.0 if frame.time is None else frame.time - self.origin_s
+        silence = _silence(frame, gap_s)
+        if silence is not None:
+            chunks += self._queue(silence)
         self._lost = False
-        self._previous = (frame.pts, frame.samples, frame.sample_rate)
         return chunks + self._queue(frame)
 
     def flush(self) -> list[np.ndarray]:
@@ -64,6 +72,7 @@ class AudioConverter:
         return chunks
 
     def _queue(self, frame: av.AudioFrame) -> list[np.ndarray]:
+        self._previous = (frame.pts, frame.samples, frame.sample_rate)
         chunks = []
         # A stream may change sample rate or channel layout midway (spliced recordings, or a
         # corrupt header that still decodes): flush and start a resampler for the new input.
@@ -82,12 +91,15 @@ class AudioConverter:
                 )
             self._fifo = av.AudioFifo()
             self._input_format = input_format
-        assert self._fifo is not None
+            batch_s = PASSTHROUGH_BATCH_S if self._resampler is None else BATCH_S
+            self._batch_samples = batch_s * frame.sample_rate
+        fifo = self._fifo
+        assert fifo is not None
         # The FIFO checks timestamps for continuity; the samples are already in order (gaps
         # were filled in `push`), so it need not.
         frame.pts = None
-        self._fifo.write(frame)
-        if self._fifo.samples >= BATCH_S * frame.sample_rate:
+        fifo.write(frame)
+        if fifo.samples >= self._batch_samples:
             chunks += self._drained()
         return chunks
 

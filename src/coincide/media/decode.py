@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -74,16 +76,16 @@ class MediaFeatures:
 def _open(path: Path) -> av.container.InputContainer:
     """Open a media file for reading, turning every way that can fail into a `MediaError`."""
     try:
-        size = path.stat().st_size
+        file_stat = os.stat(path)
     except FileNotFoundError as error:
         raise MediaError("file not found") from error
     except PermissionError as error:
         raise MediaError("permission denied") from error
     except OSError as error:
         raise MediaError(f"cannot read: {error.strerror}") from error
-    if not path.is_file():
+    if not stat.S_ISREG(file_stat.st_mode):
         raise MediaError("not a regular file")
-    if size == 0:
+    if file_stat.st_size == 0:
         raise MediaError("empty file")
     if not os.access(path, os.R_OK):
         raise MediaError("permission denied")
@@ -109,17 +111,25 @@ def _video_stream(container: av.container.InputContainer) -> av.VideoStream | No
     return streams[0] if streams else None
 
 
+def _seconds(ticks: int, time_base: Fraction) -> float:
+    """ticks x time_base as a float: float(ticks * time_base) to the bit, without building
+    Fractions (integer true division is correctly rounded, as Fraction's float() is)."""
+    return ticks * time_base.numerator / time_base.denominator
+
+
 def _start_s(stream: av.Stream) -> float:
     """Container time of a stream's first sample, from its header (0 when not stated)."""
-    if stream.start_time is None or stream.time_base is None:
+    start_time, time_base = stream.start_time, stream.time_base
+    if start_time is None or time_base is None:
         return 0.0
-    return float(stream.start_time * stream.time_base)
+    return _seconds(start_time, time_base)
 
 
 def _end_s(stream: av.Stream) -> float | None:
     """Container time where a stream ends, from its header or the container's (None if unknown)."""
-    if stream.duration is not None and stream.time_base is not None:
-        return _start_s(stream) + float(stream.duration * stream.time_base)
+    duration, time_base = stream.duration, stream.time_base
+    if duration is not None and time_base is not None:
+        return _start_s(stream) + _seconds(duration, time_base)
     if stream.container.duration is not None:
         return stream.container.duration / av.time_base
     return None
@@ -151,27 +161,25 @@ class _Demuxer:
         """Skip video packets more than VIDEO_MARGIN_S past the audio's end, as stated in the
         header and confirmed by the audio packets read so far (so that neither a wrong header
         nor audio stored after the video in the file loses frames)."""
-        if video.time_base is not None:
-            self._video_limit_pts = int((audio_end_s + VIDEO_MARGIN_S) / video.time_base)
+        time_base = video.time_base
+        if time_base is not None:
+            tick_s = time_base.numerator / time_base.denominator  # float(time_base)
+            self._video_limit_pts = int((audio_end_s + VIDEO_MARGIN_S) / tick_s)
 
     def __iter__(self) -> Iterator[tuple[av.Stream, list | None]]:
-        packets = self.container.demux(self.streams)
-        while True:
-            try:
-                packet = next(packets)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as error:
-                logger.warning("%s: reading stopped early: %s", self.path, error)
-                for stream in self.streams:
-                    yield stream, self._decoded(stream, None)
-                break
-            stream = packet.stream
-            if stream.type == "audio":
-                self._audio_packet = packet
-            elif self._past_audio(packet):
-                continue
-            yield stream, self._decoded(stream, packet)
+        try:
+            # Only reading raises here: a packet that fails to decode is caught in _decoded.
+            for packet in self.container.demux(self.streams):
+                stream = packet.stream
+                if stream.type == "audio":
+                    self._audio_packet = packet
+                elif self._past_audio(packet):
+                    continue
+                yield stream, self._decoded(stream, packet)
+        except av.error.FFmpegError as error:
+            logger.warning("%s: reading stopped early: %s", self.path, error)
+            for stream in self.streams:
+                yield stream, self._decoded(stream, None)
         for stream in self.streams:
             if self.failures[stream.index]:
                 logger.warning(
@@ -183,9 +191,11 @@ class _Demuxer:
                 )
 
     def _past_audio(self, video_packet: av.Packet) -> bool:
-        if self._video_limit_pts is None or video_packet.pts is None:
+        limit_pts = self._video_limit_pts
+        if limit_pts is None:
             return False
-        if video_packet.pts <= self._video_limit_pts:
+        pts = video_packet.pts
+        if pts is None or pts <= limit_pts:
             return False
         audio = self._audio_packet
         if audio is None or audio.pts is None:
@@ -259,7 +269,7 @@ def iter_features(
                 origin_s,
                 frame_size,
                 video_stream.sample_aspect_ratio,
-                frame_duration_s=float(1 / rate) if rate else 0.0,
+                frame_duration_s=rate.denominator / rate.numerator if rate else 0.0,
             )
         demuxer = _Demuxer(path, container, streams)
         audio_end_s = _end_s(audio_stream)
@@ -273,13 +283,16 @@ def iter_features(
                     audio.lost_packet()
                     continue
                 for frame in decoded:
-                    blocks.add_audio(audio.push(frame))
+                    chunks = audio.push(frame)
+                    if chunks:  # the converter hands out audio every few seconds
+                        blocks.add_audio(chunks)
             elif frames is not None and decoded is not None:
                 for frame in decoded:
                     frames.push(frame)
             # Blocks leave as soon as both streams are past them; the last one waits for the
             # end of the file, since only then is it known to be the last.
-            yield from blocks.ready()
+            if blocks.may_be_ready():
+                yield from blocks.ready()
         blocks.add_audio(audio.flush())
         if frames is not None:
             frames.finish()
@@ -297,16 +310,22 @@ class _Blocks:
         self.first_window = 0
         self._pending: list[np.ndarray] = []  # samples from first_window's start
         self._pending_len = 0
+        self._block_samples = block_windows * WINDOW_STEP
+        # A window after the block must be certain to exist, so the last block is never empty.
+        self._ready_samples = self._block_samples + WINDOW_SAMPLES
 
     def add_audio(self, chunks: list[np.ndarray]) -> None:
         self._pending += chunks
-        self._pending_len += sum(len(chunk) for chunk in chunks)
+        self._pending_len += sum(map(len, chunks))
+
+    def may_be_ready(self) -> bool:
+        """Whether there is audio for a full block (a cheap test before `ready`)."""
+        return self._pending_len >= self._ready_samples
 
     def ready(self) -> Iterator[MediaFeatures]:
         """Full blocks whose audio and frames are known and that are not the last block."""
-        block_samples = self.block_windows * WINDOW_STEP
-        # A window after the block must be certain to exist, so the last block is never empty.
-        while self._pending_len >= block_samples + WINDOW_SAMPLES and (
+        block_samples = self._block_samples
+        while self._pending_len >= self._ready_samples and (
             self.frames is None or self.frames.ready(self.first_window + self.block_windows - 1)
         ):
             samples = np.concatenate(self._pending)
@@ -316,7 +335,12 @@ class _Blocks:
 
     def last(self, duration_s: float) -> MediaFeatures:
         """The final block, from all remaining audio (zero-padded to one window if shorter)."""
-        samples = np.concatenate(self._pending) if self._pending else np.zeros(0, np.float32)
+        if len(self._pending) == 1:  # often, for a file shorter than a converter batch
+            samples = self._pending[0]
+        elif self._pending:
+            samples = np.concatenate(self._pending)
+        else:
+            samples = np.zeros(0, np.float32)
         return self._block(samples, duration_s)
 
     def _block(self, samples: np.ndarray, duration_s: float | None) -> MediaFeatures:
@@ -340,6 +364,8 @@ class _Blocks:
 def extract_features(path: Path, frame_size: int = FRAME_SIZE) -> MediaFeatures:
     """All features of a media file (see `MediaFeatures`); raises `MediaError` on bad input."""
     blocks = list(iter_features(path, frame_size=frame_size))
+    if len(blocks) == 1:  # a file under block_windows seconds: nothing to join
+        return blocks[0]
     frames = blocks[0].frames
     return MediaFeatures(
         logmel=np.concatenate([b.logmel for b in blocks]),

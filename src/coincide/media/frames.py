@@ -10,6 +10,7 @@ a video shorter than its audio.
 from __future__ import annotations
 
 import math
+import threading
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,6 +23,17 @@ from coincide.media.frontend import HOP_LENGTH, N_FRAMES, SAMPLE_RATE
 
 # Offset of a window's centre from its start: half of the 0.96 s its frames span.
 WINDOW_CENTRE_S = N_FRAMES * HOP_LENGTH / SAMPLE_RATE / 2
+
+# One scaling context per thread, kept from file to file: building one costs about as much as
+# converting ten small frames (measured), and a file gives only one frame per second.
+_reformatters = threading.local()
+
+
+def _shared_reformatter() -> VideoReformatter:
+    reformatter = getattr(_reformatters, "reformatter", None)
+    if reformatter is None:
+        reformatter = _reformatters.reformatter = VideoReformatter()
+    return reformatter
 
 
 @dataclass
@@ -55,8 +67,6 @@ class FrameSelector:
         self._last: tuple[av.VideoFrame, float] | None = None  # newest frame and its start
         self._shown: deque[_Shown] = deque()
         self._ended = False
-        # Keeps its scaling context from frame to frame instead of building one per frame.
-        self._reformatter = VideoReformatter()
 
     def push(self, frame: av.VideoFrame) -> None:
         """Take the next decoded frame (frames come in presentation order)."""
@@ -96,7 +106,7 @@ class FrameSelector:
         """Frames of windows first_window .. first_window + n - 1, which must be `ready`, in
         increasing order across calls: ((n, size, size, 3) uint8, zeros where none; (n,) bool)."""
         size = self.frame_size
-        images = np.zeros((n, size, size, 3), dtype=np.uint8)
+        images = np.empty((n, size, size, 3), dtype=np.uint8)  # every row is written below
         has_frame = np.zeros(n, dtype=bool)
         for i in range(n):
             centre = self._centre(first_window + i)
@@ -105,6 +115,8 @@ class FrameSelector:
             if self._shown and self._shown[0].start_s <= centre:
                 images[i] = self._shown[0].image
                 has_frame[i] = True
+            else:
+                images[i] = 0
         return images, has_frame
 
     def _centre(self, window: int) -> float:
@@ -117,7 +129,7 @@ class FrameSelector:
         if window > 0 and self._centre(window - 1) >= start_s:
             window -= 1
         if start_s <= self._centre(window) < end_s:
-            image = square_rgb(frame, self.frame_size, self.sample_aspect_ratio, self._reformatter)
+            image = square_rgb(frame, self.frame_size, self.sample_aspect_ratio)
             self._shown.append(_Shown(start_s, end_s, image))
 
 
@@ -134,6 +146,8 @@ def square_rgb(
     quarter turn (mirroring is ignored). Then the short side is scaled to `size` and the centre
     cropped: this keeps shapes undistorted (a squashed object looks like another object) at the
     cost of the edges of wide frames, where the subject of a shot rarely is.
+
+    `reformatter` keeps libswscale's context between calls; by default this thread's own.
     """
     sar = float(sample_aspect_ratio) if sample_aspect_ratio else 1.0
     display_w, display_h = frame.width * sar, float(frame.height)
@@ -146,10 +160,19 @@ def square_rgb(
     out_h = max(size, round(display_h * scale))
     # Scale before rotating (libswscale does the resampling), in the coded frame's orientation.
     coded_w, coded_h = (out_h, out_w) if quarter_turns % 2 else (out_w, out_h)
-    # The frame's own colour range: phone video is often full range, most video limited.
-    scaled = (reformatter or VideoReformatter()).reformat(
-        frame, width=coded_w, height=coded_h, format="rgb24", src_color_range=frame.color_range
+    # The frame's own colour range: phone video is often full range, most video limited. One
+    # thread: ingestion runs one file per process, and slice threads would be started for each
+    # new context on every core of the machine for a 128-pixel image.
+    scaled = (reformatter or _shared_reformatter()).reformat(
+        frame,
+        width=coded_w,
+        height=coded_h,
+        format="rgb24",
+        src_color_range=frame.color_range,
+        threads=1,
     )
-    rgb = np.rot90(scaled.to_ndarray(), k=quarter_turns)
+    rgb = scaled.to_ndarray()
+    if quarter_turns:
+        rgb = np.rot90(rgb, k=quarter_turns)
     top, left = (out_h - size) // 2, (out_w - size) // 2
     return np.ascontiguousarray(rgb[top : top + size, left : left + size])

@@ -60,6 +60,28 @@ def mel_filterbank() -> np.ndarray:
     ).astype(np.float32)
 
 
+def _band_groups(mel_basis: np.ndarray) -> list[tuple[int, int, int, int]]:
+    """The mel bands in two runs of consecutive bands, each with the FFT bins it covers:
+    [(first band, end band, first bin, end bin)], split where the two products are smallest.
+
+    mel_basis: (N_MELS, bins). The filter bank is ~97% zeros (a band covers 2 to 16 of the 201
+    bins, the high bands the widest), so a product per run skips most of them.
+    """
+    nonzero = mel_basis != 0
+    first = nonzero.argmax(axis=1)
+    end = nonzero.shape[1] - nonzero[:, ::-1].argmax(axis=1)
+
+    def run(bands: slice) -> tuple[int, int]:
+        return int(first[bands].min()), int(end[bands].max())
+
+    def cost(split: int) -> int:
+        (a0, a1), (b0, b1) = run(slice(0, split)), run(slice(split, None))
+        return split * (a1 - a0) + (len(mel_basis) - split) * (b1 - b0)
+
+    split = min(range(1, len(mel_basis)), key=cost)
+    return [(0, split, *run(slice(0, split))), (split, len(mel_basis), *run(slice(split, None)))]
+
+
 class LogMelFrontend(nn.Module):
     """Waveform to log-mel windows, in torch ops only (for prediction on GPU and ONNX export).
 
@@ -69,33 +91,42 @@ class LogMelFrontend(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
+        basis = mel_filterbank()
         # Periodic Hann (torch's default), the window librosa / scipy use with fftbins=True.
         self.register_buffer("window", torch.hann_window(WIN_LENGTH, periodic=True))
-        self.register_buffer("mel_basis", torch.from_numpy(mel_filterbank()))
+        self.register_buffer("mel_basis", torch.from_numpy(basis))
+        # Where the filter bank is not zero (plain ints, not state: the bank is fixed by the
+        # frontend parameters, so a loaded state_dict holds the same one).
+        self._groups = _band_groups(basis)
+        self._bins = (min(g[2] for g in self._groups), max(g[3] for g in self._groups))
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         n_samples = waveform.shape[-1]
         if n_samples < WINDOW_SAMPLES:
             waveform = nn.functional.pad(waveform, (0, WINDOW_SAMPLES - n_samples))
-        spectrum = torch.stft(
-            waveform,
-            n_fft=N_FFT,
-            hop_length=HOP_LENGTH,
-            win_length=WIN_LENGTH,
-            window=self.window,
-            center=False,
-            return_complex=True,
-        )  # (batch, freq, frames) complex
+        # The STFT as one real FFT of the framed signal (center=False framing, equal to
+        # torch.stft to the bit): its (frames, freq) layout is the one the FFT writes, so the
+        # magnitude and the mel product below run on contiguous memory (~10% faster on CPU).
+        frames = waveform.unfold(-1, WIN_LENGTH, HOP_LENGTH) * self.window  # (batch, frames, 400)
+        spectrum = torch.fft.rfft(frames)  # (batch, frames, freq) complex
         # |X| as sqrt(re^2 + im^2): twice as fast on CPU as the overflow-safe complex abs, and
-        # exported to ONNX as plain real ops.
-        parts = torch.view_as_real(spectrum)
-        real, imag = parts[..., 0], parts[..., 1]
-        magnitude = torch.sqrt(torch.addcmul(real * real, imag, imag))
-        mel = torch.matmul(self.mel_basis, magnitude)  # (batch, mel, frames)
-        log_mel = torch.log(mel + LOG_OFFSET)
-        # (batch, mel, n_windows, N_FRAMES): window j = frames [100 j, 100 j + 96)
-        windows = log_mel.unfold(-1, N_FRAMES, FRAMES_PER_STEP)
-        return windows.permute(0, 2, 1, 3).contiguous()
+        # exported to ONNX as plain real ops. Squaring the interleaved (re, im) pairs first runs
+        # on contiguous memory; the sum and the root then work on half as many numbers. Only
+        # the bins some mel band covers are needed.
+        low, high = self._bins
+        squares = torch.view_as_real(spectrum[..., low:high]).square()
+        magnitude = (squares[..., 0] + squares[..., 1]).sqrt_()  # (batch, frames, high - low)
+        # The mel product run by run of bands, over the bins each run covers (zeros skipped).
+        mel = torch.cat(
+            [
+                torch.matmul(magnitude[..., b0 - low : b1 - low], self.mel_basis[m0:m1, b0:b1].T)
+                for m0, m1, b0, b1 in self._groups
+            ],
+            dim=-1,
+        )  # (batch, frames, mel)
+        log_mel = torch.log(mel.add_(LOG_OFFSET))
+        # (batch, n_windows, mel, N_FRAMES): window j = frames [100 j, 100 j + 96)
+        return log_mel.unfold(1, N_FRAMES, FRAMES_PER_STEP).contiguous()
 
 
 @functools.cache
@@ -109,5 +140,6 @@ def logmel_windows(waveform: np.ndarray) -> np.ndarray:
     if waveform.ndim != 1:
         raise ValueError(f"expected a 1-D waveform, got shape {waveform.shape}")
     samples = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))
-    with torch.no_grad():
+    # Inference mode, not just no_grad: no autograd bookkeeping on any op (cheaper per call).
+    with torch.inference_mode():
         return _shared_frontend()(samples[None])[0].numpy()
