@@ -159,3 +159,26 @@ def test_summary_means_spread_and_recovery():
     assert by["b"]["qbe_map_recovery"] == pytest.approx(0.0)
     # Classification: a 0.30, b 0.10, c 0.225 -> 62.5 %.
     assert by["c"]["shallow_map_recovery"] == pytest.approx(62.5)
+
+
+def test_train_with_eval_store_logs_a_qbe_curve(stores, tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["train", str(stores["audio"]), "--run", str(run_dir), "--config", "small"]
+    args += ["--eval-store", str(stores["test"]), "--eval-every", "1"]
+    for override in TINY:
+        args += ["--set", override]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    # Audio-only curriculum: 2 stages x 2 steps, measured at step 0 and after every step.
+    with open(run_dir / "eval_curve.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4]
+    assert all(0.0 <= float(r["qbe_map"]) <= 1.0 for r in rows)
+    assert "held-out QbE mAP" in result.output
+
+
+def test_eval_every_without_eval_store_is_a_user_error(stores, tmp_path):
+    args = ["train", str(stores["audio"]), "--run", str(tmp_path / "run"), "--eval-every", "5"]
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, UserError)
+    assert "--eval-every needs --eval-store" in str(result.exception)

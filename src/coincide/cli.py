@@ -24,17 +24,27 @@ app = typer.Typer(
 
 @app.command()
 def ingest(
-    paths: Annotated[list[Path], typer.Argument(help="Media files or folders (searched recursively).")],
-    store: Annotated[Path, typer.Option("--store", help="Feature store folder (created if missing).")],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Media files or folders (searched recursively).")
+    ],
+    store: Annotated[
+        Path, typer.Option("--store", help="Feature store folder (created if missing).")
+    ],
     labels: Annotated[
-        Path | None, typer.Option("--labels", help="CSV with columns path,label (clip-level labels).")
+        Path | None,
+        typer.Option("--labels", help="CSV with columns path,label (clip-level labels)."),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Decoding processes.")] = 1,
+    chunk_windows: Annotated[
+        int, typer.Option("--chunk-windows", min=1, help="Windows per store chunk (about).")
+    ] = 4096,
 ) -> None:
-    """Decode media into log-mel windows and 1 Hz frames in a feature store (resumable, idempotent)."""
+    """Decode media into log-mel windows and 1 Hz frames in a feature store (resumable)."""
     from coincide.ingest import run
 
-    raise typer.Exit(run(paths, store, labels_csv=labels, workers=workers))
+    raise typer.Exit(
+        run(paths, store, labels_csv=labels, workers=workers, chunk_windows=chunk_windows)
+    )
 
 
 @app.command()
@@ -54,6 +64,552 @@ def add_labels(
     from coincide.ingest import add_labels as run_add_labels
 
     run_add_labels(store, labels)
+
+
+@app.command("make-bench")
+def make_bench(
+    out: Annotated[Path, typer.Argument(help="Folder for the benchmark (train/, test/, CSVs).")],
+    preset: Annotated[
+        str | None,
+        typer.Option("--preset", help="demo (bundled data) or avmnist (FSDD+MNIST+ESC-50)."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, typer.Option("--data-dir", help="Folder with fsdd/, mnist/, esc50_subset/.")
+    ] = None,
+    sounds: Annotated[
+        Path | None, typer.Option("--sounds", help="CSV path,label[,split][,group] of sounds.")
+    ] = None,
+    images: Annotated[
+        Path | None, typer.Option("--images", help="CSV path,label[,split][,group] of images.")
+    ] = None,
+    backgrounds: Annotated[
+        Path | None,
+        typer.Option("--backgrounds", help="CSV path[,split][,group] of ambient recordings."),
+    ] = None,
+    image_backgrounds: Annotated[
+        Path | None,
+        typer.Option("--image-backgrounds", help="CSV path[,split] of background pictures."),
+    ] = None,
+    pairing: Annotated[
+        Path | None,
+        typer.Option("--pairing", help="CSV sound_label,image_label (default: identity)."),
+    ] = None,
+    clips: Annotated[
+        int | None, typer.Option("--clips", min=1, help="Train clips (default: the preset's).")
+    ] = None,
+    test_clips: Annotated[
+        int | None, typer.Option("--test-clips", min=0, help="Test clips (default: clips / 3).")
+    ] = None,
+    seconds: Annotated[int, typer.Option("--seconds", min=1, help="Seconds per clip.")] = 10,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
+    zipf: Annotated[
+        float, typer.Option("--zipf", min=0.0, help="Class prior exponent (0 = uniform).")
+    ] = 1.0,
+    density: Annotated[
+        float, typer.Option("--density", help="Share of seconds with an instance onset.")
+    ] = 0.8,
+    snr_db: Annotated[
+        tuple[float, float],
+        typer.Option("--snr-db", help="LOW HIGH: instance over background RMS, dB."),
+    ] = (0.0, 15.0),
+    distractor_prob: Annotated[
+        float, typer.Option("--distractor-prob", help="Share of clips with a distractor.")
+    ] = 0.25,
+    fps: Annotated[int, typer.Option("--fps", min=1, help="Video frames per second.")] = 4,
+    size: Annotated[int, typer.Option("--size", help="Frame width and height, px.")] = 128,
+    sample_rate: Annotated[int, typer.Option("--sample-rate", help="Audio rate, Hz.")] = 16000,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Encoding processes.")] = 1,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace a benchmark already in OUT.")
+    ] = False,
+) -> None:
+    """Compose benchmark mp4 videos from real labeled sounds and images, with labels and events."""
+    from coincide.bench.compose import run
+    from coincide.bench.params import BenchParams
+    from coincide.bench.presets import SourceArgs
+
+    params = BenchParams(
+        clips=clips,
+        test_clips=test_clips,
+        seconds=seconds,
+        seed=seed,
+        zipf=zipf,
+        density=density,
+        snr_db=snr_db,
+        distractor_prob=distractor_prob,
+        fps=fps,
+        size=size,
+        sample_rate=sample_rate,
+    )
+    sources = SourceArgs(preset, data_dir, sounds, images, backgrounds, image_backgrounds, pairing)
+    raise typer.Exit(run(out, params, sources, workers=workers, force=force))
+
+
+@app.command()
+def train(
+    store: Annotated[Path, typer.Argument(help="Feature store folder (from `coincide ingest`).")],
+    run: Annotated[
+        Path, typer.Option("--run", help="Run folder; one that holds a checkpoint resumes.")
+    ],
+    config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config",
+            help="Preset (small, paper, row_a..row_k) or YAML file; repeat to overlay. "
+            "Default: the run's config.yaml, else small.",
+        ),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key: key.sub=value (repeatable)."),
+    ] = None,
+    eval_store: Annotated[
+        Path | None,
+        typer.Option(
+            "--eval-store",
+            help="Labeled held-out store: QbE mAP during training (RUN/eval_curve.csv).",
+        ),
+    ] = None,
+    eval_every: Annotated[
+        int, typer.Option("--eval-every", min=0, help="Steps between QbE measurements.")
+    ] = 0,
+) -> None:
+    """Train the curriculum (av -> coin -> joint; audio-only: aa -> aa_clust), resumably.
+
+    Several GPUs: torchrun --nproc_per_node N -m coincide.cli -- train STORE --run RUN ...
+    (the -- stops torchrun from reading --run as its own --run-path).
+    """
+    from coincide.train.loop import run as run_training
+
+    run_training(store, run, config or [], overrides or [], eval_store, eval_every)
+
+
+@app.command()
+def cluster(
+    run: Annotated[Path, typer.Argument(help="Run folder (from `coincide train`).")],
+    store: Annotated[Path, typer.Option("--store", help="Feature store whose windows to cluster.")],
+    method: Annotated[
+        str,
+        typer.Option("--method", help="head (the run's p_clust) or kmeans (on f's embeddings)."),
+    ] = "head",
+    k: Annotated[int | None, typer.Option("--k", min=1, help="k-means centres.")] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option("--checkpoint", help="Checkpoint (default RUN/checkpoints/last.pt)."),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per pass.")] = 512,
+    seed: Annotated[int, typer.Option("--seed", help="k-means seed.")] = 0,
+) -> None:
+    """Assign every window of a store to its arg-max cluster (or k-means), with sizes."""
+    from coincide.cluster import run as run_cluster
+
+    run_cluster(run, store, method, k, checkpoint, batch_size, seed)
+
+
+@app.command()
+def label(
+    run: Annotated[Path, typer.Argument(help="Run folder with a clustering of the store.")],
+    store: Annotated[Path, typer.Option("--store", help="Feature store that was clustered.")],
+    budget: Annotated[int, typer.Option("--budget", min=1, help="Labels to ask (N clusters).")],
+    oracle: Annotated[
+        str | None,
+        typer.Option("--oracle", help="Simulated annotator: 'store' or a path,label CSV."),
+    ] = None,
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="cluster (propagate) or random (N windows).")
+    ] = "cluster",
+    select: Annotated[
+        str, typer.Option("--select", help="Cluster order: random (paper) or size (largest first).")
+    ] = "random",
+    member: Annotated[
+        str, typer.Option("--member", help="Member shown: random (paper) or medoid.")
+    ] = "random",
+    session: Annotated[
+        str | None, typer.Option("--session", help="Session name (default: cluster / random).")
+    ] = None,
+    db: Annotated[
+        Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the selection.")] = 0,
+    method: Annotated[str, typer.Option("--method", help="Clustering: head or kmeans.")] = "head",
+    k: Annotated[int | None, typer.Option("--k", min=1, help="k-means centres.")] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Label in a web page (until Ctrl+C), then propagate.")
+    ] = False,
+    host: Annotated[
+        str, typer.Option("--host", help="Page address; not loopback: a token is required.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Page port.")] = 8750,
+    vocab: Annotated[
+        Path | None,
+        typer.Option("--vocab", help="Label suggestions: text list or AudioSet ontology.json."),
+    ] = None,
+    annotator: Annotated[
+        str | None, typer.Option("--annotator", help="Default annotator name in the page.")
+    ] = None,
+) -> None:
+    """Label clusters (one member each, propagated to the cluster) or random windows."""
+    from coincide.label import run as run_label
+
+    run_label(
+        run,
+        store,
+        budget,
+        oracle,
+        strategy,
+        select,
+        member,
+        session,
+        db,
+        seed,
+        method,
+        k,
+        serve=serve,
+        host=host,
+        port=port,
+        vocab=vocab,
+        annotator=annotator,
+    )
+
+
+labels_app = typer.Typer(help="Labels given in labeling sessions.", no_args_is_help=True)
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("export")
+def labels_export(
+    run: Annotated[Path, typer.Argument(help="Run folder holding the label store.")],
+    fmt: Annotated[str, typer.Option("--format", help="csv (one row per label) or json.")] = "csv",
+    session: Annotated[
+        str | None, typer.Option("--session", help="Session name (default: the only one).")
+    ] = None,
+    db: Annotated[
+        Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
+    ] = None,
+    store: Annotated[
+        Path | None, typer.Option("--store", help="Feature store (default: the session's).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder (default RUN/labels/<session>/).")
+    ] = None,
+) -> None:
+    """Write a session's answers and its propagated window labels (answers.*, windows.*)."""
+    from coincide.labelui.export import run as run_export
+
+    run_export(run, fmt, session, db, store, out)
+
+
+@app.command()
+def finetune(
+    run: Annotated[Path, typer.Argument(help="Run folder (curriculum checkpoint, labels).")],
+    store: Annotated[Path, typer.Option("--store", help="Feature store the labels refer to.")],
+    strategy: Annotated[
+        str,
+        typer.Option(
+            "--strategy", help="cluster, random-scratch, random-pretrained or all (topline)."
+        ),
+    ] = "cluster",
+    session: Annotated[
+        str | None, typer.Option("--session", help="Labeling session (default by strategy).")
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", help="Output subfolder of RUN/finetune/.")
+    ] = None,
+    test_store: Annotated[
+        Path | None, typer.Option("--test-store", help="Labeled store to score clips on.")
+    ] = None,
+    oracle: Annotated[
+        str, typer.Option("--oracle", help="Labels for --strategy all: 'store' or a CSV.")
+    ] = "store",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")] = 2000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per step.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-4,
+    multilabel: Annotated[
+        bool | None,
+        typer.Option(
+            "--multilabel/--single-label", help="Sigmoid or softmax (default: from the labels)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of batches and fresh weights.")] = 0,
+) -> None:
+    """Fine-tune f with a classifier p_class on labeled windows (L_class only); score clips."""
+    from coincide.finetune import FinetuneConfig
+    from coincide.finetune import run as run_finetune
+
+    cfg = FinetuneConfig(
+        steps=steps, batch_size=batch_size, lr=lr, multilabel=multilabel, seed=seed
+    )
+    run_finetune(run, store, strategy, session, out, test_store, oracle, None, cfg)
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder (from `coincide train`).")],
+    store: Annotated[Path, typer.Option("--store", help="Labeled test store to measure on.")],
+    train_store: Annotated[
+        Path | None,
+        typer.Option(
+            "--train-store",
+            help="Labeled store to train the shallow classifier on (default: half the test "
+            "store's media).",
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the shallow classifier.")] = 0,
+    max_train_windows: Annotated[
+        int, typer.Option("--max-train-windows", min=1, help="Cap on classifier training windows.")
+    ] = 20000,
+) -> None:
+    """Measure the run's audio embedding: QbE retrieval mAP and shallow classifier mAP."""
+    from coincide.evaluate import EVAL_DIR, METRICS_TABLE
+    from coincide.evaluate import run as run_evaluate
+
+    run_evaluate(run, store, train_store, shallow_seed=seed, max_train_windows=max_train_windows)
+    typer.echo((run / EVAL_DIR / METRICS_TABLE).read_text(encoding="utf-8"))
+
+
+reproduce_app = typer.Typer(
+    help="Reproduce the paper's tables on a benchmark, one command per table.",
+    no_args_is_help=True,
+)
+app.add_typer(reproduce_app, name="reproduce")
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as err:
+        raise UserError(f"{flag} {text!r} is not a comma-separated list of integers.") from err
+
+
+@reproduce_app.command("table1")
+def reproduce_table1(
+    train_store: Annotated[
+        Path, typer.Option("--train-store", help="Labeled store to train every row on.")
+    ],
+    test_store: Annotated[Path, typer.Option("--test-store", help="Labeled store to measure on.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for runs/ and table1.md.")],
+    config: Annotated[
+        str, typer.Option("--config", help="Base preset (small, paper) or YAML file.")
+    ] = "small",
+    rows: Annotated[
+        str, typer.Option("--rows", help="Rows to run, e.g. a,b,e,f (a and b always run).")
+    ] = "a,b,c,d,e,f,g,h,i,j,k",
+    seeds: Annotated[str, typer.Option("--seeds", help="Training seeds, e.g. 0,1,2.")] = "0",
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a config key of every row: key.sub=value."),
+    ] = None,
+    logmel_pooling: Annotated[
+        str, typer.Option("--logmel-pooling", help="Row b: flatten (6144-d) or mean_std (128-d).")
+    ] = "flatten",
+    max_train_windows: Annotated[
+        int, typer.Option("--max-train-windows", min=1, help="Cap on classifier training windows.")
+    ] = 20000,
+    eval_every: Annotated[
+        int,
+        typer.Option(
+            "--eval-every", min=0, help="Steps between QbE measurements on --test-store (0: off)."
+        ),
+    ] = 0,
+) -> None:
+    """Table 1: train every row the data supports, measure each, write table1.md (resumable)."""
+    from coincide.representations import POOLINGS
+    from coincide.table1 import Settings, parse_rows
+    from coincide.table1 import run as run_table1
+
+    if logmel_pooling not in POOLINGS:
+        raise UserError(f"--logmel-pooling {logmel_pooling!r}: use one of {', '.join(POOLINGS)}.")
+    seed_list = tuple(_int_list(seeds, "--seeds"))
+    if not seed_list:
+        raise UserError("--seeds is empty; give at least one seed, e.g. --seeds 0.")
+    settings = Settings(
+        train_store=train_store,
+        test_store=test_store,
+        out=out,
+        config=config,
+        rows=parse_rows(rows),
+        seeds=seed_list,
+        overrides=tuple(overrides or ()),
+        logmel_pooling=logmel_pooling,  # type: ignore[arg-type]  # checked against POOLINGS
+        max_train_windows=max_train_windows,
+        eval_every=eval_every,
+    )
+    run_table1(settings)
+
+
+@reproduce_app.command("table2")
+def reproduce_table2(
+    run: Annotated[
+        list[Path], typer.Option("--run", help="Run with a p_clust (repeat: one per K).")
+    ],
+    store: Annotated[Path, typer.Option("--store", help="Labeled store to cluster and score.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for table2.md and table2.csv.")],
+    oracle: Annotated[str, typer.Option("--oracle", help="'store' or a path,label CSV.")] = "store",
+    k: Annotated[
+        str, typer.Option("--k", help="K1,K2,...: k-means rows on the first run's embeddings.")
+    ] = "",
+    budgets: Annotated[
+        str, typer.Option("--budgets", help="Clusters labeled per row (default 0.37 K).")
+    ] = "",
+    select: Annotated[str, typer.Option("--select", help="random or size.")] = "random",
+    member: Annotated[str, typer.Option("--member", help="random or medoid.")] = "random",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of selection and k-means.")] = 0,
+) -> None:
+    """Table 2: K, active clusters, V-measure, labeled, label recall and precision."""
+    from coincide.consolidation_tables import run_table2
+
+    run_table2(
+        run,
+        store,
+        out,
+        oracle,
+        _int_list(k, "--k"),
+        _int_list(budgets, "--budgets") or None,
+        order=select,
+        member=member,
+        seed=seed,
+    )
+
+
+@reproduce_app.command("table3")
+def reproduce_table3(
+    run: Annotated[Path, typer.Option("--run", help="Curriculum run (checkpoint + p_clust).")],
+    train_store: Annotated[
+        Path, typer.Option("--train-store", help="Store to label and train on.")
+    ],
+    test_store: Annotated[Path, typer.Option("--test-store", help="Labeled store to score on.")],
+    budgets: Annotated[str, typer.Option("--budgets", help="Label budgets, e.g. 10,20,50,100.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for table3.md/.csv/.png and runs.")],
+    oracle: Annotated[str, typer.Option("--oracle", help="'store' or a path,label CSV.")] = "store",
+    method: Annotated[str, typer.Option("--method", help="Clustering: head or kmeans.")] = "head",
+    k: Annotated[int | None, typer.Option("--k", min=1, help="k-means centres.")] = None,
+    select: Annotated[str, typer.Option("--select", help="random or size.")] = "random",
+    member: Annotated[str, typer.Option("--member", help="random or medoid.")] = "random",
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Fine-tuning steps per row.")] = 2000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per step.")] = 64,
+    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-4,
+    multilabel: Annotated[
+        bool | None,
+        typer.Option("--multilabel/--single-label", help="Default: from the labels."),
+    ] = None,
+    topline: Annotated[
+        bool, typer.Option("--topline/--no-topline", help="Also train on all labels.")
+    ] = True,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of selection and training.")] = 0,
+) -> None:
+    """Table 3: mAP and d' against label budget for random and cluster labeling, and a plot."""
+    from coincide.consolidation_tables import run_table3
+    from coincide.finetune import FinetuneConfig
+
+    cfg = FinetuneConfig(
+        steps=steps, batch_size=batch_size, lr=lr, multilabel=multilabel, seed=seed
+    )
+    run_table3(
+        run,
+        train_store,
+        test_store,
+        _int_list(budgets, "--budgets"),
+        out,
+        oracle,
+        cfg,
+        method,
+        k,
+        select,
+        member,
+        seed,
+        topline,
+    )
+
+
+@app.command()
+def predict(
+    run: Annotated[
+        Path, typer.Argument(help="Run folder, fine-tuning folder, checkpoint or export folder.")
+    ],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Media files or folders (searched recursively).")
+    ],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="FILE.csv or FILE.json with per-second and clip scores."),
+    ] = None,
+    threshold: Annotated[
+        float | None, typer.Option("--threshold", help="Label every class scoring >= T.")
+    ] = None,
+    top: Annotated[
+        int | None, typer.Option("--top", help="Label the K best classes of each row.")
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Class scores for every second of media files, and labels for each clip."""
+    from coincide.predict import run as run_predict
+
+    raise typer.Exit(run_predict(run, paths, out, threshold, top, device))
+
+
+@app.command()
+def embed(
+    run: Annotated[
+        Path, typer.Argument(help="Run folder, fine-tuning folder, checkpoint or export folder.")
+    ],
+    paths: Annotated[
+        list[Path], typer.Argument(help="Media files or folders (searched recursively).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="FILE.parquet: media_path, time_s, embedding.")
+    ],
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Write the embedding of every second of media files to a Parquet table."""
+    from coincide.embed import run as run_embed
+
+    raise typer.Exit(run_embed(run, paths, out, device))
+
+
+@app.command()
+def search(
+    run: Annotated[
+        Path, typer.Argument(help="Run folder, fine-tuning folder, checkpoint or export folder.")
+    ],
+    store: Annotated[Path, typer.Option("--store", help="Feature store to search in.")],
+    query: Annotated[
+        str | None,
+        typer.Option("--query", help="MEDIA or MEDIA@SECONDS: the example to search for."),
+    ] = None,
+    query_window: Annotated[
+        int | None,
+        typer.Option("--query-window", min=0, help="A window of the store as the example."),
+    ] = None,
+    top: Annotated[int, typer.Option("--top", min=1, help="Number of hits.")] = 10,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Write OUT.html with a player per hit.")
+    ] = None,
+    nprobe: Annotated[
+        int | None,
+        typer.Option("--nprobe", min=1, help="Index lists scanned (large stores; default auto)."),
+    ] = None,
+    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+) -> None:
+    """Find the store windows that sound most like an example (cosine distance)."""
+    from coincide.search import run as run_search
+
+    run_search(run, store, query, query_window, top, html, nprobe, device)
+
+
+@app.command()
+def export(
+    run: Annotated[
+        Path, typer.Argument(help="Run folder, fine-tuning folder or checkpoint to export.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the exported model.")],
+    onnx: Annotated[
+        bool, typer.Option("--onnx/--no-onnx", help="Also write model.onnx (waveform in).")
+    ] = True,
+) -> None:
+    """Export f and the classifier: safetensors, config.json, labels.txt and an ONNX graph."""
+    from coincide.export import run as run_export
+
+    raise typer.Exit(run_export(run, out, onnx))
 
 
 def main() -> None:

@@ -89,6 +89,7 @@ class Settings:
     overrides: tuple[str, ...] = ()
     logmel_pooling: Pooling = "flatten"
     max_train_windows: int | None = DEFAULT_MAX_TRAIN_WINDOWS
+    eval_every: int = 0
 
 
 def parse_rows(text: str) -> tuple[str, ...]:
@@ -153,7 +154,13 @@ def run(settings: Settings) -> Path:
                 if row.overlay is None:
                     write_fixed_representation(folder, settings.logmel_pooling)
                 else:
-                    train(configs[seed], settings.train_store, folder)
+                    train(
+                        configs[seed],
+                        settings.train_store,
+                        folder,
+                        eval_store=settings.test_store if settings.eval_every else None,
+                        eval_every=settings.eval_every,
+                    )
                 metrics = evaluate_run(
                     folder,
                     settings.test_store,

@@ -1,0 +1,608 @@
+"""`coincide train STORE --run RUN`: the learning curriculum of paper 3.4, resumable.
+
+One entry point for CPU, one GPU and `torchrun --nproc_per_node N coincide train ...`. The
+stages of the configuration run in order (av -> coin -> joint by default; a store without frames
+runs the audio-only curriculum aa -> aa_clust); each stage trains its weighted loss terms until
+its held-out coincidence loss plateaus or it reaches its step cap.
+
+RUN holds: config.yaml (the resolved configuration), state.json (finished stages, where training
+is), checkpoints/last.pt (+ one stage<N>_<name>.pt per finished stage), train_log.csv,
+tb/ (TensorBoard) and plots/ (loss curves per stage). Running the same command again resumes
+from checkpoints/last.pt: same stage, step, optimizer, plateau and batch-stream state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from coincide import dist
+from coincide.config import Config, StageConfig, load_config, save_config
+from coincide.data.batches import PairBatches, batch_loader, read_batch
+from coincide.data.pairs import (
+    BatchSampler,
+    PairBatch,
+    SamplerState,
+    WindowTable,
+    rank_share,
+    split_media,
+)
+from coincide.errors import UserError
+from coincide.evaluate import TrainingProbe
+from coincide.store.features import FeatureStore, open_store
+from coincide.train.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    build_models,
+    load_checkpoint,
+    save_checkpoint,
+)
+from coincide.train.monitor import ClusterWatch, Monitor, Throughput
+from coincide.train.objective import StageObjective, stage_pair_kinds, stage_parts
+from coincide.train.optim import build_optimizer, learning_rate
+from coincide.train.plateau import Plateau
+from coincide.train.report import finite_or_none, plot_stage, stage_summaries
+
+# The triplet terms of Table 1 rows a and c register themselves in LOSS_TERMS on import, and
+# bring the batch sampler for label triplets; every other stage gets coincidence pairs.
+from coincide.triplets import stage_sampler, stage_validation_batches
+
+CONFIG_FILE = "config.yaml"
+STATE_FILE = "state.json"
+CHECKPOINTS_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.pt"
+
+
+def run(
+    store_path: Path,
+    run_dir: Path,
+    config_sources: Sequence[str],
+    overrides: Sequence[str],
+    eval_store: Path | None = None,
+    eval_every: int = 0,
+) -> None:
+    """The `coincide train` command: resolve the configuration, then train (see `train`).
+
+    Without --config, a run folder that already holds a config.yaml resumes with it; a new run
+    uses the `small` preset.
+    """
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise UserError(f"--run {run_dir} is a file; give a folder for the run.")
+    sources = list(config_sources)
+    if not sources:
+        saved = Path(run_dir) / CONFIG_FILE
+        sources = [str(saved)] if saved.is_file() else ["small"]
+    cfg = load_config(sources, overrides)
+    train(cfg, Path(store_path), Path(run_dir), eval_store=eval_store, eval_every=eval_every)
+
+
+def train(
+    cfg: Config,
+    store_path: Path,
+    run_dir: Path,
+    *,
+    eval_store: Path | None = None,
+    eval_every: int = 0,
+) -> None:
+    """Train the curriculum of `cfg` on a feature store into a run folder (resuming if it holds
+    a checkpoint). Under torchrun every rank calls this; only rank 0 writes.
+
+    With `eval_store` (a labeled held-out store) and `eval_every` > 0, rank 0 measures QbE mAP
+    of the audio encoder at step 0 and every `eval_every` steps into RUN/eval_curve.csv and
+    TensorBoard (`eval/qbe_map`), so a run shows its learning curve."""
+    if eval_every < 0:
+        raise UserError(f"--eval-every {eval_every} is negative; give a number of steps >= 0.")
+    if eval_store is not None and eval_every == 0:
+        raise UserError("--eval-store needs --eval-every N (steps between measurements).")
+    if eval_every and eval_store is None:
+        raise UserError("--eval-every needs --eval-store TEST_STORE (a labeled held-out store).")
+    device = dist.setup(cfg.device)
+    try:
+        _Run(cfg, store_path, run_dir, device, eval_store, eval_every).train()
+    finally:
+        dist.cleanup()
+
+
+@dataclass
+class Position:
+    """Where training is: global optimizer steps, current stage and its progress."""
+
+    step: int = 0
+    stage_index: int = 0
+    stage_step: int = 0
+    next_batch: int = 0
+    plateau: dict[str, Any] | None = None
+    finished: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any]) -> Position:
+        position = cls(
+            step=int(ckpt["step"]),
+            stage_index=int(ckpt["stage_index"]),
+            stage_step=int(ckpt["stage_step"]),
+            next_batch=SamplerState(**ckpt["sampler"]).next_batch,
+            plateau=ckpt["plateau"],
+            finished=list(ckpt["finished"]),
+        )
+        if ckpt["stage_finished"]:  # saved at a stage end: continue with the next stage
+            position.stage_index += 1
+            position.stage_step = position.next_batch = 0
+            position.plateau = None
+        return position
+
+
+class _Run:
+    """One training run; `train()` reads top to bottom."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        store_path: Path,
+        run_dir: Path,
+        device: torch.device,
+        eval_store: Path | None = None,
+        eval_every: int = 0,
+    ) -> None:
+        self.cfg, self.run_dir, self.device = cfg, run_dir, device
+        self.eval_store, self.eval_every = eval_store, eval_every
+        self.probe: TrainingProbe | None = None
+        self.rank, self.world, self.main = dist.rank(), dist.world_size(), dist.is_main()
+        self.cuda = device.type == "cuda"
+        # Precision and memory format are decided once: bf16 autocast and channels_last on GPU.
+        amp = cfg.optim.amp == "bf16" or (cfg.optim.amp == "auto" and self.cuda)
+        self.amp_dtype = torch.bfloat16 if amp else None
+        self.channels_last = self.cuda and cfg.optim.channels_last
+        self.store: FeatureStore = open_store(store_path)
+        self.store_path = store_path
+        self.ckpt_dir = run_dir / CHECKPOINTS_DIR
+        self.last_path = self.ckpt_dir / LAST_CHECKPOINT
+        self.monitor: Monitor | None = None
+
+    # ---------------------------------------------------------------------------------------
+    def train(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+
+        # -- data: the store's windows, the stages it supports, held-out media -------------
+        if len(self.store) == 0:
+            raise UserError(
+                f"store {self.store_path} holds no windows; ingest media into it first."
+            )
+        self.table = WindowTable(self.store.index)
+        self.audio_only = not bool(self.table.has_frame.any())
+        curriculum = cfg.curriculum
+        self.stages = curriculum.audio_only_stages if self.audio_only else curriculum.stages
+        self._check_stages()
+        if cfg.data.batch_size % self.world:
+            raise UserError(
+                f"data.batch_size {cfg.data.batch_size} does not split over {self.world} "
+                "processes; use a multiple of the number of processes."
+            )
+        self.local_batch = cfg.data.batch_size // self.world
+        train_media, self.val_media = split_media(self.table, cfg.eval.val_fraction, cfg.seed)
+        self.my_media = rank_share(train_media, self.rank, self.world)
+
+        # -- models and the one optimizer of the curriculum ---------------------------------
+        parts = sorted({p for stage in self.stages for p in stage_parts(stage)})
+        self.models = build_models(cfg, parts).to(self.device)
+        if self.channels_last:
+            self.models.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(cfg.optim, self.models)
+
+        # -- resume from the run folder ------------------------------------------------------
+        position = Position()
+        if self.last_path.exists():
+            ckpt = load_checkpoint(self.last_path)
+            self._check_resumable(ckpt)
+            self.models.load_state_dict(ckpt["models"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            if self.cuda and "cuda" in ckpt["rng"]:
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+            position = Position.from_checkpoint(ckpt)
+        if self.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.run_dir / CONFIG_FILE)
+            loss_names = sorted({n for stage in self.stages for n in stage.losses})
+            self.monitor = Monitor(self.run_dir, loss_names, position.step, cfg.log.progress)
+            self._announce(position)
+            if self.eval_store is not None and "audio" in self.models:
+                self.probe = TrainingProbe(
+                    self.eval_store, self.run_dir, seed=cfg.seed, writer=self.monitor.writer
+                )
+                if position.step == 0:
+                    self._probe(0)
+
+        # -- the curriculum ------------------------------------------------------------------
+        try:
+            while position.stage_index < len(self.stages):
+                record = self._train_stage(position)
+                position.finished.append(record)
+                position = Position(
+                    step=position.step,
+                    stage_index=position.stage_index + 1,
+                    finished=position.finished,
+                )
+                self._write_state(position)
+        finally:
+            if self.monitor is not None:
+                self.monitor.close()
+        if self.main:
+            self._write_state(position)
+            for line in stage_summaries(self.run_dir, position.finished):
+                self._say(line)
+            self._say(f"training finished at step {position.step}; models in {self.last_path}")
+
+    # ---------------------------------------------------------------------------------------
+    def _train_stage(self, pos: Position) -> dict[str, Any]:
+        """Train one stage from `pos` (fresh or resumed) to its plateau or step cap."""
+        cfg, index = self.cfg, pos.stage_index
+        stage = self.stages[index]
+        accum = cfg.optim.grad_accum
+
+        # -- the stage's objective over the parts it trains (DDP sees exactly those) -------
+        objective = StageObjective(cfg, stage, self.models)
+        objective.channels_last = self.channels_last
+        for name, module in self.models.items():
+            module.requires_grad_(name in objective.parts)
+        objective.train()
+        model: nn.Module = objective
+        if self.world > 1:
+            device_ids = [self.device.index] if self.cuda else None
+            model = DistributedDataParallel(objective, device_ids=device_ids)
+        if cfg.optim.compile:
+            model = torch.compile(model)
+        trainable = [p for p in objective.parameters() if p.requires_grad]
+
+        # -- batches: this rank's stream, and the fixed held-out pairs ---------------------
+        # (coincide.triplets picks label-triplet batches for a stage that trains triplet_label.)
+        sampler = stage_sampler(
+            objective,
+            self.table,
+            self.store,
+            cfg.data.delta_t,
+            self.local_batch,
+            cfg.data.weighting,
+            cfg.seed,
+            stream=index,
+            media=self.my_media,
+            rank=self.rank,
+        )
+        val_batches = stage_validation_batches(
+            objective,
+            self.table,
+            self.store,
+            self.val_media,
+            cfg.data.delta_t,
+            cfg.data.batch_size,
+            cfg.eval.val_pairs,
+            cfg.seed,
+        )
+        loader = self._batches(sampler, pos.next_batch)
+        plateau = Plateau(stage.plateau)
+        if pos.plateau is not None:
+            plateau.load_state_dict(pos.plateau)
+        if self.main:
+            self._say(
+                f"stage {index + 1}/{len(self.stages)} '{stage.name}': "
+                + " + ".join(f"{w:g} L_{n}" for n, w in objective.weights.items())
+                + f", up to {stage.max_steps} steps"
+                + ("" if val_batches else " (no held-out media: runs to its step cap)")
+            )
+            assert self.monitor is not None
+            self.monitor.start_stage(stage.name, stage.max_steps, pos.stage_step)
+
+        # -- the loop ------------------------------------------------------------------------
+        sums = {name: torch.zeros((), device=self.device) for name in [*objective.weights, "total"]}
+        intervals = 0
+        watch = None
+        if "clust" in objective.weights:
+            watch = ClusterWatch(cfg.clustering.K, cfg.clustering.collapse_fraction, self.device)
+        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
+        speed = Throughput()
+        stopped = "step cap"
+        lr = learning_rate(cfg.optim, stage.max_steps, pos.stage_step)
+        while pos.stage_step < stage.max_steps:
+            lr = learning_rate(cfg.optim, stage.max_steps, pos.stage_step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            for micro in range(accum):
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in next(loader).items()}
+                pos.next_batch += 1
+                # DDP: all-reduce gradients only on the last micro-batch of a step.
+                syncing = micro == accum - 1 or not isinstance(model, DistributedDataParallel)
+                with contextlib.nullcontext() if syncing else model.no_sync():
+                    with self._autocast():
+                        losses = model(batch)
+                    (losses["total"] / accum).backward()
+                for name in sums:
+                    sums[name] += losses[name].detach().float() / accum
+                finite = torch.isfinite(losses["total"].detach())
+                bad_step = torch.where(
+                    (bad_step < 0) & ~finite, torch.full_like(bad_step, pos.step + 1), bad_step
+                )
+                stats = objective.term_stats()
+                if watch is not None and "assignments" in stats:
+                    watch.add(stats["assignments"], stats["marginal"])
+            if cfg.optim.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            pos.step += 1
+            pos.stage_step += 1
+            intervals += 1
+            speed.add(cfg.data.batch_size * accum)
+            at_cap = pos.stage_step >= stage.max_steps
+
+            # -- log, evaluate, checkpoint ---------------------------------------------------
+            if pos.step % cfg.log.every == 0 or at_cap:
+                self._check_finite(bad_step, stage, pos)
+                self._log(pos, stage, sums, intervals, lr, speed.rate(), watch)
+                intervals = 0
+            if val_batches and pos.stage_step % stage.plateau.eval_every == 0:
+                self._check_finite(bad_step, stage, pos)
+                value = self._evaluate(objective, val_batches, stage, pos)
+                converged = plateau.update(value, pos.stage_step)
+                if self.main:
+                    assert self.monitor is not None
+                    self.monitor.log_val(pos.step, stage.name, pos.stage_step, value)
+                if converged:
+                    stopped = f"plateau at stage step {pos.stage_step}"
+                    break
+                speed.restart()
+            if pos.step % cfg.log.checkpoint_every == 0 and not at_cap:
+                self._check_finite(bad_step, stage, pos)
+                self._save(pos, plateau, finished=False)
+                speed.restart()
+            if self.probe is not None and pos.step % self.eval_every == 0:
+                self._probe(pos.step)
+            if self.main:
+                assert self.monitor is not None
+                self.monitor.advance(pos.stage_step)
+        del loader  # stops the stage's loader workers
+
+        # -- stage end: checkpoints, plot, record -----------------------------------------------
+        self._check_finite(bad_step, stage, pos)
+        if intervals:
+            self._log(pos, stage, sums, intervals, lr, speed.rate(), watch)
+        record = {
+            "name": stage.name,
+            "steps": pos.stage_step,
+            "stopped": stopped,
+            "best_val": finite_or_none(plateau.best),
+        }
+        self._save(pos, plateau, finished=True, record=record)
+        if self.main:
+            assert self.monitor is not None
+            self.monitor.end_stage()
+            plot = plot_stage(self.run_dir, index + 1, stage.name)
+            self._say(
+                f"stage '{stage.name}' done after {pos.stage_step} steps ({stopped}); "
+                f"step {pos.step}" + (f"; curves in {plot}" if plot else "")
+            )
+        return record
+
+    # ---------------------------------------------------------------------------------------
+    def _batches(self, sampler: BatchSampler, start: int) -> Iterator[dict[str, torch.Tensor]]:
+        loader = batch_loader(
+            PairBatches(self.store, sampler, start),
+            workers=self.cfg.data.workers,
+            prefetch=self.cfg.data.prefetch,
+            pin_memory=self.cuda,
+        )
+        return iter(loader)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    @torch.no_grad()
+    def _evaluate(
+        self,
+        objective: StageObjective,
+        val_batches: list[PairBatch],
+        stage: StageConfig,
+        pos: Position,
+    ) -> float:
+        """The held-out coincidence loss: every rank evaluates the same fixed pairs."""
+        objective.eval()
+        values = []
+        for pairs in val_batches:
+            batch = {k: v.to(self.device) for k, v in read_batch(self.store, pairs).items()}
+            with self._autocast():
+                losses = objective(batch, collective=False)
+            values.append(objective.monitored_loss(losses))
+        objective.train()
+        value = float(dist.all_reduce_mean(torch.stack(values).mean()))
+        if not math.isfinite(value):
+            self._stop_non_finite(stage, pos.step, "held-out loss")
+        return value
+
+    def _probe(self, step: int) -> None:
+        """QbE mAP of the audio encoder on the --eval-store subset (rank 0 only)."""
+        assert self.probe is not None
+        score = self.probe(self.models["audio"], step)
+        self._say(f"step {step}: held-out QbE mAP {score:.4f}")
+
+    def _check_finite(self, bad_step: torch.Tensor, stage: StageConfig, pos: Position) -> None:
+        """Stop if any step since the start of the stage had a non-finite loss (on any rank)."""
+        any_bad = float(dist.all_reduce_mean((bad_step >= 0).float())) > 0
+        if any_bad:
+            step = int(bad_step) if int(bad_step) >= 0 else pos.step
+            self._stop_non_finite(stage, step, "loss")
+
+    def _stop_non_finite(self, stage: StageConfig, step: int, what: str) -> None:
+        if self.monitor is not None:
+            self.monitor.end_stage()
+        kept, again = "no checkpoint had been written yet", "run again"
+        if self.last_path.exists():
+            saved = load_checkpoint(self.last_path)
+            kept = f"the last good checkpoint {self.last_path} (step {saved['step']}) is kept"
+            again = "run again to resume from it"
+        raise UserError(
+            f"the {what} became non-finite in stage '{stage.name}' at step {step}; {kept}: "
+            f"lower optim.lr (now {self.cfg.optim.lr:g}) or set optim.grad_clip and {again}."
+        )
+
+    def _log(
+        self,
+        pos: Position,
+        stage: StageConfig,
+        sums: dict[str, torch.Tensor],
+        intervals: int,
+        lr: float,
+        pairs_per_s: float,
+        watch: ClusterWatch | None,
+    ) -> None:
+        """Mean losses of the interval (averaged over ranks) to the monitor; reset the sums."""
+        names = list(sums)
+        means = dist.all_reduce_mean(torch.stack([sums[n] for n in names]) / intervals).tolist()
+        for n in names:
+            sums[n].zero_()
+        clusters = None
+        if watch is not None:
+            counts = dist.all_reduce_mean(watch.counts) * self.world
+            clusters = watch.summary(counts)
+        if self.main:
+            assert self.monitor is not None
+            losses = dict(zip(names, means, strict=True))
+            self.monitor.log_train(
+                pos.step, stage.name, pos.stage_step, losses, lr, pairs_per_s, clusters
+            )
+
+    def _save(
+        self,
+        pos: Position,
+        plateau: Plateau,
+        finished: bool,
+        record: dict[str, Any] | None = None,
+    ) -> None:
+        """Checkpoint (rank 0): last.pt always, plus stage<N>_<name>.pt at a stage end."""
+        if not self.main:
+            return
+        stage = self.stages[pos.stage_index]
+        rng = {"torch": torch.get_rng_state()}
+        if self.cuda:
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "config": self.cfg.to_dict(),
+            "parts": list(self.models.keys()),
+            "models": self.models.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": pos.step,
+            "stage_index": pos.stage_index,
+            "stage": stage.name,
+            "stage_step": pos.stage_step,
+            "stage_finished": finished,
+            "sampler": SamplerState(self.cfg.seed, pos.stage_index, pos.next_batch).to_dict(),
+            "plateau": plateau.state_dict(),
+            "rng": rng,
+            "finished": pos.finished + ([record] if record else []),
+        }
+        if finished:
+            save_checkpoint(payload, self.ckpt_dir / f"stage{pos.stage_index + 1}_{stage.name}.pt")
+        save_checkpoint(payload, self.last_path)
+        self._write_state(pos, extra=[record] if record else [])
+
+    def _write_state(self, pos: Position, extra: list[dict[str, Any]] | None = None) -> None:
+        if not self.main:
+            return
+        finished = pos.finished + (extra or [])
+        state = {
+            "stages": [s.name for s in self.stages],
+            "audio_only": self.audio_only,
+            "finished_stages": [r["name"] for r in finished],
+            "finished": finished,
+            "step": pos.step,
+            "done": len(finished) == len(self.stages),
+        }
+        if not state["done"]:
+            state["stage"] = self.stages[min(pos.stage_index, len(self.stages) - 1)].name
+            state["stage_step"] = pos.stage_step
+        tmp = self.run_dir / f".{STATE_FILE}.tmp"
+        tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
+        tmp.replace(self.run_dir / STATE_FILE)
+
+    # ---------------------------------------------------------------------------------------
+    def _check_stages(self) -> None:
+        """Every stage's losses exist, and the store has what they need."""
+        for stage in self.stages:
+            kinds = stage_pair_kinds(stage)  # raises for an unknown loss name
+            if self.audio_only and "av" in kinds:
+                raise UserError(
+                    f"stage '{stage.name}' needs frames (loss av) but store {self.store_path} "
+                    "has none; remove av from curriculum.audio_only_stages."
+                )
+
+    def _check_resumable(self, ckpt: dict[str, Any]) -> None:
+        """The run folder's checkpoint must come from the same models, seed and stages."""
+        saved = ckpt["config"]
+        now = self.cfg.to_dict()
+        checks = {
+            "model": (saved["model"], now["model"]),
+            "clustering.K": (saved["clustering"]["K"], now["clustering"]["K"]),
+            "clustering.scale": (saved["clustering"]["scale"], now["clustering"]["scale"]),
+            "seed": (saved["seed"], now["seed"]),
+            "the stages": (
+                [s["name"] for s in self._saved_stages(saved)],
+                [s.name for s in self.stages],
+            ),
+        }
+        for key, (before, after) in checks.items():
+            if before != after:
+                raise UserError(
+                    f"{self.last_path} was trained with another {key} ({before} vs {after} "
+                    "now); resume with the run's own config (omit --config and --set) or "
+                    "use a new --run folder."
+                )
+        if list(self.models.keys()) != list(ckpt["parts"]):
+            raise UserError(
+                f"{self.last_path} holds model parts {ckpt['parts']}, this curriculum needs "
+                f"{list(self.models.keys())}; use a new --run folder."
+            )
+
+    def _saved_stages(self, saved: dict[str, Any]) -> list[dict[str, Any]]:
+        curriculum = saved["curriculum"]
+        return curriculum["audio_only_stages"] if self.audio_only else curriculum["stages"]
+
+    def _announce(self, pos: Position) -> None:
+        names = " -> ".join(s.name for s in self.stages)
+        if self.audio_only:
+            self._say(
+                f"store {self.store_path} has no frames: audio-only curriculum {names} "
+                "(curriculum.audio_only_stages)"
+            )
+        else:
+            self._say(f"curriculum {names} on {self.store_path} ({len(self.store)} windows)")
+        precision = "bf16 autocast" if self.amp_dtype is not None else "fp32"
+        self._say(f"device {self.device} x {self.world} process(es), {precision}")
+        if self.last_path.exists():
+            if pos.stage_index < len(self.stages):
+                stage = self.stages[pos.stage_index].name
+                self._say(
+                    f"resuming from {self.last_path}: step {pos.step}, stage '{stage}' "
+                    f"at stage step {pos.stage_step}"
+                )
+            else:
+                self._say(f"{self.run_dir} has finished every stage already (step {pos.step})")
+
+    def _say(self, text: str) -> None:
+        if self.monitor is not None:
+            self.monitor.line(text)
+        else:
+            print(text, flush=True)
+
+
+__all__ = ["CHECKPOINTS_DIR", "CONFIG_FILE", "LAST_CHECKPOINT", "STATE_FILE", "run", "train"]

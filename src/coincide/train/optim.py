@@ -1,0 +1,36 @@
+"""The optimizer of a run and its learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from coincide.config import OptimConfig
+
+
+def build_optimizer(cfg: OptimConfig, models: nn.Module) -> torch.optim.Optimizer:
+    """Adam over every parameter of the run (AdamW when weight_decay > 0).
+
+    One optimizer serves the whole curriculum: parts a stage does not train get no gradient, and
+    Adam leaves parameters without a gradient (and their moments) untouched.
+    """
+    params = list(models.parameters())
+    # One fused kernel per step on GPU instead of a loop over tensors (same state dict).
+    fused = bool(params) and all(p.is_cuda for p in params)
+    if cfg.weight_decay > 0:
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.Adam(params, lr=cfg.lr, fused=fused)
+
+
+def learning_rate(cfg: OptimConfig, stage_max_steps: int, stage_step: int) -> float:
+    """Learning rate for the optimizer step that follows `stage_step` steps of a stage.
+
+    Linear warmup over the stage's first `warmup_steps` (new heads join at stage starts), then
+    constant or cosine decay to 0 at the stage's step cap.
+    """
+    scale = min(1.0, (stage_step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.schedule == "cosine":
+        scale *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, stage_step / stage_max_steps)))
+    return cfg.lr * scale

@@ -1,0 +1,84 @@
+"""After a stage: its loss curves as a PNG, and a one-line summary per stage (from the CSV log).
+
+Both read RUN/train_log.csv, so they also cover the stages a resumed run trained before it was
+killed.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from coincide.train.monitor import EXTRA_COLUMNS, LOG_FILE
+
+PLOTS_DIR = "plots"
+_NOT_LOSSES = {"step", "stage", "stage_step", "split", *EXTRA_COLUMNS}
+
+
+def read_log(run_dir: Path) -> pd.DataFrame:
+    """RUN/train_log.csv as a DataFrame (empty when there is none yet)."""
+    path = run_dir / LOG_FILE
+    return pd.read_csv(path) if path.exists() else pd.DataFrame(columns=["step", "stage", "split"])
+
+
+def plot_stage(run_dir: Path, stage_number: int, stage: str) -> Path | None:
+    """Plot the training loss terms and the held-out loss of one stage against the global step.
+
+    Writes RUN/plots/stage<N>_<name>.png and returns its path (None when nothing was logged).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display
+    import matplotlib.pyplot as plt
+
+    log = read_log(run_dir)
+    rows = log[log["stage"] == stage]
+    train, val = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
+    if train.empty and val.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for column in [c for c in log.columns if c not in _NOT_LOSSES]:
+        values = train[column]
+        if values.notna().any():
+            ax.plot(train["step"], values, label=f"train {column}")
+    if not val.empty:
+        ax.plot(val["step"], val["total"], "o-", label="held-out coincidence")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(f"stage {stage_number}: {stage}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = run_dir / PLOTS_DIR / f"stage{stage_number}_{stage}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def stage_summaries(run_dir: Path, finished: list[dict[str, Any]]) -> list[str]:
+    """One line per finished stage: steps, why it stopped, first -> last training loss, best
+    held-out loss. `finished`: the records of the finished stages (name, steps, stopped)."""
+    log = read_log(run_dir)
+    lines = []
+    for number, record in enumerate(finished, start=1):
+        rows = log[log["stage"] == record["name"]]
+        train = rows[rows["split"] == "train"]["total"].dropna()
+        val = rows[rows["split"] == "val"]["total"].dropna()
+        curve = (
+            f"loss {train.iloc[0]:.4f} -> {train.iloc[-1]:.4f}" if len(train) else "no loss logged"
+        )
+        best = f", best held-out {val.min():.4f}" if len(val) else ""
+        lines.append(
+            f"stage {number} {record['name']}: {record['steps']} steps ({record['stopped']}), "
+            f"{curve}{best}"
+        )
+    return lines
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON-friendly number: None for inf / nan (e.g. a best loss never measured)."""
+    return value if math.isfinite(value) else None

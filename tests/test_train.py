@@ -1,0 +1,277 @@
+"""`coincide train`: the curriculum end to end on small real stores, with the "tiny" models.
+
+Covers: every stage runs and writes its checkpoints, logs and plots; the plateau rule; the
+audio-only curriculum; a run killed with SIGKILL resumes and ends with the same weights as an
+uninterrupted run; a non-finite loss stops with one clear sentence; a checkpoint alone rebuilds
+models that give the same embeddings.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from coincide.config import PlateauConfig, load_config
+from coincide.errors import UserError
+from coincide.store.features import open_store
+from coincide.store.writer import MediaRecord, StoreWriter
+from coincide.train.checkpoint import load_checkpoint, load_models
+from coincide.train.loop import _Run, run, train
+from coincide.train.optim import learning_rate
+from coincide.train.plateau import Plateau
+
+torch.set_num_threads(1)
+
+MEL, FRAMES, SIZE = 8, 12, 16
+TINY = [
+    "model.audio.arch=tiny",
+    "model.image.arch=tiny",
+    "model.audio.embed_dim=8",
+    "model.image.embed_dim=8",
+    "model.coincidence_hidden=16",
+    "clustering.K=6",
+    "data.batch_size=4",
+    "data.workers=0",
+    "curriculum.max_steps=4",
+    "curriculum.plateau.eval_every=2",
+    "optim.warmup_steps=0",
+    "eval.val_pairs=4",
+    "log.every=1",
+    "log.checkpoint_every=2",
+    "log.progress=false",
+]
+
+
+def make_store(path: Path, n_media: int = 10, windows: int = 6, frames: bool = True) -> Path:
+    """A store of `n_media` media whose windows and frames carry a per-media pattern."""
+    rng = np.random.default_rng(0)
+    frontend = {"n_mels": MEL, "window_frames": FRAMES, "frame_size": SIZE}
+    with StoreWriter(path, frontend, chunk_windows=20) as writer:
+        for m in range(n_media):
+            pattern = rng.normal(0, 2, (MEL, FRAMES)).astype(np.float32)
+            logmel = pattern + rng.normal(0, 1, (windows, MEL, FRAMES)).astype(np.float32)
+            pictures = None
+            if frames:
+                pictures = rng.integers(0, 255, (windows, SIZE, SIZE, 3), dtype=np.uint8)
+                pictures[..., m % 3] = 200  # a colour per media
+            writer.add(
+                MediaRecord(
+                    media_id=f"m{m:02d}",
+                    media_path=f"/media/m{m:02d}.mp4",
+                    size=1000 + m,
+                    mtime_ns=m,
+                    duration_s=float(windows),
+                    logmel=logmel,
+                    frames=pictures,
+                    has_frame=np.full(windows, frames),
+                    time_s=np.arange(windows, dtype=np.float64) + 0.5,
+                )
+            )
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_store(tmp_path_factory.mktemp("train") / "store")
+
+
+def _embed(encoder: torch.nn.Module, store_path: Path) -> torch.Tensor:
+    logmel = torch.from_numpy(open_store(store_path).logmel[np.arange(12)]).unsqueeze(1)
+    with torch.no_grad():
+        return encoder.eval()(logmel)
+
+
+def test_the_curriculum_trains_every_stage_and_writes_the_run(store, tmp_path):
+    cfg = load_config(["small"], TINY)
+    run_dir = tmp_path / "run"
+    trained = _Run(cfg, store, run_dir, torch.device("cpu"))
+    trained.train()
+
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["done"] is True and state["audio_only"] is False
+    assert state["finished_stages"] == ["av", "coin", "joint"]
+    assert [r["steps"] for r in state["finished"]] == [4, 4, 4]
+    assert load_config([str(run_dir / "config.yaml")]) == cfg
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["last.pt", "stage1_av.pt", "stage2_coin.pt", "stage3_joint.pt"]
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert (last["step"], last["stage"], last["stage_finished"]) == (12, "joint", True)
+    assert last["parts"] == ["audio", "image", "aa_head", "av_head", "cluster_head"]
+
+    log = pd.read_csv(run_dir / "train_log.csv")
+    train_rows = log[log["split"] == "train"]
+    assert train_rows["step"].tolist() == list(range(1, 13))
+    assert train_rows["stage"].tolist() == ["av"] * 4 + ["coin"] * 4 + ["joint"] * 4
+    assert train_rows[train_rows["stage"] == "av"]["aa"].isna().all()
+    assert train_rows[train_rows["stage"] == "coin"][["av", "aa"]].notna().all().all()
+    joint = train_rows[train_rows["stage"] == "joint"]
+    assert joint["clust"].notna().all() and (joint["active_clusters"] >= 1).all()
+    # The logged total is the stage's weighted sum of its terms.
+    np.testing.assert_allclose(
+        joint["total"], 0.81 * joint["av"] + 0.09 * joint["aa"] + 0.1 * joint["clust"], rtol=1e-5
+    )
+    assert (log[log["split"] == "val"]["stage_step"] % 2 == 0).all()
+    for name in ("stage1_av", "stage2_coin", "stage3_joint"):
+        assert (run_dir / "plots" / f"{name}.png").stat().st_size > 1000
+    assert any((run_dir / "tb").iterdir())
+
+    # A checkpoint alone rebuilds the models the run ended with.
+    rebuilt = load_models(run_dir / "checkpoints" / "last.pt")
+    assert not rebuilt["audio"].training
+    torch.testing.assert_close(
+        _embed(rebuilt["audio"], store), _embed(trained.models["audio"], store)
+    )
+    first = load_models(run_dir / "checkpoints" / "stage1_av.pt")
+    assert not torch.allclose(_embed(first["audio"], store), _embed(rebuilt["audio"], store))
+
+    # Running the finished run again (by default with its own config.yaml) trains nothing;
+    # another model is refused.
+    run(store, run_dir, [], [])
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 12
+    with pytest.raises(UserError, match="another model"):
+        train(load_config(["small"], [*TINY, "model.audio.arch=small"]), store, run_dir)
+
+
+def test_a_stage_stops_when_the_held_out_loss_plateaus(store, tmp_path):
+    # Every measurement after the first misses a 1000 % improvement: patience 1 ends each stage
+    # at its min_steps (3, measured every step) instead of the 50-step cap.
+    overrides = [
+        *TINY,
+        "curriculum.max_steps=50",
+        "curriculum.plateau={eval_every: 1, patience: 1, rel_eps: 10.0, min_steps: 3}",
+        "curriculum.stages=[av, coin]",
+    ]
+    train(load_config(["small"], overrides), store, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert [(r["name"], r["steps"]) for r in state["finished"]] == [("av", 3), ("coin", 3)]
+    assert all(r["stopped"] == "plateau at stage step 3" for r in state["finished"])
+
+
+def test_a_store_without_frames_runs_the_audio_only_curriculum(tmp_path):
+    audio_store = make_store(tmp_path / "audio", frames=False)
+    train(load_config(["small"], TINY), audio_store, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["audio_only"] is True
+    assert state["finished_stages"] == ["aa", "aa_clust"]
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert last["parts"] == ["audio", "aa_head", "cluster_head"]
+    with pytest.raises(UserError, match="needs frames"):
+        overrides = [*TINY, "curriculum.audio_only_stages=[av]"]
+        train(load_config(["small"], overrides), audio_store, tmp_path / "run2")
+
+
+@pytest.mark.parametrize("row", ["row_e", "row_h", "row_i"])
+def test_table1_rows_train_as_configurations(store, tmp_path, row):
+    train(load_config(["small", row], TINY), store, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["done"] and len(state["finished"]) == 1
+
+
+def test_too_few_media_for_the_batch_is_a_clear_error(store, tmp_path):
+    with pytest.raises(UserError, match="lower data.batch_size"):
+        train(load_config(["small"], [*TINY, "data.batch_size=9"]), store, tmp_path / "run")
+
+
+def _train_in_child(store: Path, run_dir: Path, overrides: list[str]) -> None:
+    torch.set_num_threads(1)
+    train(load_config(["small"], overrides), store, run_dir)
+
+
+def test_a_run_killed_with_sigkill_resumes_where_its_checkpoint_is(store, tmp_path, capsys):
+    overrides = [*TINY, "curriculum.max_steps=20", "curriculum.plateau.patience=0"]
+    killed = tmp_path / "killed"
+    last = killed / "checkpoints" / "last.pt"
+    first_stage = killed / "checkpoints" / "stage1_av.pt"
+    child = multiprocessing.get_context("fork").Process(
+        target=_train_in_child, args=(store, killed, overrides)
+    )
+    child.start()
+    deadline = time.monotonic() + 120
+    while not first_stage.exists() and child.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.2)  # into the second stage, at no particular step
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert child.exitcode == -signal.SIGKILL
+    saved = load_checkpoint(last)
+    assert 20 <= saved["step"] < 60 and not json.loads((killed / "state.json").read_text())["done"]
+
+    # The same command again continues from the checkpoint ...
+    capsys.readouterr()
+    train(load_config(["small"], overrides), store, killed)
+    out = capsys.readouterr().out
+    stage, stage_step = saved["stage"], saved["stage_step"]
+    if saved["stage_finished"]:  # killed before the second stage's first checkpoint
+        stage, stage_step = "coin", 0
+    assert f"resuming from {last}: step {saved['step']}, stage '{stage}' at stage step " in out
+    assert f"stage step {stage_step}\n" in out
+    log = pd.read_csv(killed / "train_log.csv")
+    assert log[log["split"] == "train"]["step"].tolist() == list(range(1, 61))  # no repeats
+
+    # ... and ends exactly where an uninterrupted run ends (same batches, optimizer, plateau).
+    straight = tmp_path / "straight"
+    train(load_config(["small"], overrides), store, straight)
+    resumed = load_checkpoint(last)["models"]
+    reference = load_checkpoint(straight / "checkpoints" / "last.pt")["models"]
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(resumed[key], reference[key], rtol=1e-5, atol=1e-6)
+
+
+def test_a_non_finite_loss_stops_with_one_sentence_and_keeps_the_last_checkpoint(store, tmp_path):
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "coincide.cli", "train", str(store), "--run", str(run_dir)]
+    command += ["--config", "small"]
+    for override in [*TINY, "optim.lr=1e30", "log.checkpoint_every=1"]:
+        command += ["--set", override]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    message = " ".join(result.stderr.split())
+    assert message.startswith("error: the loss became non-finite in stage 'av' at step 2;")
+    assert f"the last good checkpoint {run_dir / 'checkpoints' / 'last.pt'} (step 1) is kept" in (
+        message
+    )
+    saved = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert saved["step"] == 1
+    assert all(torch.isfinite(t).all() for t in saved["models"].values() if t.is_floating_point())
+
+
+def test_learning_rate_warms_up_then_holds_or_decays():
+    constant = load_config(["small"], ["optim.lr=0.01", "optim.warmup_steps=4"]).optim
+    assert [learning_rate(constant, 100, s) for s in (0, 1, 3, 50)] == pytest.approx(
+        [0.0025, 0.005, 0.01, 0.01]
+    )
+    cosine = load_config(
+        ["small"], ["optim.lr=0.01", "optim.warmup_steps=0", "optim.schedule=cosine"]
+    )
+    assert [learning_rate(cosine.optim, 100, s) for s in (0, 50, 100)] == pytest.approx(
+        [0.01, 0.005, 0.0]
+    )
+
+
+def test_plateau_counts_relative_misses_and_respects_min_steps():
+    rule = Plateau(PlateauConfig(eval_every=1, patience=2, rel_eps=0.1, min_steps=5))
+    assert not rule.update(-2.0, 1)  # first measurement: best = -2
+    assert not rule.update(-2.1, 2)  # 5 % better than |best|: a miss
+    assert not rule.update(-2.5, 3)  # 25 % better: best = -2.5, misses reset
+    assert not rule.update(-2.6, 4)  # a miss
+    assert not rule.update(-2.6, 4)  # two misses, but before min_steps
+    assert rule.update(-2.6, 5)
+    assert rule.state_dict() == {"best": -2.5, "misses": 3}
+    restored = Plateau(PlateauConfig(eval_every=1, patience=0, rel_eps=0.1, min_steps=0))
+    restored.load_state_dict(rule.state_dict())
+    assert (restored.best, restored.misses) == (-2.5, 3)
+    assert not restored.update(0.0, 100)  # patience 0: never converges
