@@ -175,6 +175,16 @@ def test_mean_auc_and_d_prime_worked_example():
     assert mean_d_prime(Y_TRUE, SCORES) == pytest.approx((0.953873 + 0.609140) / 2, abs=1e-5)
 
 
+def test_mean_d_prime_of_a_perfect_class_is_finite_at_half_a_pair():
+    # Class 0: 2 positives above 3 negatives (AUC 1) -> AUC 1 - 1/(2*2*3) = 11/12;
+    # class 1: 1 positive below 4 negatives (AUC 0) -> 1/8.
+    y_true = [[1, 0], [1, 0], [0, 0], [0, 1], [0, 0]]
+    scores = [[0.9, 0.9], [0.8, 0.8], [0.1, 0.7], [0.2, 0.1], [0.3, 0.6]]
+    expected = (d_prime(11 / 12) + d_prime(1 / 8)) / 2
+    assert mean_d_prime(y_true, scores) == pytest.approx(expected)
+    assert math.isfinite(expected)
+
+
 def test_auc_counts_a_tie_as_half():
     # One positive, one negative, same score: half a correct ordering.
     assert mean_auc([[1], [0]], [[0.3], [0.3]]) == pytest.approx(0.5)

@@ -612,6 +612,38 @@ def export(
     raise typer.Exit(run_export(run, out, onnx))
 
 
+@app.command()
+def report(
+    run: Annotated[Path, typer.Argument(help="Run folder (from `coincide train`).")],
+    store: Annotated[
+        Path | None,
+        typer.Option("--store", help="Labeled test store whose embeddings to map in 2-D."),
+    ] = None,
+    table3: Annotated[
+        Path | None,
+        typer.Option("--table3", help="Folder of `coincide reproduce table3` (its --out)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="FILE.html (default RUN/report.html); PNGs in FILE_files/."),
+    ] = None,
+    projection: Annotated[
+        str,
+        typer.Option(
+            "--map", help="Embedding map: pca (a second) or tsne (about a minute for 3000 windows)."
+        ),
+    ] = "pca",
+    map_windows: Annotated[
+        int, typer.Option("--map-windows", min=3, help="Windows on the map (seeded sample).")
+    ] = 3000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sample and the map.")] = 0,
+) -> None:
+    """Write an HTML page: loss curves, cluster sizes, embedding map and Table 3 of a run."""
+    from coincide.report import run as run_report
+
+    run_report(run, store, table3, out, projection, map_windows, seed)
+
+
 def main() -> None:
     """Entry point of the console script: user errors end in one sentence and exit code 2."""
     try:

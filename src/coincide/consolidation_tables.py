@@ -418,6 +418,12 @@ def table3(
             extra={"budget": asked[(source, budget)], "clustering": clustering.name},
         )
         rows.append({**row, "mAP": metrics["mAP"], "d_prime": metrics["d_prime"]})
+        print(
+            f"table3 row {len(rows)}/{len(plan) + int(topline)}: {strategy}, budget "
+            f"{row['budget']}, {row['examples']} labeled windows -> clip mAP "
+            f"{metrics['mAP']:.3f}, d' {metrics['d_prime']:.2f}",
+            flush=True,
+        )
     if topline:
         labeled = LabeledWindows.from_window_labels([list(x) for x in window_labels])
         metrics = finetune_strategy(

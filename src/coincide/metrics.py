@@ -301,16 +301,25 @@ def d_prime(auc: float) -> float:
 
 def mean_d_prime(y_true: npt.ArrayLike, scores: npt.ArrayLike) -> float:
     """Mean over classes of d' computed from each class's AUC (the AudioSet convention: d' per
-    class, then the mean), over the classes where AUC is defined. A class separated perfectly
-    has d' = +inf, and then so has the mean. Shapes as `per_class_auc`."""
+    class, then the mean), over the classes where AUC is defined. Shapes as `per_class_auc`.
+
+    A class ranked perfectly (AUC 0 or 1) would have an infinite d' and make the mean infinite,
+    however few examples it has. Its AUC is moved half an ordered pair inside the range first,
+    to 1 - 1 / (2 P N) (P positives, N negatives): the resolution of the measurement, the usual
+    finite-sample correction for rates of 0 or 1. Any other AUC is used as it is.
+    """
+    truth, _ = _check_scores(y_true, scores)
     per_class = per_class_auc(y_true, scores)
-    defined = per_class[~np.isnan(per_class)]
-    if len(defined) == 0:
+    defined = ~np.isnan(per_class)
+    if not defined.any():
         raise UserError(
             "no class has both positive and negative examples in the evaluation labels, so d' "
             "is undefined; evaluate on labeled data with several classes."
         )
-    return float(np.mean([d_prime(float(auc)) for auc in defined]))
+    positives = truth.sum(axis=0)
+    half_pair = 0.5 / (positives * (len(truth) - positives))[defined]
+    auc = np.clip(per_class[defined], half_pair, 1.0 - half_pair)
+    return float(np.mean([d_prime(float(a)) for a in auc]))
 
 
 def clip_scores(

@@ -1,0 +1,735 @@
+"""`coincide report RUN`: one HTML page with the pictures of a run, for people to look at.
+
+Four sections, each drawn from what the other commands left behind, and each saying which file
+is missing and which command makes it when its input is not there:
+
+1. Training: the loss curves of every stage (RUN/plots/stage<N>_<name>.png, re-plotted from
+   RUN/train_log.csv for a stage still in progress or one whose picture is gone), the stage
+   summary of RUN/state.json, the held-out QbE curve of RUN/eval_curve.csv and the numbers of
+   RUN/eval/metrics.json.
+2. Clusters: for every clustering of `coincide cluster` (RUN/clusters/<store>/ and its
+   kmeans-<K>/ folders), the active clusters and the sorted cluster sizes (log y).
+3. Embeddings: a 2-D map (PCA, or t-SNE) of f(x) for a seeded sample of at most `map_windows`
+   windows of a test store, coloured by the first label of each window's clip.
+4. Table 3: DIR/table3.md of `coincide reproduce table3` as HTML, and its plot.
+
+The pictures are PNG files in `<page stem>_files/` next to the page (RUN/report_files/ for the
+default RUN/report.html), linked by relative paths, as `coincide search --html` does: the page
+stays small and readable as text, each picture can be opened or reused on its own, and copying
+the page with its folder keeps every link working.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, cast
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+
+from coincide.cluster import SIZES_FILE, SUMMARY_FILE
+from coincide.embed_store import default_device
+from coincide.errors import UserError
+from coincide.evaluate import CURVE_FILE, EVAL_DIR, METRICS_FILE, cap_windows, read_curve
+from coincide.predict import atomic_output, printable
+from coincide.representations import embed_positions
+from coincide.store.features import open_store
+from coincide.train.checkpoint import load_models
+from coincide.train.loop import CHECKPOINTS_DIR, LAST_CHECKPOINT, STATE_FILE
+from coincide.train.report import PLOTS_DIR, plot_stage, read_log
+
+Projection = Literal["pca", "tsne"]
+PROJECTIONS: tuple[str, ...] = ("pca", "tsne")
+
+REPORT_FILE = "report.html"
+DEFAULT_MAP_WINDOWS = 3000
+NO_LABEL = "(no label)"
+
+NUM_CLASS = ' class="num"'  # right-aligned table cells (see PAGE_STYLE)
+
+# RUN/clusters/: where `coincide cluster` keeps one folder per store (cluster.store_clusters_dir).
+_CLUSTERS_DIR = "clusters"
+
+
+# ---------------------------------------------------------------------------------------------
+# Small HTML pieces
+
+
+def _text(value: Any) -> str:
+    """Any value as escaped HTML text (paths with undecodable bytes stay printable)."""
+    return html.escape(printable(value) if isinstance(value, Path) else str(value))
+
+
+def _number(value: Any) -> str:
+    """A cell: floats with 4 significant digits, None as n/a, everything else as text."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return _text(", ".join(str(v) for v in value))
+    return _text(value)
+
+
+def _table(header: list[str], rows: list[list[Any]], numeric: set[int] | None = None) -> str:
+    """An HTML table; every cell is escaped, the `numeric` columns are right-aligned."""
+    numeric = numeric or set()
+
+    def cell(tag: str, i: int, value: Any) -> str:
+        return f"<{tag}{NUM_CLASS if i in numeric else ''}>{_number(value)}</{tag}>"
+
+    head = "".join(cell("th", i, h) for i, h in enumerate(header))
+    body = "".join(
+        "<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>\n" for row in rows
+    )
+    return f"<table>\n<tr>{head}</tr>\n{body}</table>"
+
+
+def _missing(what: str, command: str, then: str = "") -> str:
+    """A note that an input is missing, the command that makes it, and what to do `then`."""
+    after = f" {_text(then)}" if then else ""
+    return (
+        f'<p class="missing">Missing: {_text(what)}. Make it with '
+        f"<code>{_text(command)}</code>.{after}</p>"
+    )
+
+
+def _read_json(path: Path) -> Any:
+    """A JSON file's content, or None when there is none; a broken one is a UserError."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise UserError(
+            f"cannot parse {path} ({err}); delete it and run its command again."
+        ) from err
+
+
+class Pictures:
+    """The PNG files of one page: kept in `<page stem>_files/`, linked relatively.
+
+    `path(name)` gives where to write a picture; `image(path, alt)` the <img> tag for it.
+    """
+
+    def __init__(self, page: Path) -> None:
+        self.page_dir = page.parent
+        self.folder = page.with_name(f"{page.stem}_files")
+        self.written: set[Path] = set()
+
+    def path(self, name: str) -> Path:
+        """Where to write the picture called `name` (characters unsafe in file names become
+        `_`, so class or store names cannot leave the folder)."""
+        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "picture"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / safe
+        self.written.add(path)
+        return path
+
+    def copy(self, source: Path, name: str) -> Path:
+        """Copy a picture another command wrote into the folder; returns the copy."""
+        target = self.path(name)
+        shutil.copyfile(source, target)
+        return target
+
+    def image(self, path: Path, alt: str) -> str:
+        """The <img> tag of a picture of this page, by its path relative to the page."""
+        source = quote(path.relative_to(self.page_dir).as_posix())
+        return f'<p><img src="{html.escape(source)}" alt="{_text(alt)}"></p>'
+
+    def prune(self) -> None:
+        """Remove the pictures of an earlier report that this one did not write."""
+        if self.folder.is_dir():
+            for old in self.folder.glob("*.png"):
+                if old not in self.written:
+                    old.unlink()
+
+
+@contextmanager
+def _pyplot() -> Iterator[Any]:
+    """matplotlib.pyplot on the Agg backend (files only)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    yield plt
+
+
+def _literal(text: str) -> str:
+    """Text for matplotlib as it is: a class called `$x$` is a name, not math, and one called
+    `_x` stays in the legend (matplotlib hides labels that start with `_`)."""
+    text = text.replace("$", r"\$")
+    return f" {text}" if text.startswith("_") else text
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Training
+
+
+def _stage_rows(state: dict[str, Any] | None, log: pd.DataFrame) -> list[dict[str, Any]]:
+    """One record per stage: number, name, steps, why it stopped, loss first/last, best val."""
+    if state is not None:
+        names = list(state.get("stages", []))
+    else:
+        names = list(dict.fromkeys(log["stage"].dropna().astype(str)))
+    finished = {r["name"]: r for r in (state or {}).get("finished", [])}
+    current = (state or {}).get("stage")
+    records = []
+    for number, name in enumerate(names, start=1):
+        rows = log[log["stage"] == name]
+        train = rows[rows["split"] == "train"]["total"].dropna()
+        val = rows[rows["split"] == "val"]["total"].dropna()
+        if name in finished:
+            steps, stopped = finished[name]["steps"], finished[name]["stopped"]
+        elif name == current:
+            steps, stopped = (state or {}).get("stage_step", 0), "in progress"
+        elif state is None and len(rows):
+            steps, stopped = int(rows["stage_step"].max()), "unknown (no state.json)"
+        else:
+            steps, stopped = 0, "not started"
+        records.append(
+            {
+                "number": number,
+                "name": name,
+                "steps": steps,
+                "stopped": stopped,
+                "finished": name in finished,
+                "first": float(train.iloc[0]) if len(train) else None,
+                "last": float(train.iloc[-1]) if len(train) else None,
+                "best_val": float(val.min()) if len(val) else None,
+                "logged": len(rows) > 0,
+            }
+        )
+    return records
+
+
+def _loss_curve(run: Path, record: dict[str, Any], pictures: Pictures) -> str:
+    """The stage's loss-curve picture: the one training wrote when the stage finished, else
+    plotted now from train_log.csv (into RUN/plots/, where training puts it)."""
+    name = f"stage{record['number']}_{record['name']}.png"
+    written = run / PLOTS_DIR / name
+    if not (record["finished"] and written.is_file()):
+        plotted = plot_stage(run, record["number"], record["name"])
+        if plotted is None:
+            return ""
+        written = plotted
+    return pictures.image(
+        pictures.copy(written, f"training_{name}"), f"loss curves of stage {record['name']}"
+    )
+
+
+def _qbe_curve(run: Path, pictures: Pictures) -> str:
+    """The held-out QbE mAP against the training step, from RUN/eval_curve.csv."""
+    curve = read_curve(run / CURVE_FILE)
+    if not curve:
+        return _missing(
+            f"the held-out QbE curve ({run / CURVE_FILE})",
+            f"coincide train STORE --run {printable(run)} --eval-store TEST_STORE --eval-every N",
+        )
+    steps = [row["step"] for row in curve]
+    maps = [row["qbe_map"] for row in curve]
+    path = pictures.path("training_qbe_curve.png")
+    with _pyplot() as plt:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(steps, maps, "o-")
+        ax.set_xlabel("step")
+        ax.set_ylabel("held-out QbE mAP")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    best = int(np.argmax(maps))
+    return (
+        "<h3>Held-out query-by-example mAP</h3>\n"
+        f"<p>{len(curve)} measurements; last {maps[-1]:.4f} at step {steps[-1]:.0f}, "
+        f"best {maps[best]:.4f} at step {steps[best]:.0f}.</p>\n"
+        + pictures.image(path, "held-out QbE mAP against step")
+    )
+
+
+def _metrics(run: Path) -> str:
+    """RUN/eval/metrics.json as tables: its single values, then each per-class mapping."""
+    metrics = _read_json(run / EVAL_DIR / METRICS_FILE)
+    if metrics is None:
+        return _missing(
+            f"the evaluation ({run / EVAL_DIR / METRICS_FILE})",
+            f"coincide evaluate {printable(run)} --store TEST_STORE",
+        )
+    single = [[k, v] for k, v in metrics.items() if not isinstance(v, dict)]
+    parts = ["<h3>Evaluation (coincide evaluate)</h3>", _table(["metric", "value"], single)]
+    for key, mapping in metrics.items():
+        if isinstance(mapping, dict):
+            rows = [[name, value] for name, value in sorted(mapping.items())]
+            parts += [f"<h4>{_text(key)}</h4>", _table(["name", "value"], rows, {1})]
+    return "\n".join(parts)
+
+
+def training_section(run: Path, pictures: Pictures) -> str:
+    """Section 1 (HTML): stage summary, loss curves per stage, QbE curve, evaluation."""
+    state = _read_json(run / STATE_FILE)
+    log = read_log(run)
+    if state is None and log.empty:
+        parts = [
+            _missing(
+                f"the training record ({run / STATE_FILE} and train_log.csv)",
+                f"coincide train STORE --run {printable(run)}",
+            )
+        ]
+    else:
+        records = _stage_rows(state, log)
+        where = ""
+        if state is not None:
+            progress = "finished" if state.get("done") else "in progress"
+            where = f"<p>Step {_text(state.get('step', 0))}; training {progress}.</p>"
+        rows = [
+            [
+                r["number"],
+                r["name"],
+                r["steps"],
+                r["stopped"],
+                r["first"],
+                r["last"],
+                r["best_val"],
+            ]
+            for r in records
+        ]
+        header = ["#", "stage", "steps", "stopped", "first loss", "last loss", "best held-out"]
+        parts = [where, _table(header, rows, {0, 2, 4, 5, 6})]
+        for record in records:
+            if record["logged"]:
+                parts.append(f"<h3>Stage {record['number']}: {_text(record['name'])}</h3>")
+                parts.append(_loss_curve(run, record, pictures))
+    parts += [_qbe_curve(run, pictures), _metrics(run)]
+    return "\n".join(p for p in parts if p)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Clusters
+
+
+def _clustering_folders(run: Path) -> list[Path]:
+    """Every folder under RUN/clusters/ holding a complete clustering (a summary.json)."""
+    base = run / _CLUSTERS_DIR
+    return sorted(p.parent for p in base.glob("*/summary.json")) + sorted(
+        p.parent for p in base.glob("*/kmeans-*/summary.json")
+    )
+
+
+def _plot_sizes(sizes: np.ndarray, title: str, path: Path) -> None:
+    """Cluster sizes sorted largest first against their rank, log y."""
+    from matplotlib.ticker import MaxNLocator
+
+    with _pyplot() as plt:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        # One artist for any K (a bar per cluster would be slow for K = 10,000); the baseline
+        # sits under the smallest possible size, 1, so the log axis can draw it.
+        edges = np.arange(len(sizes) + 1) + 0.5
+        ax.stairs(sizes, edges, baseline=0.8, fill=True, color="#4477aa")
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("cluster rank (largest first)")
+        ax.set_ylabel("windows in cluster")
+        ax.set_title(_literal(title))
+        ax.grid(axis="y", which="both", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+
+def clusters_section(run: Path, pictures: Pictures) -> str:
+    """Section 2 (HTML): per clustering, active clusters of K and the sorted cluster sizes."""
+    folders = _clustering_folders(run)
+    if not folders:
+        return _missing(
+            f"a clustering ({run / _CLUSTERS_DIR}/STORE/summary.json)",
+            f"coincide cluster {printable(run)} --store STORE",
+        )
+    parts = []
+    for folder in folders:
+        summary = _read_json(folder / SUMMARY_FILE)
+        name = folder.relative_to(run / _CLUSTERS_DIR).as_posix()
+        sizes = np.sort(pd.read_csv(folder / SIZES_FILE)["size"].to_numpy())[::-1]
+        title = f"{name}: {summary['active_clusters']} active of K = {summary['K']}"
+        parts.append(f"<h3>{_text(name)}</h3>")
+        parts.append(
+            f"<p>{_text(summary['windows'])} windows in <b>{_text(summary['active_clusters'])}"
+            f"</b> active clusters of K = {_text(summary['K'])}; largest "
+            f"{_text(summary['largest_cluster'])}, median {_number(summary['median_cluster'])} "
+            "windows.</p>"
+        )
+        if len(sizes):
+            path = pictures.path(f"clusters_{name.replace('/', '_')}.png")
+            _plot_sizes(sizes, title, path)
+            parts.append(pictures.image(path, f"cluster sizes of {name}"))
+        histogram = summary.get("size_histogram", {})
+        if histogram:
+            rows = [[size, count] for size, count in histogram.items() if count]
+            parts.append(_table(["windows per cluster", "active clusters"], rows, {1}))
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Embeddings
+
+
+def project_2d(embeddings: np.ndarray, projection: Projection = "pca", seed: int = 0) -> np.ndarray:
+    """Map `(n, d)` embeddings to `(n, 2)` points for a picture.
+
+    The embeddings are length-normalised first: f(x) is compared by cosine similarity
+    everywhere else (p_clust, QbE), so directions, not lengths, are what the map should show.
+    `pca`: the two leading principal components (under a second for 3000 windows). `tsne`:
+    t-SNE (scikit-learn, PCA start, perplexity at most 30), which keeps neighbourhoods but
+    takes about a minute for 3000 windows on 2 cores.
+    """
+    if projection not in PROJECTIONS:
+        raise UserError(f"--map {projection} is unknown; use one of {', '.join(PROJECTIONS)}.")
+    unit = np.asarray(embeddings, dtype=np.float64)
+    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
+    n = len(unit)
+    if n < 3:
+        raise UserError(f"a 2-D map needs at least 3 windows, the sample has {n}.")
+    if projection == "pca":
+        from sklearn.decomposition import PCA
+
+        points = PCA(n_components=min(2, unit.shape[1]), random_state=seed).fit_transform(unit)
+        if points.shape[1] == 1:  # a 1-D embedding: draw it on a line
+            points = np.column_stack([points[:, 0], np.zeros(n)])
+        return points
+    from sklearn.manifold import TSNE
+
+    perplexity = min(30.0, (n - 1) / 3)
+    return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(
+        unit
+    )
+
+
+def first_labels(window_labels: list[list[str]]) -> list[str]:
+    """The first label of each window's clip, NO_LABEL for a window without labels."""
+    return [str(labels[0]) if len(labels) else NO_LABEL for labels in window_labels]
+
+
+def _plot_map(points: np.ndarray, classes: list[str], title: str, path: Path) -> list[str]:
+    """Scatter the points coloured by class (unlabeled in grey, underneath); returns the
+    classes in legend order."""
+    names = sorted(set(classes) - {NO_LABEL})
+    classes_arr = np.asarray(classes, dtype=object)
+    markers = "o^sDv<>P"
+    with _pyplot() as plt:
+        colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
+        period = 10 if len(names) <= 10 else 20
+        columns = 1 + len(names) // 25
+        fig, ax = plt.subplots(figsize=(6.5 + 1.8 * columns, 5.5))
+        unlabeled = classes_arr == NO_LABEL
+        if unlabeled.any():
+            ax.scatter(*points[unlabeled].T, s=5, color="#bbbbbb", label=NO_LABEL)
+        for i, name in enumerate(names):
+            mine = classes_arr == name
+            ax.scatter(
+                *points[mine].T,
+                s=8,
+                color=colours(i % period),
+                marker=markers[(i // period) % len(markers)],
+                alpha=0.8,
+                label=_literal(name),
+            )
+        ax.set_title(_literal(title))
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize="small",
+            ncol=columns,
+            markerscale=2,
+            frameon=False,
+        )
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+    return ([NO_LABEL] if unlabeled.any() else []) + names
+
+
+def embeddings_section(
+    run: Path,
+    store_path: Path | None,
+    pictures: Pictures,
+    projection: Projection = "pca",
+    map_windows: int = DEFAULT_MAP_WINDOWS,
+    seed: int = 0,
+) -> str:
+    """Section 3 (HTML): the 2-D map of f(x) for a seeded sample of the store's windows."""
+    checkpoint = run / CHECKPOINTS_DIR / LAST_CHECKPOINT
+    if store_path is None:
+        return _missing(
+            "a test store to map (no --store given)",
+            "coincide ingest MEDIA --store TEST_STORE --labels LABELS.csv",
+            "Then pass --store TEST_STORE to coincide report.",
+        )
+    if not checkpoint.is_file():
+        return _missing(
+            f"the run's encoder ({checkpoint})", f"coincide train STORE --run {printable(run)}"
+        )
+    store = open_store(store_path)
+    if len(store) < 3:
+        return _missing(
+            f"windows to map ({store_path} holds {len(store)})",
+            f"coincide ingest MEDIA --store {printable(store_path)}",
+        )
+    # -- sample, embed, project
+    positions = cap_windows(len(store), map_windows, seed)
+    device = default_device()
+    encoder = load_models(checkpoint, map_location=device)["audio"]
+    embeddings = embed_positions(encoder, store, positions, device=device)
+    points = project_2d(embeddings, projection, seed)
+    window_labels = store.index["labels"].tolist()
+    classes = first_labels([window_labels[i] for i in positions])
+    # -- draw
+    method = "PCA" if projection == "pca" else "t-SNE"
+    path = pictures.path(f"embeddings_{projection}.png")
+    title = f"{method} of f(x): {len(positions)} windows of {Path(store_path).name}"
+    legend = _plot_map(points, classes, title, path)
+    counts = pd.Series(classes).value_counts()
+    rows = [[name, int(counts[name])] for name in legend]
+    return "\n".join(
+        [
+            f"<p>{len(positions)} of {len(store)} windows of <code>{_text(store_path)}</code> "
+            f"(seeded sample, seed {seed}), embedded with <code>{_text(checkpoint)}</code>, "
+            f"length-normalised and mapped to 2-D with {method}; each point is coloured by the "
+            f"first label of its clip ({len(legend)} classes).</p>",
+            pictures.image(path, f"{method} map of the embeddings coloured by class"),
+            _table(["class", "windows on the map"], rows, {1}),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Table 3
+
+_TABLE_SEPARATOR = re.compile(r"^\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?$")
+_IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+)\)$")
+
+
+def _inline(text: str) -> str:
+    """Escaped text with `code` spans as <code>."""
+    pieces = text.split("`")
+    return "".join(
+        f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(pieces)
+    )
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def _markdown_table(lines: list[str]) -> str:
+    """A pipe table (header, alignment row, body) as HTML; `---:` columns right-aligned."""
+    header = _cells(lines[0])
+    body = lines[1:]
+    right: set[int] = set()
+    if body and _TABLE_SEPARATOR.match(body[0].strip()):
+        right = {i for i, spec in enumerate(_cells(body[0])) if spec.endswith(":")}
+        body = body[1:]
+
+    def row(tag: str, cells: list[str]) -> str:
+        return (
+            "<tr>"
+            + "".join(
+                f"<{tag}{NUM_CLASS if i in right else ''}>{_inline(c)}</{tag}>"
+                for i, c in enumerate(cells)
+            )
+            + "</tr>"
+        )
+
+    return "\n".join(
+        ["<table>", row("th", header), *(row("td", _cells(b)) for b in body), "</table>"]
+    )
+
+
+def markdown_to_html(text: str, image: Callable[[str, str], str]) -> str:
+    """The markdown that `coincide reproduce` writes (headings, paragraphs, pipe tables, one
+    image per line) as HTML; every piece of text is escaped.
+
+    Args:
+        text: the markdown.
+        image: called with `(src, alt)` for an image line; returns its HTML.
+    """
+    blocks: list[list[str]] = [[]]
+    for line in text.splitlines():
+        if line.strip():
+            blocks[-1].append(line.rstrip())
+        elif blocks[-1]:
+            blocks.append([])
+    parts = []
+    for block in (b for b in blocks if b):
+        if all(line.lstrip().startswith("|") for line in block):
+            parts.append(_markdown_table(block))
+            continue
+        paragraph: list[str] = []
+        for line in [*block, ""]:
+            heading = re.match(r"^(#{1,6})\s+(.*)$", line)
+            picture = _IMAGE.match(line.strip())
+            if (heading or picture or not line) and paragraph:
+                parts.append(f"<p>{_inline(' '.join(paragraph))}</p>")
+                paragraph = []
+            if heading:
+                level = min(len(heading.group(1)) + 2, 6)  # below the page's own h1/h2
+                parts.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
+            elif picture:
+                parts.append(image(picture.group("src"), picture.group("alt")))
+            elif line:
+                paragraph.append(line.strip())
+    return "\n".join(parts)
+
+
+def table3_section(run: Path, table3_dir: Path | None, pictures: Pictures) -> str:
+    """Section 4 (HTML): DIR/table3.md rendered (or table3.csv when there is no .md), and the
+    mAP-against-budget plot."""
+    command = (
+        f"coincide reproduce table3 --run {printable(run)} --train-store TRAIN_STORE "
+        "--test-store TEST_STORE --budgets 5,20 --out DIR"
+    )
+    if table3_dir is None:
+        return _missing(
+            "a Table 3 folder (no --table3 given)",
+            command,
+            "Then pass --table3 DIR to coincide report.",
+        )
+    md, csv, png = (table3_dir / f"table3.{ext}" for ext in ("md", "csv", "png"))
+    shown: set[str] = set()
+
+    def image(src: str, alt: str) -> str:
+        source = (table3_dir / src).resolve()
+        # Only pictures inside DIR: the page must not copy files from elsewhere.
+        if not source.is_file() or not source.is_relative_to(table3_dir.resolve()):
+            return f'<p class="missing">Missing picture: {_text(table3_dir / src)}.</p>'
+        shown.add(source.name)
+        return pictures.image(pictures.copy(source, f"table3_{source.name}"), alt)
+
+    if md.is_file():
+        body = markdown_to_html(md.read_text(encoding="utf-8"), image)
+    elif csv.is_file():
+        body = pd.read_csv(csv).to_html(
+            escape=True, index=False, na_rep="n/a", float_format=lambda v: f"{v:.3f}", border=0
+        )
+    else:
+        return _missing(f"Table 3 ({md} or {csv})", command.replace("DIR", printable(table3_dir)))
+    if png.is_file() and png.name not in shown:
+        body += "\n" + image(png.name, "mAP against label budget")
+    return body
+
+
+# ---------------------------------------------------------------------------------------------
+# The page
+
+PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 70em; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+th, td { padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; text-align: left; }
+.num { text-align: right; font-variant-numeric: tabular-nums; }
+.missing { color: #a00; }
+img { max-width: 100%; }
+code { background: #f4f4f4; padding: 0 0.2em; }
+"""
+
+SECTIONS = ("Training", "Clusters", "Embeddings", "Table 3")
+
+
+def write_report(
+    run: Path,
+    out: Path,
+    store: Path | None = None,
+    table3: Path | None = None,
+    projection: Projection = "pca",
+    map_windows: int = DEFAULT_MAP_WINDOWS,
+    seed: int = 0,
+) -> Path:
+    """Write the report page `out` and its pictures (`<out stem>_files/`); returns `out`.
+
+    Args:
+        run: the run folder (from `coincide train`).
+        out: the HTML file to write.
+        store: a labeled test store for the embedding map (None: the section says so).
+        table3: the --out folder of `coincide reproduce table3` (None: the section says so).
+        projection: "pca" or "tsne" for the embedding map.
+        map_windows: at most this many windows on the map (a seeded sample).
+        seed: seeds the sample and the projection.
+    """
+    run, out = Path(run), Path(out)
+    pictures = Pictures(out)
+    bodies = [
+        training_section(run, pictures),
+        clusters_section(run, pictures),
+        embeddings_section(run, store, pictures, projection, map_windows, seed),
+        table3_section(run, Path(table3) if table3 is not None else None, pictures),
+    ]
+    sections = "\n".join(
+        f'<h2 id="{name.lower().replace(" ", "")}">{html.escape(name)}</h2>\n{body}'
+        for name, body in zip(SECTIONS, bodies, strict=True)
+    )
+    contents = " · ".join(
+        f'<a href="#{name.lower().replace(" ", "")}">{html.escape(name)}</a>' for name in SECTIONS
+    )
+    title = f"coincide report: {run.resolve().name}"
+    page = f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{_text(title)}</title>
+<style>{PAGE_STYLE}</style>
+</head>
+<body>
+<h1>{_text(title)}</h1>
+<p>Run <code>{_text(run)}</code>. {contents}</p>
+{sections}
+</body>
+</html>
+"""
+    with atomic_output(out) as stream:
+        stream.write(page)
+    pictures.prune()
+    return out
+
+
+def run(
+    run_dir: Path,
+    store: Path | None = None,
+    table3: Path | None = None,
+    out: Path | None = None,
+    projection: str = "pca",
+    map_windows: int = DEFAULT_MAP_WINDOWS,
+    seed: int = 0,
+) -> Path:
+    """The `coincide report` command: check the arguments, write the page, print its path."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(
+            f"run folder {run_dir} does not exist; give the --run folder of a training."
+        )
+    out = Path(out) if out is not None else run_dir / REPORT_FILE
+    if out.suffix.lower() not in (".html", ".htm"):
+        raise UserError(f"--out {printable(out)} must end in .html; rename it.")
+    if store is not None and not Path(store).is_dir():
+        raise UserError(f"--store {printable(store)} is not a feature store folder; fix the path.")
+    if table3 is not None and not Path(table3).is_dir():
+        raise UserError(
+            f"--table3 {printable(table3)} is not a folder; give the --out folder of "
+            "`coincide reproduce table3`."
+        )
+    if projection not in PROJECTIONS:
+        raise UserError(f"--map {projection} is unknown; use one of {', '.join(PROJECTIONS)}.")
+    if map_windows < 3:
+        raise UserError(f"--map-windows {map_windows} is too few; a map needs at least 3.")
+    path = write_report(
+        run_dir, out, store, table3, cast(Projection, projection), map_windows, seed
+    )
+    print(f"report: {printable(path)}")
+    return path
