@@ -26,24 +26,23 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+
+# Starlette's TestClient runs on httpx2 (a dev dependency); both come with `.[dev]`, so a
+# missing one is an install error, not a reason to skip.
+from starlette.testclient import TestClient  # noqa: E402
 from typer.testing import CliRunner
 
 from coincide.cli import app as cli_app
 from coincide.cluster import store_clusters_dir, write_clustering
 from coincide.errors import UserError
-from coincide.store.labels import SQLiteLabelStore
-from coincide.store.media_id import media_id_of
-from coincide.store.writer import MediaRecord, StoreWriter
-
-pytest.importorskip("starlette")
-pytest.importorskip("httpx")
-from starlette.testclient import TestClient  # noqa: E402
-
 from coincide.labelui import server  # noqa: E402
 from coincide.labelui.app import create_app  # noqa: E402
 from coincide.labelui.campaign import NotFound  # noqa: E402
 from coincide.labelui.clips import clip_span  # noqa: E402
 from coincide.labelui.vocab import Term, Vocabulary, load_vocabulary  # noqa: E402
+from coincide.store.labels import SQLiteLabelStore
+from coincide.store.media_id import media_id_of
+from coincide.store.writer import MediaRecord, StoreWriter
 
 sys.path.insert(0, str(Path(__file__).parent))
 import mediagen  # noqa: E402
