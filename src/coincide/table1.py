@@ -224,7 +224,9 @@ def summarise(
     for metric in ("qbe_map", "shallow_map"):
         baseline, topline = by_key[BASELINE][metric], by_key[TOPLINE][metric]
         for entry in summary:
-            if math.isnan(entry[metric]) or baseline == topline:
+            # The range must run upwards: a topline at or below the baseline (an undertrained
+            # topline) has no range to recover, and the ratio would read as nonsense.
+            if math.isnan(entry[metric]) or topline <= baseline:
                 entry[f"{metric}_recovery"], entry[f"{metric}_recovery_std"] = math.nan, None
                 continue
             per_run = [recovery(v, baseline, topline) for v in entry[f"{metric}_runs"]]
@@ -273,6 +275,13 @@ def table_markdown(
         )
     baseline = next(e for e in summary if e["row"] == BASELINE)
     lines += ["", f"Row b is `{baseline['representation']}` (see coincide.representations)."]
+    topline = next(e for e in summary if e["row"] == TOPLINE)
+    for metric, name in (("qbe_map", "QbE"), ("shallow_map", "Classification")):
+        if topline[metric] <= baseline[metric]:
+            lines.append(
+                f"{name} recovery is n/a: the topline (row a, {topline[metric]:.3f}) does not "
+                f"beat the baseline (row b, {baseline[metric]:.3f}) on this metric."
+            )
     for key, reason in skipped.items():
         title = next(r.title for r in ROWS if r.key == key)
         lines.append(f"Row {key} ({title}) skipped: {reason}.")
