@@ -115,13 +115,15 @@ def test_audio_only_store_skips_the_av_rows(stores, tmp_path):
         train_store=stores["audio"],
         test_store=stores["test"],
         out=tmp_path,
-        rows=("a", "b", "d"),
+        rows=("a", "b", "d", "k"),
         overrides=TINY,
         max_train_windows=40,
     )
     text = run_table1(settings).read_text()
-    assert sorted(_table_lines(tmp_path / "table1.md")) == ["a", "b"]
+    # Row k has an audio-only curriculum (aa -> aa_clust); row d's is AV only.
+    assert sorted(_table_lines(tmp_path / "table1.md")) == ["a", "b", "k"]
     assert "Row d (AV Correspondence (VGG) [12]) skipped: needs frames" in text
+    assert "k: aa -> aa_clust" in text
     assert not run_folder(tmp_path, "d", 0).exists()
 
 

@@ -112,9 +112,12 @@ def row_config(row: Row, settings: Settings, seed: int) -> Config:
     return load_config([settings.config, row.overlay], [*settings.overrides, f"seed={seed}"])
 
 
-def needs_frames(cfg: Config) -> bool:
-    """Whether a configuration trains on frames: any stage with a loss term on AV pairs."""
-    return any("av" in stage_pair_kinds(stage) for stage in cfg.curriculum.stages)
+def needs_frames(cfg: Config, audio_only: bool = False) -> bool:
+    """Whether a configuration trains on frames: any stage with a loss term on AV pairs. On an
+    audio-only store training runs `curriculum.audio_only_stages` (see coincide.train.loop), so
+    those are the stages that count there."""
+    stages = cfg.curriculum.audio_only_stages if audio_only else cfg.curriculum.stages
+    return any("av" in stage_pair_kinds(stage) for stage in stages)
 
 
 def run_folder(out: Path, key: str, seed: int) -> Path:
@@ -137,14 +140,18 @@ def run(settings: Settings) -> Path:
 
     # -- each row and seed: train unless evaluated, then evaluate -------------------------
     skipped: dict[str, str] = {}
+    audio_only_stages: dict[str, list[str]] = {}
     results: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         configs = {}
         if row.overlay is not None:
             configs = {seed: row_config(row, settings, seed) for seed in settings.seeds}
-            if not has_frames and needs_frames(configs[settings.seeds[0]]):
+            if not has_frames and needs_frames(configs[settings.seeds[0]], audio_only=True):
                 skipped[row.key] = "needs frames; the training store is audio-only"
                 continue
+            if not has_frames:
+                stages = configs[settings.seeds[0]].curriculum.audio_only_stages
+                audio_only_stages[row.key] = [stage.name for stage in stages]
         results[row.key] = []
         for seed in settings.seeds:
             folder = run_folder(settings.out, row.key, seed)
@@ -176,7 +183,8 @@ def run(settings: Settings) -> Path:
     summary = summarise(rows, results)
     settings.out.mkdir(parents=True, exist_ok=True)
     table_path = settings.out / "table1.md"
-    table_path.write_text(table_markdown(summary, skipped, settings), encoding="utf-8")
+    text = table_markdown(summary, skipped, settings, audio_only_stages)
+    table_path.write_text(text, encoding="utf-8")
     write_csv(settings.out / "table1.csv", summary)
     write_runs_csv(settings.out / "table1_runs.csv", results)
     plot_bars(settings.out / "table1.png", summary)
@@ -248,7 +256,10 @@ def _percent(mean: float, std: float | None) -> str:
 
 
 def table_markdown(
-    summary: Sequence[dict[str, Any]], skipped: dict[str, str], settings: Settings
+    summary: Sequence[dict[str, Any]],
+    skipped: dict[str, str],
+    settings: Settings,
+    audio_only_stages: dict[str, list[str]] | None = None,
 ) -> str:
     """Table 1 in the paper's layout, with what it was measured on."""
     seeds = ",".join(str(s) for s in settings.seeds)
@@ -282,6 +293,12 @@ def table_markdown(
                 f"{name} recovery is n/a: the topline (row a, {topline[metric]:.3f}) does not "
                 f"beat the baseline (row b, {baseline[metric]:.3f}) on this metric."
             )
+    if audio_only_stages:
+        ran = "; ".join(f"{key}: {' -> '.join(names)}" for key, names in audio_only_stages.items())
+        lines.append(
+            "The training store has no frames, so each trained row ran its "
+            f"`curriculum.audio_only_stages` ({ran})."
+        )
     for key, reason in skipped.items():
         title = next(r.title for r in ROWS if r.key == key)
         lines.append(f"Row {key} ({title}) skipped: {reason}.")
