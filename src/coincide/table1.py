@@ -252,7 +252,8 @@ def _number(mean: float, std: float | None, digits: int = 3) -> str:
 def _percent(mean: float, std: float | None) -> str:
     if math.isnan(mean):
         return "n/a"
-    return f"{mean:.0f}%" + ("" if std is None else f" ± {std:.0f}")
+    # round() to an int first: a recovery of -0.3 % reads "0%", not "-0%".
+    return f"{round(mean)}%" + ("" if std is None else f" ± {round(std)}")
 
 
 def table_markdown(
