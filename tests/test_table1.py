@@ -195,6 +195,12 @@ def test_train_with_eval_store_logs_a_qbe_curve(stores, tmp_path):
     with open(run_dir / "eval_curve.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4]
+    # Every 3 steps: 0 and 3, and the last step (4) that ends the training.
+    args[args.index("--eval-every") + 1] = "3"
+    args[args.index("--run") + 1] = str(tmp_path / "run3")
+    assert CliRunner().invoke(app, args).exit_code == 0
+    with open(tmp_path / "run3" / "eval_curve.csv", newline="") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [0, 3, 4]
     assert all(0.0 <= float(r["qbe_map"]) <= 1.0 for r in rows)
     assert "held-out QbE mAP" in result.output
 

@@ -233,6 +233,9 @@ class _Run:
                     finished=position.finished,
                 )
                 self._write_state(position)
+            # The curve ends where the training ended, measured or not by --eval-every.
+            if self.probe is not None and position.step % self.eval_every:
+                self._probe(position.step)
         finally:
             if self.monitor is not None:
                 self.monitor.close()
@@ -348,6 +351,10 @@ class _Run:
                 self._check_finite(bad_step, stage, pos)
                 self._log(pos, stage, sums, intervals, lr, speed.rate(), watch)
                 intervals = 0
+            # The QbE probe runs before the plateau test, which may end the stage (a step that
+            # ends a stage is still measured).
+            if self.probe is not None and pos.step % self.eval_every == 0:
+                self._probe(pos.step)
             if val_batches and pos.stage_step % stage.plateau.eval_every == 0:
                 self._check_finite(bad_step, stage, pos)
                 value = self._evaluate(objective, val_batches, stage, pos)
@@ -363,8 +370,6 @@ class _Run:
                 self._check_finite(bad_step, stage, pos)
                 self._save(pos, plateau, finished=False)
                 speed.restart()
-            if self.probe is not None and pos.step % self.eval_every == 0:
-                self._probe(pos.step)
             if self.main:
                 assert self.monitor is not None
                 self.monitor.advance(pos.stage_step)
