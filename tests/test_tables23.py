@@ -144,6 +144,21 @@ def test_table3_end_to_end_and_resumable(workspace, capsys):
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
 
+def test_table3_budgets_past_the_active_clusters_train_one_cluster_row(workspace, capsys):
+    root, train, test = workspace
+    out = root / "t3_past"
+    cfg = FinetuneConfig(steps=2, batch_size=8, progress=False)
+    rows = run_table3(root / "run_k12", train, test, [40, 60], out, cfg=cfg, topline=False)
+    cluster = rows[rows["strategy"] == "cluster"]
+    # At most 12 active clusters: both budgets ask every cluster once, one row stands for both.
+    assert len(cluster) == 1 and cluster["budget"].iloc[0] <= 12
+    assert rows[rows["strategy"] == "random-scratch"]["budget"].tolist() == [40, 60]
+    printed = capsys.readouterr().out
+    assert "not trained twice" in printed
+    text = (out / "table3.md").read_text()
+    assert "n/ax" not in text and "| n/a |" in text  # no random row at the cluster budget
+
+
 def test_reproduce_cli(workspace):
     root, train, test = workspace
     runner = CliRunner()
