@@ -521,8 +521,13 @@ def plot_table3(rows: pd.DataFrame, path: Path) -> None:
         ax.axhline(float(topline["mAP"].iloc[0]), color="gray", linestyle="--", label="all labels")
     ax.set_xscale("log")
     # The measured budgets as plain numbers, not powers of ten.
-    budgets = sorted(set(rows.loc[rows["strategy"] != "all", "budget"].tolist()))
-    ax.set_xticks(budgets)
+    # A budget within 15 % of the previous tick (a cluster budget capped at the active clusters,
+    # 19 next to 20) gets no label of its own: the two would print over each other.
+    ticks: list[float] = []
+    for budget in sorted(set(rows.loc[rows["strategy"] != "all", "budget"].tolist())):
+        if not ticks or budget > 1.15 * ticks[-1]:
+            ticks.append(budget)
+    ax.set_xticks(ticks)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("label budget")
