@@ -501,6 +501,17 @@ def measure(
     )
 
 
+def _warm_loader(
+    cfg: Config, store: FeatureStore, sampler: BatchSampler, step: JointStep
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The timed steps' loader, past its start: one step per worker (and one more) has run on
+    it, and the step's loss sums are reset."""
+    batches = _loader(cfg, store, sampler, 1, pin=step.device.type == "cuda")
+    step.take(batches, cfg.data.workers + 1)
+    step.reset()
+    return batches
+
+
 def _blocks(
     cfg: Config,
     store: FeatureStore,
@@ -516,10 +527,8 @@ def _blocks(
     half = steps // 2
     console.print(f"timing {half} backbone steps")
     backbones.time(half)
-    batches = _loader(cfg, store, sampler, 1, pin=step.device.type == "cuda")
-    step.take(batches, cfg.data.workers + 1)
+    batches = _warm_loader(cfg, store, sampler, step)
     console.print(f"timing {steps} {step.objective_name} steps with data from the store")
-    step.reset()
     seconds = _timed(step.device, functools.partial(step.take, batches, steps))
     del batches  # stops the loader's workers before the last backbone steps
     console.print(f"timing {steps - half} more backbone steps")
@@ -539,10 +548,8 @@ def _interleaved(
     """CPU schedule: one joint step, one pass of f, one of g, in turn, each timed on its own
     (CPU work is synchronous), so the load of a shared machine, which changes over seconds,
     weighs on both sides alike. Returns the joint steps' seconds and their mean total loss."""
-    batches = _loader(cfg, store, sampler, 1, pin=step.device.type == "cuda")
-    step.take(batches, cfg.data.workers + 1)
+    batches = _warm_loader(cfg, store, sampler, step)
     console.print(f"timing {steps} {step.objective_name} steps and backbone steps, in turn")
-    step.reset()
     seconds = 0.0
     for _ in range(steps):
         seconds += _timed(step.device, functools.partial(step.take, batches, 1))

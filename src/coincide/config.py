@@ -192,6 +192,10 @@ class CurriculumConfig:
     stages: list[StageConfig]
     audio_only_stages: list[StageConfig]
 
+    def stages_for(self, audio_only: bool) -> list[StageConfig]:
+        """The stages a store trains: `audio_only_stages` when it has no frames."""
+        return self.audio_only_stages if audio_only else self.stages
+
 
 @dataclass
 class OptimConfig:

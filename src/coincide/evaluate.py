@@ -331,11 +331,12 @@ class ScalarWriter(Protocol):
 class TrainingProbe:
     """QbE mAP of the audio encoder on a fixed subset of a held-out store, during training.
 
-    The subset (up to `max_windows` labeled windows, seeded) is drawn once and its log-mel
-    windows are kept in memory, so a measurement costs one forward pass over them plus the
-    QbE sample (100 + 100 windows per class). Each call appends `step,qbe_map,windows,classes,
-    seconds` to RUN/eval_curve.csv, dropping rows at or after `step` first (a resumed run redoes
-    those steps), and logs `eval/qbe_map` to `writer` when one is given.
+    The subset (up to `max_windows` labeled windows, seeded) is drawn once; each measurement
+    reads its log-mel windows from the store (memory-mapped, so the page cache serves repeats),
+    runs one forward pass over them and scores the QbE sample (100 + 100 windows per class).
+    Each call appends `step,qbe_map,windows,classes,seconds` to RUN/eval_curve.csv, dropping
+    rows at or after `step` first (a resumed run redoes those steps), and logs `eval/qbe_map`
+    to `writer` when one is given.
     """
 
     def __init__(

@@ -37,7 +37,14 @@ import pandas as pd
 from coincide.cluster import SIZES_FILE, SUMMARY_FILE
 from coincide.embed_store import default_device
 from coincide.errors import UserError
-from coincide.evaluate import CURVE_FILE, EVAL_DIR, METRICS_FILE, cap_windows, read_curve
+from coincide.evaluate import (
+    CURVE_FILE,
+    EVAL_DIR,
+    METRICS_FILE,
+    cap_windows,
+    read_curve,
+    read_metrics,
+)
 from coincide.predict import atomic_output, printable
 from coincide.representations import embed_positions
 from coincide.store.features import open_store
@@ -257,7 +264,7 @@ def _qbe_curve(run: Path, pictures: Pictures) -> str:
 
 def _metrics(run: Path) -> str:
     """RUN/eval/metrics.json as tables: its single values, then each per-class mapping."""
-    metrics = _read_json(run / EVAL_DIR / METRICS_FILE)
+    metrics = read_metrics(run)
     if metrics is None:
         return _missing(
             f"the evaluation ({run / EVAL_DIR / METRICS_FILE})",

@@ -116,8 +116,7 @@ def needs_frames(cfg: Config, audio_only: bool = False) -> bool:
     """Whether a configuration trains on frames: any stage with a loss term on AV pairs. On an
     audio-only store training runs `curriculum.audio_only_stages` (see coincide.train.loop), so
     those are the stages that count there."""
-    stages = cfg.curriculum.audio_only_stages if audio_only else cfg.curriculum.stages
-    return any("av" in stage_pair_kinds(stage) for stage in stages)
+    return any("av" in stage_pair_kinds(stage) for stage in cfg.curriculum.stages_for(audio_only))
 
 
 def run_folder(out: Path, key: str, seed: int) -> Path:
@@ -150,7 +149,7 @@ def run(settings: Settings) -> Path:
                 skipped[row.key] = "needs frames; the training store is audio-only"
                 continue
             if not has_frames:
-                stages = configs[settings.seeds[0]].curriculum.audio_only_stages
+                stages = configs[settings.seeds[0]].curriculum.stages_for(audio_only=True)
                 audio_only_stages[row.key] = [stage.name for stage in stages]
         results[row.key] = []
         for seed in settings.seeds:

@@ -179,8 +179,7 @@ class _Run:
             )
         self.table = WindowTable(self.store.index)
         self.audio_only = not bool(self.table.has_frame.any())
-        curriculum = cfg.curriculum
-        self.stages = curriculum.audio_only_stages if self.audio_only else curriculum.stages
+        self.stages = cfg.curriculum.stages_for(self.audio_only)
         self._check_stages()
         if cfg.data.batch_size % self.world:
             raise UserError(
