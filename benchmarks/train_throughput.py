@@ -101,7 +101,7 @@ from coincide.store.writer import MediaRecord, StoreWriter
 from coincide.train.checkpoint import build_models
 from coincide.train.monitor import ClusterWatch
 from coincide.train.objective import StageObjective, stage_parts
-from coincide.train.optim import build_optimizer
+from coincide.train.optim import build_optimizer, tune_device
 from coincide.triplets import stage_sampler
 
 MIN_RATIO_GPU = 0.9
@@ -229,6 +229,7 @@ class _Precision:
         self.device = device
         self.dtype = torch.bfloat16 if amp else None
         self.channels_last = cuda and cfg.optim.channels_last
+        tune_device(device)  # as the loop does (cuDNN autotuning on CUDA)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.dtype is None:

@@ -1,11 +1,13 @@
 """Each loss against a literal NumPy transcription of the paper's equation, plus known values."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
+import coincide.losses
 from coincide.losses import (
     ClassificationLoss,
     ClusterLoss,
@@ -14,6 +16,8 @@ from coincide.losses import (
     TripletLoss,
     cluster_marginal,
     cluster_stats,
+    cluster_terms,
+    fused_cluster_terms,
     random_negative_indices,
 )
 from coincide.models import CoincidenceHead
@@ -172,6 +176,80 @@ def test_cluster_loss_uses_a_given_marginal() -> None:
     expected = point_entropy - 1.1 * entropy_reference(marginal.numpy())
     assert ClusterLoss(1.1)(logits, marginal).item() == pytest.approx(expected, rel=1e-5)
     assert torch.allclose(cluster_marginal(logits), logits.softmax(-1).mean(0))
+
+
+def _two_softmax_cluster_loss(logits: torch.Tensor, gamma: float) -> torch.Tensor:
+    """The loss as first written: the marginal and the point entropies from separate softmaxes."""
+    marginal = logits.softmax(-1).mean(0)
+    log_probs = logits.log_softmax(-1)
+    point = -(log_probs.exp() * log_probs).sum(-1).mean()
+    return point + gamma * (marginal * marginal.log()).sum()
+
+
+def test_cluster_terms_give_the_loss_and_gradient_of_the_two_softmax_form() -> None:
+    logits = torch.randn(9, 40, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    logits = (logits * 5).requires_grad_()
+    expected = _two_softmax_cluster_loss(logits, 1.1)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    point, marginal = cluster_terms(logits)
+    loss = ClusterLoss(1.1).from_terms(point, marginal)
+    (grad,) = torch.autograd.grad(loss, logits)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    assert torch.allclose(grad, expected_grad, rtol=1e-10, atol=1e-14)
+    assert torch.autograd.gradcheck(
+        lambda x: ClusterLoss(1.1).from_terms(*cluster_terms(x)),
+        (logits.detach()[:4, :7].clone().requires_grad_(),),
+    )
+
+
+@pytest.fixture
+def fresh_compiled_cluster_terms(monkeypatch):
+    monkeypatch.setattr(coincide.losses, "_compiled_cluster_terms", {})
+
+
+def test_compiled_cluster_terms_match_eager(fresh_compiled_cluster_terms) -> None:
+    """The path CUDA takes (torch.compile of cluster_terms), here compiled for the CPU."""
+    logits = torch.randn(16, 300, generator=torch.Generator().manual_seed(4)) * 8
+    eager = logits.clone().requires_grad_()
+    compiled = logits.clone().requires_grad_()
+    expected = ClusterLoss(1.1).from_terms(*cluster_terms(eager))
+    expected.backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a machine without a C++ compiler falls back to eager
+        loss = ClusterLoss(1.1).from_terms(*fused_cluster_terms(compiled, compile=True))
+    loss.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5, abs=1e-6)
+    assert torch.allclose(compiled.grad, eager.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_cluster_terms_are_not_compiled_for_cpu_tensors_by_default(
+    fresh_compiled_cluster_terms, monkeypatch
+) -> None:
+    def refuse(*args, **kwargs):
+        raise AssertionError("compiled for a CPU tensor")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    logits = torch.randn(5, 7, generator=torch.Generator().manual_seed(6))
+    point, _ = fused_cluster_terms(logits)
+    assert point.item() == pytest.approx(cluster_terms(logits)[0].item())
+
+
+def test_cluster_terms_fall_back_to_eager_when_compiling_fails(
+    fresh_compiled_cluster_terms, monkeypatch
+) -> None:
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: broken)
+    logits = torch.randn(5, 7, generator=torch.Generator().manual_seed(5))
+    with pytest.warns(UserWarning, match="runs eager"):
+        point, marginal = fused_cluster_terms(logits, compile=True)
+    expected_point, expected_marginal = cluster_terms(logits)
+    assert point.item() == pytest.approx(expected_point.item())
+    assert torch.equal(marginal, expected_marginal)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once; later calls stay eager quietly
+        fused_cluster_terms(logits, compile=True)
 
 
 def test_cluster_stats_counts_active_clusters_and_marginal_entropy() -> None:

@@ -8,6 +8,7 @@ float32, so bf16 logits from autocast are fine.
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -111,6 +112,51 @@ def cluster_marginal(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(_upcast(logits), dim=-1).mean(0)
 
 
+def cluster_terms(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster logits `(B, K)` -> (mean point entropy (1/B) sum_i H[p_i], marginal (1/B) sum_i
+    p_i), both differentiable, from one log-softmax.
+
+    At the paper's K = 1M every pass over the (B, K) logits is gigabytes, so both terms share
+    one softmax (the loss used to take two). -sum p log p with log p from log_softmax is exact
+    even where p underflows to 0.
+    """
+    log_probs = F.log_softmax(_upcast(logits), dim=-1)
+    probs = log_probs.exp()
+    point_entropy = -(probs * log_probs).sum(-1).mean()
+    return point_entropy, probs.mean(0)
+
+
+_compiled_cluster_terms: dict[str, object] = {}
+
+
+def fused_cluster_terms(
+    logits: torch.Tensor, compile: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`cluster_terms`, compiled with torch.compile (Inductor fuses the softmax, the entropies
+    and the column mean, forward and backward, into a few passes over the (B, K) logits) when
+    `compile` (default: for CUDA tensors); eager otherwise. If compiling fails (no Triton, no C++
+    compiler, an unsupported GPU), it warns once and stays eager: the numbers are the same.
+    """
+    if compile is None:
+        compile = logits.is_cuda
+    if not compile or _compiled_cluster_terms.get("failed"):
+        return cluster_terms(logits)
+    compiled = _compiled_cluster_terms.get("fn")
+    if compiled is None:
+        compiled = torch.compile(cluster_terms, dynamic=False)
+        _compiled_cluster_terms["fn"] = compiled
+    try:
+        return compiled(logits)  # type: ignore[operator]
+    except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
+        warnings.warn(
+            f"torch.compile of the clustering loss failed ({type(err).__name__}: {err}); "
+            "it runs eager (slower at large K, same numbers).",
+            stacklevel=2,
+        )
+        _compiled_cluster_terms["failed"] = True
+        return cluster_terms(logits)
+
+
 class ClusterLoss(nn.Module):
     """L_clust = (1/B) sum_i H[p_clust(f(x_i))] - gamma H[(1/B) sum_i p_clust(f(x_i))].
 
@@ -118,9 +164,10 @@ class ClusterLoss(nn.Module):
     is mutual-information clustering, gamma > 1 (the paper's 1.1) avoids the trivial solution and
     allows a cold start.
 
-    Distributed use: pass `marginal = all_reduce_mean(cluster_marginal(logits))`, the mean over
-    the global batch (ranks hold equal batches). The mean over ranks of the per-rank losses is
-    then L_clust on the global batch, and DistributedDataParallel's gradient averaging optimises it.
+    Distributed use: `point_entropy, marginal = cluster_terms(logits)`, then
+    `loss.from_terms(point_entropy, all_reduce_mean(marginal))`, the marginal of the global batch
+    (ranks hold equal batches). The mean over ranks of the per-rank losses is then L_clust on the
+    global batch, and DistributedDataParallel's gradient averaging optimises it.
     """
 
     def __init__(self, gamma: float = 1.1) -> None:
@@ -129,12 +176,11 @@ class ClusterLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, marginal: torch.Tensor | None = None) -> torch.Tensor:
         """logits `(B, K)`, optional marginal `(K,)` (default: this batch's mean) -> scalar."""
-        log_probs = F.log_softmax(_upcast(logits), dim=-1)
-        probs = log_probs.exp()
-        # -sum p log p with log p from log_softmax: exact even where p underflows to 0.
-        point_entropy = -(probs * log_probs).sum(-1).mean()
-        if marginal is None:
-            marginal = probs.mean(0)
+        point_entropy, batch_marginal = cluster_terms(logits)
+        return self.from_terms(point_entropy, batch_marginal if marginal is None else marginal)
+
+    def from_terms(self, point_entropy: torch.Tensor, marginal: torch.Tensor) -> torch.Tensor:
+        """L_clust from `cluster_terms`' mean point entropy and a marginal `(K,)`."""
         return point_entropy - self.gamma * _entropy(_upcast(marginal))
 
 

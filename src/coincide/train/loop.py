@@ -48,7 +48,7 @@ from coincide.train.checkpoint import (
 )
 from coincide.train.monitor import ClusterWatch, Monitor, Throughput
 from coincide.train.objective import StageObjective, stage_pair_kinds, stage_parts
-from coincide.train.optim import build_optimizer, learning_rate
+from coincide.train.optim import build_optimizer, learning_rate, tune_device
 from coincide.train.plateau import Plateau
 from coincide.train.report import finite_or_none, plot_stage, stage_summaries
 
@@ -161,6 +161,7 @@ class _Run:
         amp = cfg.optim.amp == "bf16" or (cfg.optim.amp == "auto" and self.cuda)
         self.amp_dtype = torch.bfloat16 if amp else None
         self.channels_last = self.cuda and cfg.optim.channels_last
+        tune_device(device)
         self.store: FeatureStore = open_store(store_path)
         self.store_path = store_path
         self.ckpt_dir = run_dir / CHECKPOINTS_DIR

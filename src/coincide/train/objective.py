@@ -25,7 +25,7 @@ from coincide.losses import (
     ClusterLoss,
     CoincidenceLoss,
     RandomNegativeCoincidenceLoss,
-    cluster_marginal,
+    fused_cluster_terms,
     random_negative_indices,
 )
 from coincide.models.encoders import images_to_tensor
@@ -128,11 +128,11 @@ class Clustering(LossTerm):
 
     def forward(self, parts: nn.ModuleDict, emb: StepEmbeddings) -> torch.Tensor:
         logits = parts["cluster_head"](emb.anchor)
-        marginal = cluster_marginal(logits)
+        point_entropy, marginal = fused_cluster_terms(logits)
         if emb.collective:
             marginal = dist.all_reduce_mean(marginal)
         self.stats = {"assignments": logits.detach().argmax(dim=-1), "marginal": marginal.detach()}
-        return self.loss(logits, marginal)
+        return self.loss.from_terms(point_entropy, marginal)
 
 
 LOSS_TERMS: dict[str, type[LossTerm]] = {

@@ -34,3 +34,19 @@ def learning_rate(cfg: OptimConfig, stage_max_steps: int, stage_step: int) -> fl
     if cfg.schedule == "cosine":
         scale *= 0.5 * (1.0 + math.cos(math.pi * min(1.0, stage_step / stage_max_steps)))
     return cfg.lr * scale
+
+
+def tune_device(device: torch.device) -> None:
+    """Backend settings for training on `device` (process-wide). On CUDA:
+
+    - cuDNN autotuning: a stage's batch shapes are fixed, so the fastest convolution algorithms
+      are picked once and reused for every step (the held-out batches add one more shape).
+    - TF32 tensor cores for the float32 matrix products left under bf16 autocast, chiefly the
+      clustering head's (B, d) x (d, K) cosine logits: at K = 1M, B = 512 these are 0.4 TFLOP
+      per step, about 8 ms in plain float32 on an H200. TF32 keeps 10 mantissa bits; on unit
+      vectors of d = 128 at the logit scale 60 that moves logits by 0.0016 rms, 0.01 at most
+      (emulated rounding against float64), where bf16 would move them by 0.012 rms, 0.07 at most.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.set_float32_matmul_precision("high")
