@@ -194,6 +194,57 @@ def test_variable_frame_rate_takes_the_frame_on_screen_at_each_centre(
     assert not features.frames[n_video_windows:].any()
 
 
+def write_b_frame_video(path: Path, fps: int = 25, seconds: int = 4) -> Path:
+    """H.264 with B-frames (3, pyramid), every frame a different grey: level 20 + 2 i."""
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.thread_count = 1
+        video.options = {"bframes": "3", "b-pyramid": "normal"}
+        sound = container.add_stream("aac", rate=SAMPLE_RATE)
+        sound.layout = "mono"
+        for i in range(seconds * fps):
+            grey = np.full((48, 64, 3), 20 + 2 * i, np.uint8)
+            frame = av.VideoFrame.from_ndarray(grey, format="rgb24")
+            frame.pts = i
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+        signal = mediagen.tone(seconds, SAMPLE_RATE)
+        samples = av.AudioFrame.from_ndarray(signal, format="flt", layout="mono")
+        samples.sample_rate, samples.pts = SAMPLE_RATE, 0
+        container.mux(sound.encode(samples))
+        container.mux(sound.encode(None))
+    return path
+
+
+def test_unused_non_reference_frames_are_skipped_without_changing_the_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_b_frame_video(tmp_path / "b-frames.mp4")
+    pushed: list[int] = []
+    push = FrameSelector.push
+
+    def counting_push(self: FrameSelector, frame: av.VideoFrame) -> None:
+        pushed[-1] += 1
+        push(self, frame)
+
+    monkeypatch.setattr(FrameSelector, "push", counting_push)
+    pushed.append(0)
+    skipping = extract_features(path)
+    pushed.append(0)
+    monkeypatch.setattr("coincide.media.decode._Demuxer.skip_unused_frames", lambda *a: None)
+    full = extract_features(path)
+
+    assert pushed[1] == 100  # a full decode gives every frame
+    assert pushed[0] < 90  # non-reference frames no window uses were not decoded
+    np.testing.assert_array_equal(skipping.frames, full.frames)
+    np.testing.assert_array_equal(skipping.logmel, full.logmel)
+    np.testing.assert_array_equal(skipping.has_frame, full.has_frame)
+    # The frame on screen at each centre k + 0.48 s is frame floor(25 (k + 0.48)).
+    greys = [round((image.astype(float).mean() - 20) / 2) for image in skipping.frames]
+    assert greys == [12, 37, 62, 87]
+
+
 def test_video_shorter_than_audio_leaves_later_windows_without_frames(tmp_path: Path) -> None:
     path = mediagen.write_video(tmp_path / "short video.mp4", seconds=5, video_seconds=2.2)
     features = extract_features(path)
@@ -390,6 +441,27 @@ def test_frame_selector_picks_the_frame_on_screen_at_each_centre() -> None:
     assert has_frame.tolist() == [True, True, True, True]
     assert [nearest_colour(image) for image in images] == [2, 2, 3, 5]
     assert images.shape == (4, 16, 16, 3)
+
+
+@pytest.mark.parametrize(
+    ("start_s", "end_s", "shows"),
+    [
+        (0.40, 0.48, True),  # the end is included
+        (0.48, 0.52, True),
+        (0.40, 0.47, False),
+        (0.49, 1.47, False),
+        (1.40, 1.50, True),
+        (-3.0, 0.0, False),  # before window 0
+        (-3.0, 0.50, True),
+    ],
+)
+def test_frame_selector_knows_which_intervals_hold_a_window_centre(
+    start_s: float, end_s: float, shows: bool
+) -> None:
+    selector = FrameSelector(0.0, 16, None, frame_duration_s=0.04)
+    assert selector.shows_a_centre(start_s, end_s) is shows
+    late = FrameSelector(2.0, 16, None, frame_duration_s=0.04)  # audio starts at 2 s
+    assert late.shows_a_centre(start_s + 2.0, end_s + 2.0) is shows
 
 
 def test_frame_selector_ends_the_last_frame_after_its_duration() -> None:

@@ -10,7 +10,8 @@ the video track ends long before the audio, the audio after it, 64 KB a second, 
 end of the file shows that no frame follows.) Times are on the
 container's clock from the audio stream's start, so audio that starts late is paired with the
 frames on screen while it sounds; video more than a couple of seconds past the audio's stated
-duration is not decoded.
+duration is not decoded, and non-reference frames that no window uses (most B-frames) are not
+decoded either (`_Demuxer.skip_unused_frames`: the frames chosen are those of a full decode).
 
 Choices for imperfect input (all end in `MediaError` when no audio decodes):
 - a packet that fails to decode is skipped and logged, as the ffmpeg command line does; a lost
@@ -156,6 +157,38 @@ class _Demuxer:
         self.first_error: dict[int, Exception] = {}
         self._video_limit_pts: int | None = None  # video after this may be past the audio
         self._audio_packet: av.Packet | None = None  # the latest audio packet read
+        self._frames: FrameSelector | None = None  # set by `skip_unused_frames`
+        self._skipping = False  # the video decoder's skip_frame is NONREF
+
+    def skip_unused_frames(self, video: av.VideoStream, frames: FrameSelector) -> None:
+        """Let the video decoder skip non-reference frames that no window will use.
+
+        Only one frame per second is kept, but every frame that others are predicted from must
+        be decoded. A packet whose display interval (pts to pts + duration) holds no window
+        centre is decoded with skip_frame NONREF: the decoder drops it if no other frame refers
+        to it (most B-frames) and decodes it as usual otherwise, so the frames that are decoded,
+        and the frames chosen, are exactly those of a full decode. Packets without a duration
+        are always decoded. (Decoders that ignore skip_frame decode everything.)
+        """
+        time_base = video.time_base
+        if time_base is None:
+            return
+        self._frames = frames
+        self._video_context = video.codec_context
+        # Seconds per tick, once: a packet's time_base is the stream's, built anew as a Fraction
+        # on every access.
+        self._video_tick_s = time_base.numerator / time_base.denominator
+
+    def _skip_if_unused(self, packet: av.Packet) -> None:
+        pts, duration = packet.pts, packet.duration
+        unused = False
+        if pts is not None and duration:
+            frames, tick_s = self._frames, self._video_tick_s
+            assert frames is not None
+            unused = not frames.shows_a_centre(pts * tick_s, (pts + duration) * tick_s)
+        if unused != self._skipping:
+            self._video_context.skip_frame = "NONREF" if unused else "DEFAULT"
+            self._skipping = unused
 
     def limit_video(self, video: av.VideoStream, audio_end_s: float) -> None:
         """Skip video packets more than VIDEO_MARGIN_S past the audio's end, as stated in the
@@ -175,6 +208,8 @@ class _Demuxer:
                     self._audio_packet = packet
                 elif self._past_audio(packet):
                     continue
+                elif self._frames is not None:
+                    self._skip_if_unused(packet)
                 yield stream, self._decoded(stream, packet)
         except av.error.FFmpegError as error:
             logger.warning("%s: reading stopped early: %s", self.path, error)
@@ -275,6 +310,8 @@ def iter_features(
         audio_end_s = _end_s(audio_stream)
         if video_stream is not None and audio_end_s is not None:
             demuxer.limit_video(video_stream, audio_end_s)
+        if video_stream is not None and frames is not None:
+            demuxer.skip_unused_frames(video_stream, frames)
 
         blocks = _Blocks(block_windows, frames)
         for stream, decoded in demuxer:

@@ -119,6 +119,15 @@ class FrameSelector:
                 images[i] = 0
         return images, has_frame
 
+    def shows_a_centre(self, start_s: float, end_s: float) -> bool:
+        """Whether some window centre falls in [start_s, end_s] (end included: the caller's
+        interval may be rounded). A frame whose display interval holds no centre is never
+        chosen, whichever frames are decoded around it."""
+        window = max(0, math.ceil(start_s - self.origin_s - WINDOW_CENTRE_S))
+        if window > 0 and self._centre(window - 1) >= start_s:
+            window -= 1
+        return self._centre(window) <= end_s
+
     def _centre(self, window: int) -> float:
         return self.origin_s + window + WINDOW_CENTRE_S
 

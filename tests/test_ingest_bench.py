@@ -1,0 +1,70 @@
+"""benchmarks/ingest.py: measures both sets and reports each bar; camera-like clips are what
+they claim to be."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+import mediagen
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ingest.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("ingest_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def texture(second: int) -> np.ndarray:
+    """A 64 x 64 picture with detail (as the digits of the demo clips), new each second."""
+    rng = np.random.default_rng(second)
+    return np.kron(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8), np.ones((4, 4, 1), np.uint8))
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("clips")
+    for k in range(2):
+        mediagen.write_video(
+            folder / f"clip {k}.mp4",
+            seconds=3.0,
+            fps=4,
+            width=64,
+            height=64,
+            image=texture,
+        )
+    return folder
+
+
+def test_camera_like_clips_are_640x360_30fps_h264_with_b_frames(clips: Path, tmp_path) -> None:
+    bench = load_script()
+    out = bench.camera_like(sorted(clips.glob("*.mp4")), tmp_path / "camera", 1, seconds=2)
+    (clip,) = sorted(out.glob("*.mp4"))
+    with av.open(str(clip)) as container:
+        video, audio = container.streams.video[0], container.streams.audio[0]
+        assert (video.codec_context.name, video.width, video.height) == ("h264", 640, 360)
+        assert video.average_rate == 30
+        assert (audio.codec_context.name, audio.rate, audio.channels) == ("aac", 48000, 2)
+        types = [str(frame.pict_type) for frame in container.decode(video)]
+    assert len(types) == 60
+    assert any(t in ("B", "3", "PictureType.B") for t in types)
+
+
+def test_run_reports_the_ratio_and_the_real_time_bar(clips: Path, capsys) -> None:
+    bench = load_script()
+    code = bench.main([str(clips), "--repeat", "1"])
+    out = capsys.readouterr().out
+    assert "bare PyAV decode" in out and "coincide ingest" in out
+    assert "ingest / decode speed:" in out and "bar >= 200x" in out
+    assert code in (0, 1)
+    assert ("BELOW THE BAR" in out) == (code == 1)
