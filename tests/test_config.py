@@ -143,6 +143,37 @@ def test_overlay_files_merge_over_a_preset_and_partial_files_alone_are_incomplet
         load_config(["small", str(tmp_path / "broken.yaml")])
 
 
+def test_laptop_preset_is_small_with_stages_long_enough_to_learn():
+    laptop, small = load_config(["laptop"]), load_config(["small"])
+    assert laptop.model == small.model and laptop.data == small.data
+    assert laptop.clustering == small.clustering and laptop.optim == small.optim
+    assert laptop.curriculum.max_steps == 1000 > small.curriculum.max_steps
+    assert laptop.curriculum.plateau.min_steps == 600
+    assert laptop.curriculum.plateau.eval_every == 50
+    assert [s.name for s in laptop.curriculum.stages] == ["av", "coin", "joint"]
+
+
+def test_a_file_can_name_its_base_and_cycles_are_user_errors(tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: laptop\noptim: {lr: 0.02}\n", encoding="utf-8")
+    cfg = load_config([str(mine)])
+    assert cfg.optim.lr == 0.02 and cfg.curriculum.max_steps == 1000
+    assert cfg.model == load_config(["small"]).model
+    (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\n", encoding="utf-8")
+    (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n", encoding="utf-8")
+    with pytest.raises(UserError, match="without a cycle"):
+        load_config([str(tmp_path / "a.yaml")])
+
+
+def test_a_new_run_without_config_trains_the_laptop_preset(tmp_path, monkeypatch):
+    import coincide.train.loop as loop
+
+    seen = {}
+    monkeypatch.setattr(loop, "train", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
+    loop.run(tmp_path / "store", tmp_path / "run", [], [])
+    assert seen["cfg"] == load_config(["laptop"])
+
+
 def test_resolved_config_is_written_and_reproduces_the_run(tmp_path):
     cfg = load_config(["small", "row_h"], ["optim.lr=2e-3", "curriculum.stages.0.max_steps=11"])
     path = tmp_path / "run" / "config.yaml"

@@ -155,8 +155,8 @@ def train(
         list[str] | None,
         typer.Option(
             "--config",
-            help="Preset (small, paper, row_a..row_k) or YAML file; repeat to overlay. "
-            "Default: the run's config.yaml, else small.",
+            help="Preset (laptop, small, paper, row_a..row_k) or YAML file; repeat to overlay. "
+            "Default: the run's config.yaml, else laptop (small is the 3-minute demo size).",
         ),
     ] = None,
     overrides: Annotated[

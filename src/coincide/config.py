@@ -1,9 +1,10 @@
 """Training configuration: typed dataclasses, YAML presets, `--set key.sub=value` overrides.
 
 How a configuration is made (`load_config`):
-1. `--config` names (`paper`, `small`, the Table 1 row overlays `row_e` ... `row_k`) or YAML
-   files, deep-merged left to right: the first is a complete preset, later ones are overlays
-   that change a few keys (`--config small --config row_f`).
+1. `--config` names (`paper`, `small`, `laptop`, the Table 1 row overlays `row_e` ... `row_k`)
+   or YAML files, deep-merged left to right: the first is a complete preset, later ones are
+   overlays that change a few keys (`--config small --config row_f`). A file may start from
+   another with `base: NAME` (`laptop` is `base: small` plus longer stages).
 2. `--set key.sub=value` overrides, applied in order. Values are parsed as YAML, so
    `optim.lr=3e-4` is a float, `curriculum.stages=[av]` a list and `log.progress=false` a bool.
    A list element is addressed by its position: `curriculum.stages.0.max_steps=50`.
@@ -299,8 +300,25 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def read_config_source(source: str | Path) -> dict[str, Any]:
-    """The YAML mapping of a preset name (`paper`, `row_f`, ...) or of a YAML file path."""
+def read_config_source(source: str | Path, _seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping of a preset name (`paper`, `row_f`, ...) or of a YAML file path.
+
+    A mapping with a top-level `base: NAME` (a preset or a path) is that source's mapping with
+    the rest merged over it (`laptop` is `small` with longer stages).
+    """
+    data = _read_yaml_mapping(source)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or str(base) in _seen or len(_seen) > 8:
+        raise UserError(
+            f"--config {source}: its 'base: {base}' must name one other preset or YAML file, "
+            "without a cycle; fix the file."
+        )
+    return deep_merge(read_config_source(base, (*_seen, str(source))), data)
+
+
+def _read_yaml_mapping(source: str | Path) -> dict[str, Any]:
     text: str
     origin: str
     path = Path(source)

@@ -73,14 +73,14 @@ def run(
     """The `coincide train` command: resolve the configuration, then train (see `train`).
 
     Without --config, a run folder that already holds a config.yaml resumes with it; a new run
-    uses the `small` preset.
+    uses the `laptop` preset (`small` with stages long enough to learn).
     """
     if Path(run_dir).exists() and not Path(run_dir).is_dir():
         raise UserError(f"--run {run_dir} is a file; give a folder for the run.")
     sources = list(config_sources)
     if not sources:
         saved = Path(run_dir) / CONFIG_FILE
-        sources = [str(saved)] if saved.is_file() else ["small"]
+        sources = [str(saved)] if saved.is_file() else ["laptop"]
     cfg = load_config(sources, overrides)
     train(cfg, Path(store_path), Path(run_dir), eval_store=eval_store, eval_every=eval_every)
 
