@@ -3,27 +3,14 @@ one-softmax loss equal to the two-softmax reference."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cluster_loss.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("cluster_loss_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from bench_helpers import load_benchmark
 
 
 def test_small_run_times_each_variant_and_agrees_with_the_reference(capsys) -> None:
     torch.set_num_threads(1)
-    bench = load_script()
+    bench = load_benchmark("cluster_loss")
     args = ["--device", "cpu", "--batch", "8", "--clusters", "50", "--dim", "16", "--steps", "2"]
     assert bench.main([*args, "--no-compile"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -36,7 +23,7 @@ def test_small_run_times_each_variant_and_agrees_with_the_reference(capsys) -> N
 
 
 def test_two_softmax_reference_is_the_loss_of_the_package() -> None:
-    bench = load_script()
+    bench = load_benchmark("cluster_loss")
     logits = torch.randn(6, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     expected = bench.one_softmax_loss(False)(logits)
     assert torch.allclose(bench.two_softmax_loss(logits).double(), expected, rtol=1e-6)

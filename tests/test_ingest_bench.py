@@ -3,8 +3,6 @@ they claim to be."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import av
@@ -12,17 +10,7 @@ import numpy as np
 import pytest
 
 import mediagen
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "ingest.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("ingest_bench", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+from bench_helpers import load_benchmark
 
 
 def texture(second: int) -> np.ndarray:
@@ -47,7 +35,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_camera_like_clips_are_640x360_30fps_h264_with_b_frames(clips: Path, tmp_path) -> None:
-    bench = load_script()
+    bench = load_benchmark("ingest")
     out = bench.camera_like(sorted(clips.glob("*.mp4")), tmp_path / "camera", 1, seconds=2)
     (clip,) = sorted(out.glob("*.mp4"))
     with av.open(str(clip)) as container:
@@ -61,7 +49,7 @@ def test_camera_like_clips_are_640x360_30fps_h264_with_b_frames(clips: Path, tmp
 
 
 def test_run_reports_the_ratio_and_the_real_time_bar(clips: Path, capsys) -> None:
-    bench = load_script()
+    bench = load_benchmark("ingest")
     code = bench.main([str(clips), "--repeat", "1"])
     out = capsys.readouterr().out
     assert "bare PyAV decode" in out and "coincide ingest" in out

@@ -4,12 +4,10 @@ consistent, its bars apply where they should, and it runs without librosa and Py
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,11 +15,11 @@ import pytest
 import torch
 from rich.console import Console
 
+from bench_helpers import BENCHMARKS, load_benchmark
 from coincide.data.pairs import WindowTable, split_media
 
 torch.set_num_threads(1)
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "train_throughput.py"
 TINY = [
     "--set",
     "model.audio.arch=tiny",
@@ -50,16 +48,8 @@ TINY = [
 ]
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("train_throughput", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while being built
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = load_script()
+SCRIPT = BENCHMARKS / "train_throughput.py"
+bench = load_benchmark("train_throughput")
 
 
 @pytest.mark.parametrize("schedule", ["interleaved", "blocks"])
