@@ -9,6 +9,7 @@ models that give the same embeddings.
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -28,6 +29,7 @@ from coincide.store.features import open_store
 from coincide.store.writer import MediaRecord, StoreWriter
 from coincide.train.checkpoint import load_checkpoint, load_models
 from coincide.train.loop import _Run, run, train
+from coincide.train.monitor import ClusterWatch
 from coincide.train.optim import learning_rate
 from coincide.train.plateau import Plateau
 
@@ -275,3 +277,20 @@ def test_plateau_counts_relative_misses_and_respects_min_steps():
     restored.load_state_dict(rule.state_dict())
     assert (restored.best, restored.misses) == (-2.5, 3)
     assert not restored.update(0.0, 100)  # patience 0: never converges
+
+
+def test_cluster_watch_reports_a_collapse_only_after_the_grace_steps():
+    watch = ClusterWatch(k=100, fraction=0.1, device=torch.device("cpu"), grace_steps=20)
+    collapsed_batch = torch.zeros(64, dtype=torch.long)  # every window in cluster 0
+    marginal = torch.zeros(100)
+    marginal[0] = 1.0
+
+    watch.add(collapsed_batch, marginal)
+    assert watch.summary(watch.counts.clone(), stage_step=20) == (1, 0.0, False)
+    watch.add(collapsed_batch, marginal)
+    assert watch.summary(watch.counts.clone(), stage_step=40) == (1, 0.0, True)
+
+    spread = torch.arange(64) % 64
+    watch.add(spread, torch.full((100,), 0.01))
+    active, entropy, collapsed = watch.summary(watch.counts.clone(), stage_step=60)
+    assert active == 64 and entropy == pytest.approx(math.log(100), rel=1e-4) and not collapsed

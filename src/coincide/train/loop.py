@@ -309,7 +309,12 @@ class _Run:
         intervals = 0
         watch = None
         if "clust" in objective.weights:
-            watch = ClusterWatch(cfg.clustering.K, cfg.clustering.collapse_fraction, self.device)
+            watch = ClusterWatch(
+                cfg.clustering.K,
+                cfg.clustering.collapse_fraction,
+                self.device,
+                grace_steps=cfg.optim.warmup_steps,
+            )
         bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         speed = Throughput()
         stopped = "step cap"
@@ -477,7 +482,7 @@ class _Run:
         clusters = None
         if watch is not None:
             counts = dist.all_reduce_mean(watch.counts) * self.world
-            clusters = watch.summary(counts)
+            clusters = watch.summary(counts, pos.stage_step)
         if self.main:
             assert self.monitor is not None
             losses = dict(zip(names, means, strict=True))
