@@ -43,6 +43,7 @@ from coincide.representations import (
     read_fixed_representation,
 )
 from coincide.store.features import FeatureStore, open_store
+from coincide.store.layout import read_json_or_none
 
 EVAL_DIR = "eval"
 METRICS_FILE = "metrics.json"
@@ -284,14 +285,7 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> Path:
 def read_metrics(run_dir: Path) -> dict[str, Any] | None:
     """RUN/eval/metrics.json, or None when the run has not been evaluated."""
     path = Path(run_dir) / EVAL_DIR / METRICS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise UserError(
-            f"cannot parse {path} ({err}); delete it to evaluate the run again."
-        ) from err
+    return read_json_or_none(path, "delete it to evaluate the run again")
 
 
 def metrics_markdown(metrics: dict[str, Any]) -> str:

@@ -22,7 +22,6 @@ the page with its folder keeps every link working.
 from __future__ import annotations
 
 import html
-import json
 import re
 import shutil
 from collections.abc import Callable, Iterator
@@ -48,6 +47,7 @@ from coincide.evaluate import (
 from coincide.predict import atomic_output, printable
 from coincide.representations import embed_positions
 from coincide.store.features import open_store
+from coincide.store.layout import read_json_or_none
 from coincide.train.checkpoint import load_models
 from coincide.train.loop import CHECKPOINTS_DIR, LAST_CHECKPOINT, STATE_FILE
 from coincide.train.report import PLOTS_DIR, plot_stage, read_log
@@ -63,6 +63,7 @@ NUM_CLASS = ' class="num"'  # right-aligned table cells (see PAGE_STYLE)
 
 # RUN/clusters/: where `coincide cluster` keeps one folder per store (cluster.store_clusters_dir).
 _CLUSTERS_DIR = "clusters"
+RERUN = "delete it and run its command again"  # what to do about a file that does not parse
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,18 +107,6 @@ def _missing(what: str, command: str, then: str = "") -> str:
         f'<p class="missing">Missing: {_text(what)}. Make it with '
         f"<code>{_text(command)}</code>.{after}</p>"
     )
-
-
-def _read_json(path: Path) -> Any:
-    """A JSON file's content, or None when there is none; a broken one is a UserError."""
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as err:
-        raise UserError(
-            f"cannot parse {path} ({err}); delete it and run its command again."
-        ) from err
 
 
 class Pictures:
@@ -281,7 +270,7 @@ def _metrics(run: Path) -> str:
 
 def training_section(run: Path, pictures: Pictures) -> str:
     """Section 1 (HTML): stage summary, loss curves per stage, QbE curve, evaluation."""
-    state = _read_json(run / STATE_FILE)
+    state = read_json_or_none(run / STATE_FILE, RERUN)
     log = read_log(run)
     if state is None and log.empty:
         parts = [
@@ -362,7 +351,7 @@ def clusters_section(run: Path, pictures: Pictures) -> str:
         )
     parts = []
     for folder in folders:
-        summary = _read_json(folder / SUMMARY_FILE)
+        summary = read_json_or_none(folder / SUMMARY_FILE, RERUN)
         name = folder.relative_to(run / _CLUSTERS_DIR).as_posix()
         sizes = np.sort(pd.read_csv(folder / SIZES_FILE)["size"].to_numpy())[::-1]
         title = f"{name}: {summary['active_clusters']} active of K = {summary['K']}"

@@ -123,21 +123,22 @@ class FrameSelector:
         """Whether some window centre falls in [start_s, end_s] (end included: the caller's
         interval may be rounded). A frame whose display interval holds no centre is never
         chosen, whichever frames are decoded around it."""
-        window = max(0, math.ceil(start_s - self.origin_s - WINDOW_CENTRE_S))
-        if window > 0 and self._centre(window - 1) >= start_s:
-            window -= 1
-        return self._centre(window) <= end_s
+        return self._first_centre(start_s) <= end_s
 
     def _centre(self, window: int) -> float:
         return self.origin_s + window + WINDOW_CENTRE_S
 
-    def _close(self, frame: av.VideoFrame, start_s: float, end_s: float) -> None:
-        """Keep the frame, converted, if a window centre falls in [start_s, end_s)."""
+    def _first_centre(self, start_s: float) -> float:
+        """The earliest window centre at or after `start_s` (window 0's if all are)."""
         window = max(0, math.ceil(start_s - self.origin_s - WINDOW_CENTRE_S))
         # Compare with the very float `take` will compute, whatever ceil's rounding did.
         if window > 0 and self._centre(window - 1) >= start_s:
             window -= 1
-        if start_s <= self._centre(window) < end_s:
+        return self._centre(window)
+
+    def _close(self, frame: av.VideoFrame, start_s: float, end_s: float) -> None:
+        """Keep the frame, converted, if a window centre falls in [start_s, end_s)."""
+        if start_s <= self._first_centre(start_s) < end_s:
             image = square_rgb(frame, self.frame_size, self.sample_aspect_ratio)
             self._shown.append(_Shown(start_s, end_s, image))
 

@@ -66,6 +66,17 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def read_json_or_none(path: Path, remedy: str) -> Any:
+    """A JSON file's content, or None when there is none; a file that does not parse is a
+    UserError ending in `remedy` ("delete it and ...")."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        raise UserError(f"cannot parse {path} ({err}); {remedy}.") from err
+
+
 def read_header(root: Path) -> dict[str, Any]:
     """Read and check `store.json`; a folder that is not a store is a user error."""
     header_path = root / HEADER_FILE
