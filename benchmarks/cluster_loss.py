@@ -14,6 +14,8 @@ embeddings and the weights; nothing else. Variants, all in one run on the same i
   softmax, entropies and column mean, forward and backward);
 - `one softmax, compiled, tf32`: the same with TF32 matrix products, what training on CUDA
   runs (`coincide.train.optim.tune_device`);
+- `head + loss compiled, tf32`: head and loss in one torch.compile region, as a whole-step
+  compile (`optim.compile`) runs them;
 - `head only, tf32`: logits and a plain sum, no loss: the floor the loss work sits on.
 
 Prints the median milliseconds per step (CUDA events on a GPU, wall clock on CPU), each
@@ -22,6 +24,10 @@ variant's loss and weight gradient are from the reference (relative). At B = 512
 logits alone are 2.1 GB in float32, so the loss is bound by passes over memory, and the head's
 three matrix products are 0.4 TFLOP. Last, how far TF32 and bf16 rounding of the unit
 vectors moves the logits (emulated against float64), the cost of the TF32 products.
+
+`--profile N` then runs N steps of the variant training runs (compiled where compiling is
+on, TF32 on CUDA) under torch.profiler and prints the kernels that took the most device time
+(CPU time on CPU): where the milliseconds of the head and loss go.
 """
 
 from __future__ import annotations
@@ -66,12 +72,26 @@ def head_only(logits: torch.Tensor) -> torch.Tensor:
     return logits.sum() * 1e-9
 
 
-def step(
-    head: ClusterHead, embeddings: torch.Tensor, loss_of: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
+Forward = Callable[[ClusterHead, torch.Tensor], torch.Tensor]  # (head, embeddings) -> loss
+
+
+def on_logits(loss_of: Callable[[torch.Tensor], torch.Tensor]) -> Forward:
+    """The head as coincide runs it (eager), then `loss_of` on its logits."""
+    return lambda head, embeddings: loss_of(head(embeddings))
+
+
+def compiled_together() -> Forward:
+    """Head and L_clust in one torch.compile region: what a whole-step compile
+    (`optim.compile`) lets Inductor fuse (the weights' normalisation with its backward, the
+    loss with the product's output)."""
+    loss = ClusterLoss(GAMMA)
+    return torch.compile(lambda head, embeddings: loss(head(embeddings)), dynamic=False)
+
+
+def step(head: ClusterHead, embeddings: torch.Tensor, forward: Forward) -> torch.Tensor:
     head.weight.grad = None
     embeddings.grad = None
-    loss = loss_of(head(embeddings))
+    loss = forward(head, embeddings)
     loss.backward()
     return loss.detach()
 
@@ -124,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--steps", type=int, default=None, help="Timed steps (30 GPU, 5 CPU).")
     parser.add_argument("--no-compile", action="store_true", help="Skip the compiled variants.")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="N", help="Profile N steps; print top kernels."
+    )
     args = parser.parse_args(argv)
     if args.device == "auto":
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -139,33 +162,36 @@ def main(argv: list[str] | None = None) -> int:
         f"d = {args.dim}; logits {args.batch * args.clusters * 4 / 1e9:.2f} GB in float32"
     )
 
-    variants: list[tuple[str, Callable[[torch.Tensor], torch.Tensor], bool]] = [
-        ("two softmaxes, fp32 (reference)", two_softmax_loss, False),
-        ("one softmax, eager, fp32", one_softmax_loss(False), False),
+    # (label, forward, TF32 products, has the loss)
+    variants: list[tuple[str, Forward, bool, bool]] = [
+        ("two softmaxes, fp32 (reference)", on_logits(two_softmax_loss), False, True),
+        ("one softmax, eager, fp32", on_logits(one_softmax_loss(False)), False, True),
     ]
     if not args.no_compile:
         variants += [
-            ("one softmax, compiled, fp32", one_softmax_loss(True), False),
-            ("one softmax, compiled, tf32", one_softmax_loss(True), True),
+            ("one softmax, compiled, fp32", on_logits(one_softmax_loss(True)), False, True),
+            ("one softmax, compiled, tf32", on_logits(one_softmax_loss(True)), True, True),
+            ("head + loss compiled, tf32", compiled_together(), True, True),
         ]
-    variants.append(("head only, tf32" if device.type == "cuda" else "head only", head_only, True))
+    tf32_name = ", tf32" if device.type == "cuda" else ""
+    variants.append((f"head only{tf32_name}", on_logits(head_only), True, False))
 
     rows = []
     reference: tuple[float, torch.Tensor] | None = None
-    for label, loss_of, tf32 in variants:
+    for label, forward, tf32, has_loss in variants:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         started = time.perf_counter()
-        loss = step(head, embeddings, loss_of)  # warm-up (and compilation)
+        loss = step(head, embeddings, forward)  # warm-up (and compilation)
         if device.type == "cuda":
             torch.cuda.synchronize()
         first_s = time.perf_counter() - started
-        work = functools.partial(step, head, embeddings, loss_of)
+        work = functools.partial(step, head, embeddings, forward)
         timed(device, work, 2)
         grad = head.weight.grad.detach().clone()
         ms = statistics.median(timed(device, work, steps))
         if reference is None:
             reference = (float(loss), grad)
-        if loss_of is head_only:
+        if not has_loss:
             loss_err = grad_err = float("nan")
         else:
             loss_err = abs(float(loss) - reference[0]) / abs(reference[0])
@@ -190,7 +216,33 @@ def main(argv: list[str] | None = None) -> int:
             f"logits with {name}-rounded inputs (emulated, first 100,000 clusters): "
             f"error {rms:.4f} rms, {worst:.4f} max"
         )
+    if args.profile > 0:
+        training = on_logits(one_softmax_loss(not args.no_compile))
+        print(profile(device, functools.partial(step, head, embeddings, training), args.profile))
     return 0
+
+
+def profile(device: torch.device, work: Callable[[], object], steps: int, rows: int = 15) -> str:
+    """torch.profiler table of the `rows` operators and kernels with the most self time over
+    `steps` calls of `work` (device time on CUDA, with TF32 products as in training)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    torch.backends.cuda.matmul.allow_tf32 = device.type == "cuda"
+    work()  # warm-up outside the profile
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profiler(activities=activities) as prof:
+        for _ in range(steps):
+            work()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    title = f"profile of {steps} training steps (head + L_clust + backward), top {rows} by {key}"
+    table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=60)
+    return f"{title}\n{table}"
 
 
 if __name__ == "__main__":

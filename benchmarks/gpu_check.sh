@@ -4,6 +4,8 @@
 #   OUT=DIR bash benchmarks/gpu_check.sh          # on a CUDA machine: the paper configuration
 #   OUT=DIR TINY=1 bash benchmarks/gpu_check.sh   # on CPU, tiny sizes: checks the script itself
 #   PARTS="cluster joint" ...                     # only these parts (default: all, in order)
+#   PROFILE_STEPS=N (cluster: kernel table of N steps), TP_STEPS_N=N (timed throughput steps),
+#   LIMIT_COMPILE=S (seconds for the compile part, compilation included)
 #
 # 0. (cluster) benchmarks/cluster_loss.py at B = 512, K = 1M: the clustering head and L_clust.
 # 1. benchmarks/train_throughput.py --config paper: the joint step (ResNet-50 f and g, B = 512,
@@ -31,12 +33,13 @@ if [ "${TINY:-0}" = 1 ]; then
              --set curriculum.plateau.min_steps=30 --set log.checkpoint_every=10 --set log.every=5)
   LIMIT_TP=300; LIMIT_TRAIN=600; LIMIT_COMPILE=1
 else
-  DEVICE=cuda; CONFIG=paper; MEDIA=1200; CLUSTER_SIZE=(); TP_STEPS=(); AV_STEPS=(--steps 100)
+  DEVICE=cuda; CONFIG=paper; MEDIA=1200; CLUSTER_SIZE=(); AV_STEPS=(--steps 100)
+  TP_STEPS=(); [ -n "${TP_STEPS_N:-}" ] && TP_STEPS=(--steps "$TP_STEPS_N")
   n=${TRAIN_STEPS:-300}  # steps per stage
   TRAIN_SET=(--set curriculum.max_steps=$n --set curriculum.plateau.eval_every=$((n / 3))
              --set curriculum.plateau.min_steps=$n --set log.checkpoint_every=$((n / 2))
              --set log.every=$((n / 6)) --set eval.val_pairs=2048)
-  LIMIT_TP=130; LIMIT_TRAIN=${LIMIT_TRAIN:-230}; LIMIT_COMPILE=110
+  LIMIT_TP=130; LIMIT_TRAIN=${LIMIT_TRAIN:-230}; LIMIT_COMPILE=${LIMIT_COMPILE:-110}
 fi
 
 want() { [[ " ${PARTS:-cluster joint av coin train compile} " == *" $1 "* ]]; }
@@ -50,6 +53,7 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu', 'cpus', os
 if want cluster; then
   stamp "0. clustering head + L_clust"
   timeout -s KILL "$LIMIT_TP" $PY benchmarks/cluster_loss.py --device "$DEVICE" "${CLUSTER_SIZE[@]}" \
+    --profile "${PROFILE_STEPS:-0}" \
     2>&1 | tee "$OUT/cluster_loss.txt"
 fi
 for stage in joint av coin; do

@@ -29,3 +29,15 @@ def test_two_softmax_reference_is_the_loss_of_the_package() -> None:
     logits = torch.randn(6, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     expected = bench.one_softmax_loss(False)(logits)
     assert torch.allclose(bench.two_softmax_loss(logits).double(), expected, rtol=1e-6)
+
+
+def test_profile_lists_the_matrix_products(capsys) -> None:
+    torch.set_num_threads(1)
+    bench = load_benchmark("cluster_loss")
+    args = ["--device", "cpu", "--batch", "8", "--clusters", "50", "--dim", "16", "--steps", "1"]
+    assert bench.main([*args, "--no-compile", "--profile", "2"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("profile of 2 training steps") :]
+    # The head's product and its two backward products: 3 per step.
+    mm = next(line for line in table.splitlines() if line.strip().startswith("aten::mm"))
+    assert mm.split()[-1] == "6"
