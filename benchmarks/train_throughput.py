@@ -16,8 +16,8 @@ What is measured (issue 3, "Proof"), all in one process, one after the other:
    pinned memory on CUDA), are copied to the device, and go through `StageObjective` (f on the
    anchors and AA partners in one pass, g on the AV frames, p_AV, p_AA, p_clust and their
    losses) under the loop's precision (bf16 autocast and channels_last on CUDA, fp32 on CPU,
-   `optim.amp` / `optim.channels_last` as configured; `torch.compile` when `optim.compile`),
-   then backward, the loop's per-step bookkeeping (loss sums, the finiteness flag, the
+   `optim.amp` / `optim.channels_last` as configured; torch.compile where `optim.compile` asks
+   for it), then backward, the loop's per-step bookkeeping (loss sums, the finiteness flag, the
    cluster-usage watch), gradient clipping when configured, and the Adam step at `optim.lr`
    (the loop's warmup schedule changes a number, not the work). Rate: pairs per second, B pairs
    per micro-batch.
@@ -92,6 +92,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
+from coincide.compiling import CompiledOrEager, compiles_on
 from coincide.config import Config, StageConfig, load_config
 from coincide.data.batches import PairBatches, batch_loader, read_batch
 from coincide.data.pairs import BatchSampler, WindowTable, split_media
@@ -275,9 +276,9 @@ class JointStep:
         for name, module in models.items():
             module.requires_grad_(name in self.objective.parts)
         self.objective.train()
-        self.model: nn.Module = self.objective
-        if cfg.optim.compile:
-            self.model = torch.compile(self.objective)
+        self.model: Callable[..., dict[str, torch.Tensor]] = self.objective
+        if compiles_on(cfg.optim.compile, self.device):
+            self.model = CompiledOrEager(self.objective, "the training step", dynamic=False)
         self.trainable = [p for p in self.objective.parameters() if p.requires_grad]
         self.optimizer = build_optimizer(cfg.optim, models)
         self.sums = {
@@ -373,9 +374,11 @@ class Backbones:
         self.steps = 0
 
     def compile(self) -> None:
-        self.f = torch.compile(self.f)
+        # Static shapes: f and g share Encoder.forward, and TorchDynamo's default would compile
+        # the second one it sees for any batch size (a slower, dynamic-shape graph).
+        self.f = torch.compile(self.f, dynamic=False)
         if self.g is not None:
-            self.g = torch.compile(self.g)
+            self.g = torch.compile(self.g, dynamic=False)
 
     def _pass(self, net: nn.Module, x: torch.Tensor) -> None:
         with self.precision.autocast():
@@ -454,7 +457,8 @@ def measure(
     audio_batch = B * (2 if "aa" in kinds else 1)
     image_batch = B if "av" in kinds else 0
     backbones = Backbones(models, audio_batch, image_batch, precision)
-    if cfg.optim.compile:
+    compiled = compiles_on(cfg.optim.compile, precision.device)
+    if compiled:
         backbones.compile()
     console.print(f"warming up the backbones and the {stage.name} step ({warmup} steps each)")
     backbones.warm(warmup)
@@ -486,7 +490,7 @@ def measure(
         workers=cfg.data.workers,
         precision=precision.name(),
         channels_last=precision.channels_last,
-        compiled=cfg.optim.compile,
+        compiled=compiled,
         store=str(store_path),
         steps=steps,
         joint_s=joint_s,

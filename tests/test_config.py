@@ -28,6 +28,7 @@ def test_paper_preset_holds_the_papers_numbers():
     assert cfg.data.delta_t == 10.0
     assert cfg.data.batch_size == 512
     assert (cfg.clustering.K, cfg.clustering.gamma, cfg.clustering.scale) == (1_000_000, 1.1, 60.0)
+    assert cfg.optim.compile == "auto"  # compiled on CUDA, eager on CPU
     assert cfg.curriculum.alpha == cfg.curriculum.beta == 0.1
     assert cfg.curriculum.negatives == "all"
     assert [s.name for s in cfg.curriculum.stages] == ["av", "coin", "joint"]
@@ -119,6 +120,8 @@ def test_unknown_keys_are_user_errors_naming_the_key(override, named):
         ("model.audio.arch=transformer", "transformer"),
         ("model.audio.embed_dim=64", "embed_dim"),
         ("optim.lr=-1", "optim.lr"),
+        ("optim.compile=maybe", "optim.compile"),
+        ("optim.compile=1", "optim.compile"),
         ("curriculum.stages.5.max_steps=1", "curriculum.stages.5"),
         ("noequals", "key.sub=value"),
     ],

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import coincide.losses
+from coincide.compiling import CompiledOrEager
 from coincide.losses import (
     ClassificationLoss,
     ClusterLoss,
@@ -204,7 +205,8 @@ def test_cluster_terms_give_the_loss_and_gradient_of_the_two_softmax_form() -> N
 
 @pytest.fixture
 def fresh_compiled_cluster_terms(monkeypatch):
-    monkeypatch.setattr(coincide.losses, "_compiled_cluster_terms", {})
+    fresh = CompiledOrEager(cluster_terms, "the clustering loss", dynamic=False)
+    monkeypatch.setattr(coincide.losses, "_compiled_cluster_terms", fresh)
 
 
 def test_compiled_cluster_terms_match_eager(fresh_compiled_cluster_terms) -> None:

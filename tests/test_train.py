@@ -185,6 +185,34 @@ def test_too_few_media_for_the_batch_is_a_clear_error(store, tmp_path):
         train(load_config(["small"], [*TINY, "data.batch_size=9"]), store, tmp_path / "run")
 
 
+def test_compile_wraps_each_stages_step_and_checkpoints_stay_plain(store, tmp_path, monkeypatch):
+    """optim.compile=true: each stage's step goes through torch.compile (static shapes); the
+    checkpoints hold the plain modules' weights. (torch.compile is replaced by a recorder: a
+    real CPU compilation of the training step takes minutes, see coincide.compiling.)"""
+    compiled = []
+
+    def record(fn, **options):
+        compiled.append((type(fn).__name__, options))
+        return fn
+
+    monkeypatch.setattr(torch, "compile", record)
+    run_dir = tmp_path / "run"
+    train(load_config(["small"], [*TINY, "optim.compile=true"]), store, run_dir)
+    assert compiled == [("StageObjective", {"dynamic": False})] * 3
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert not any("_orig_mod" in key for key in last["models"])
+
+
+def test_compile_auto_leaves_the_cpu_eager(store, tmp_path, monkeypatch):
+    def refuse(fn, **options):
+        raise AssertionError("compiled on the CPU")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    overrides = [*TINY, "optim.compile=auto", "curriculum.stages=[av]"]
+    train(load_config(["small"], overrides), store, tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoints" / "stage1_av.pt").exists()
+
+
 def _train_in_child(store: Path, run_dir: Path, overrides: list[str]) -> None:
     torch.set_num_threads(1)
     train(load_config(["small"], overrides), store, run_dir)

@@ -207,7 +207,8 @@ class OptimConfig:
     grad_accum: batches whose gradients are summed per optimizer step (each batch keeps its
         own B(B-1) negatives). grad_clip: max global grad norm, 0 = off.
     amp: "auto" (bf16 autocast on CUDA, fp32 on CPU), "bf16" or "fp32".
-    compile: torch.compile the per-stage objective. channels_last: conv memory format on CUDA.
+    compile: torch.compile the per-stage training step: true, false, or "auto" (on CUDA only).
+        channels_last: conv memory format on CUDA.
     """
 
     lr: float
@@ -217,7 +218,7 @@ class OptimConfig:
     grad_accum: int
     grad_clip: float
     amp: Literal["auto", "bf16", "fp32"]
-    compile: bool
+    compile: Literal["auto", True, False]
     channels_last: bool
 
     def __post_init__(self) -> None:
@@ -525,7 +526,8 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
                 continue
             return _coerce(arg, value, where)
     if origin is Literal:
-        if value not in args:
+        # By type too: 1 == True, and YAML 1 is not the `true` a key may ask for.
+        if not any(value == arg and type(value) is type(arg) for arg in args):
             raise UserError(
                 f"config key '{where}' is {value!r}; use one of {', '.join(map(str, args))}."
             )

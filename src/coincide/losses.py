@@ -8,12 +8,13 @@ float32, so bf16 logits from autocast are fine.
 
 from __future__ import annotations
 
-import warnings
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from coincide.compiling import CompiledOrEager
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +127,8 @@ def cluster_terms(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return point_entropy, probs.mean(0)
 
 
-_compiled_cluster_terms: dict[str, object] = {}
+# Compiled at the first call for CUDA tensors (see fused_cluster_terms).
+_compiled_cluster_terms = CompiledOrEager(cluster_terms, "the clustering loss", dynamic=False)
 
 
 def fused_cluster_terms(
@@ -139,22 +141,9 @@ def fused_cluster_terms(
     """
     if compile is None:
         compile = logits.is_cuda
-    if not compile or _compiled_cluster_terms.get("failed"):
+    if not compile:
         return cluster_terms(logits)
-    compiled = _compiled_cluster_terms.get("fn")
-    if compiled is None:
-        compiled = torch.compile(cluster_terms, dynamic=False)
-        _compiled_cluster_terms["fn"] = compiled
-    try:
-        return compiled(logits)  # type: ignore[operator]
-    except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
-        warnings.warn(
-            f"torch.compile of the clustering loss failed ({type(err).__name__}: {err}); "
-            "it runs eager (slower at large K, same numbers).",
-            stacklevel=2,
-        )
-        _compiled_cluster_terms["failed"] = True
-        return cluster_terms(logits)
+    return _compiled_cluster_terms(logits)
 
 
 class ClusterLoss(nn.Module):

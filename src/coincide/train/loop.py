@@ -16,16 +16,16 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from coincide import dist
+from coincide.compiling import CompiledOrEager, compiles_on
 from coincide.config import Config, StageConfig, load_config, save_config
 from coincide.data.batches import PairBatches, batch_loader, read_batch
 from coincide.data.pairs import (
@@ -258,12 +258,14 @@ class _Run:
         for name, module in self.models.items():
             module.requires_grad_(name in objective.parts)
         objective.train()
-        model: nn.Module = objective
+        step: Callable[..., dict[str, torch.Tensor]] = objective
+        ddp: DistributedDataParallel | None = None
         if self.world > 1:
             device_ids = [self.device.index] if self.cuda else None
-            model = DistributedDataParallel(objective, device_ids=device_ids)
-        if cfg.optim.compile:
-            model = torch.compile(model)
+            step = ddp = DistributedDataParallel(objective, device_ids=device_ids)
+        if compiles_on(cfg.optim.compile, self.device):
+            # Static shapes: every training batch of a stage has the same size.
+            step = CompiledOrEager(step, "the training step", dynamic=False)
         trainable = [p for p in objective.parameters() if p.requires_grad]
 
         # -- batches: this rank's stream, and the fixed held-out pairs ---------------------
@@ -327,10 +329,10 @@ class _Run:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in next(loader).items()}
                 pos.next_batch += 1
                 # DDP: all-reduce gradients only on the last micro-batch of a step.
-                syncing = micro == accum - 1 or not isinstance(model, DistributedDataParallel)
-                with contextlib.nullcontext() if syncing else model.no_sync():
+                holding = ddp is not None and micro < accum - 1
+                with ddp.no_sync() if holding and ddp is not None else contextlib.nullcontext():
                     with self._autocast():
-                        losses = model(batch)
+                        losses = step(batch)
                     (losses["total"] / accum).backward()
                 for name in sums:
                     sums[name] += losses[name].detach().float() / accum
