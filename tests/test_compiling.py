@@ -69,6 +69,17 @@ def test_an_error_of_the_code_itself_is_raised_and_is_not_a_compile_failure() ->
     assert not step.failed
 
 
+def test_inside_a_compiled_region_the_outer_compilation_covers_the_function() -> None:
+    inner = CompiledOrEager(scaled_softmax, "the clustering loss", backend=broken_backend)
+    outer = torch.compile(lambda x: inner(x) + 1, backend="eager")
+    x = torch.randn(2, 6, generator=torch.Generator().manual_seed(2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the broken backend is never asked
+        out = outer(x)
+    assert torch.allclose(out, scaled_softmax(x) + 1)
+    assert not inner.failed and inner._compiled is None
+
+
 @pytest.mark.parametrize(
     ("setting", "device", "expected"),
     [

@@ -43,7 +43,9 @@ class CompiledOrEager:
         self._compiled: Callable[..., Any] | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.failed:
+        if self.failed or torch.compiler.is_compiling():
+            # Inside a compiled region (the compiled training step calls the compiled
+            # clustering loss) the outer compilation already covers `fn`.
             return self.fn(*args, **kwargs)
         if self._compiled is None:
             self._compiled = torch.compile(self.fn, **self.options)
