@@ -14,7 +14,8 @@ def compiles_on(setting: str | bool, device: torch.device) -> bool:
 
     "auto" compiles on CUDA only: there it is measured (1.43x the joint step's pairs/s at the
     paper's configuration on an H200, benchmarks/README.md); on the CPU, Inductor's C++ kernels
-    take minutes to build for a training step and crashed on small models (torch 2.14.1).
+    take minutes to build for a training step, and compiling the test suite's tiny model ended
+    in heap corruption during its first backward pass (torch 2.14.1).
     """
     if setting == "auto":
         return device.type == "cuda"
@@ -32,7 +33,9 @@ class CompiledOrEager:
     bad input) is raised as eager code raises it.
 
     `what` names the compiled thing in the warning ("the training step"). torch.compile is
-    called at the first call, not here.
+    called at the first call, not here. The backward pass of a compiled function is compiled
+    during the first `backward()`, outside this call: a failure there is not caught (one that
+    comes from the platform, such as missing Triton, already fails the forward compile).
     """
 
     def __init__(self, fn: Callable[..., Any], what: str, **options: Any) -> None:
