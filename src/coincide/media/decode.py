@@ -153,6 +153,13 @@ class _Demuxer:
         for other in container.streams:
             if other not in streams:
                 other.discard = Discard.all  # not even read
+        for stream in streams:
+            # One decoding thread: ingestion decodes one file per worker process. FFmpeg's
+            # default starts a pool of slice threads for every file, which H.264 from cameras
+            # and encoders (one slice per frame) cannot use; on the demo clips that pool cost
+            # ~9% of the CPU time of decoding them (benchmarks/README.md), and "AUTO" frame
+            # threads cost ~60% more on small frames.
+            stream.codec_context.thread_count = 1
         self.failures = {stream.index: 0 for stream in streams}
         self.first_error: dict[int, Exception] = {}
         self._video_limit_pts: int | None = None  # video after this may be past the audio
@@ -296,8 +303,6 @@ def iter_features(
         frames = None
         streams: list[av.Stream] = [audio_stream]
         if video_stream is not None:
-            # FFmpeg's default threading, not "AUTO" frame threads: ingest already decodes one
-            # file per worker process, and on small frames AUTO cost ~60% more CPU (measured).
             streams.append(video_stream)
             rate = video_stream.average_rate or video_stream.guessed_rate
             frames = FrameSelector(
