@@ -25,7 +25,8 @@ pictures and sound but shaped like a camera's video (640 x 360 at 30 fps, H.264 
 48 kHz stereo AAC). The demo clips are 128 x 128 at 4 fps, so cheap to decode that the fixed
 cost of the features per second weighs far more than it does on ordinary video; camera-like
 clips show the other end, where ingestion also saves decoding work (non-reference frames that no
-window uses are skipped, see `coincide.media.decode`).
+window uses are skipped, see `coincide.media.decode`). `--decode-every-frame` and
+`--default-decoder-threads` turn off the skipping and the one-thread decoding, to measure each.
 
 The bars (issue 2): ingestion at least 0.6 x the speed of bare decoding (checked on every set
 measured), and at least 200 x real time per core on the benchmark clips. Exits 1 when any is
@@ -213,8 +214,16 @@ def main(argv: list[str] | None = None) -> int:
         help="Ingest with every video frame decoded (no skipping of unused non-reference "
         "frames), to measure what the skipping saves.",
     )
+    parser.add_argument(
+        "--default-decoder-threads",
+        action="store_true",
+        help="Ingest with FFmpeg's default decoder threading (a thread pool per file) instead of "
+        "one thread per stream, to measure what the pools cost.",
+    )
     args = parser.parse_args(argv)
     console = Console()
+    if args.default_decoder_threads:
+        coincide.media.decode.DECODER_THREADS = 0
     if args.decode_every_frame:
         coincide.media.decode._Demuxer.skip_unused_frames = lambda *_: None  # type: ignore[method-assign]
 

@@ -131,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="Benchmark media folder (e.g. demo train).")
     parser.add_argument("--clips", type=int, default=20, help="Files measured (after the first).")
+    parser.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="Copy the two callgrind profiles here (for callgrind_annotate).",
+    )
     args = parser.parse_args(argv)
     for tool in ("valgrind", "callgrind_annotate", "cc"):
         if shutil.which(tool) is None:
@@ -145,7 +151,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"callgrind: bare decoding and ingestion of {args.clips} files (minutes)")
         running = {m: start(m, args.folder, args.clips, control, tmp) for m in ("decode", "ingest")}
-        totals = {m: by_object(profile_of(m, p, tmp)) for m, p in running.items()}
+        profiles = {m: profile_of(m, p, tmp) for m, p in running.items()}
+        totals = {m: by_object(profile) for m, profile in profiles.items()}
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            for mode, profile in profiles.items():
+                shutil.copy(profile, args.keep / f"callgrind.{mode}")
+            print(f"profiles kept in {args.keep}: callgrind.decode, callgrind.ingest")
     (decode_total, decode_objects), (ingest_total, ingest_objects) = (
         totals["decode"],
         totals["ingest"],

@@ -492,3 +492,20 @@ def test_video_longer_than_audio_gives_windows_for_the_audio_only(
     assert len(features) == 2
     assert features.has_frame.tolist() == [True, True]
     assert [nearest_colour(image) for image in features.frames] == [0, 1]
+
+
+def test_each_stream_decodes_with_one_thread(tmp_path: Path, monkeypatch) -> None:
+    """No per-file pool of decoder threads (FFmpeg's default, thread_count 0): ingestion already
+    runs one file per worker process."""
+    import coincide.media.decode as decode
+
+    seen: list[int] = []
+    original = decode._Demuxer.__init__
+
+    def spy(self, path, container, streams):
+        original(self, path, container, streams)
+        seen.extend(stream.codec_context.thread_count for stream in streams)
+
+    monkeypatch.setattr(decode._Demuxer, "__init__", spy)
+    extract_features(mediagen.write_video(tmp_path / "video.mp4", seconds=2.0))
+    assert seen == [1, 1]  # audio and video

@@ -56,3 +56,23 @@ def test_run_reports_the_ratio_and_the_real_time_bar(clips: Path, capsys) -> Non
     assert "ingest / decode speed:" in out and "bar >= 200x" in out
     assert code in (0, 1)
     assert ("BELOW THE BAR" in out) == (code == 1)
+
+
+def test_default_decoder_threads_flag_ingests_with_ffmpegs_threading(
+    clips: Path, monkeypatch, capsys
+) -> None:
+    import coincide.media.decode as decode
+
+    monkeypatch.setattr(decode, "DECODER_THREADS", decode.DECODER_THREADS)  # restored after
+    seen: set[int] = set()
+    original = decode._Demuxer.__init__
+
+    def spy(self, path, container, streams):
+        original(self, path, container, streams)
+        seen.update(stream.codec_context.thread_count for stream in streams)
+
+    monkeypatch.setattr(decode._Demuxer, "__init__", spy)
+    bench = load_benchmark("ingest")
+    bench.main([str(clips), "--repeat", "1", "--default-decoder-threads"])
+    assert "coincide ingest" in capsys.readouterr().out
+    assert seen == {0}

@@ -74,6 +74,14 @@ class MediaFeatures:
         return len(self.logmel)
 
 
+# Decoding threads per stream (FFmpeg's thread_count; 0 is its default, a thread pool per file).
+# One: ingestion decodes one file per worker process, and FFmpeg's default starts a pool of
+# slice threads for every file, which H.264 from cameras and encoders (one slice per frame)
+# cannot use (`benchmarks/ingest.py --default-decoder-threads` measures what it costs); "AUTO"
+# frame threads cost ~60% more CPU on small frames.
+DECODER_THREADS = 1
+
+
 def _open(path: Path) -> av.container.InputContainer:
     """Open a media file for reading, turning every way that can fail into a `MediaError`."""
     try:
@@ -154,12 +162,7 @@ class _Demuxer:
             if other not in streams:
                 other.discard = Discard.all  # not even read
         for stream in streams:
-            # One decoding thread: ingestion decodes one file per worker process. FFmpeg's
-            # default starts a pool of slice threads for every file, which H.264 from cameras
-            # and encoders (one slice per frame) cannot use; on the demo clips that pool cost
-            # ~9% of the CPU time of decoding them (benchmarks/README.md), and "AUTO" frame
-            # threads cost ~60% more on small frames.
-            stream.codec_context.thread_count = 1
+            stream.codec_context.thread_count = DECODER_THREADS
         self.failures = {stream.index: 0 for stream in streams}
         self.first_error: dict[int, Exception] = {}
         self._video_limit_pts: int | None = None  # video after this may be past the audio

@@ -329,8 +329,10 @@ class _Run:
                 batch = {k: v.to(self.device, non_blocking=True) for k, v in next(loader).items()}
                 pos.next_batch += 1
                 # DDP: all-reduce gradients only on the last micro-batch of a step.
-                holding = ddp is not None and micro < accum - 1
-                with ddp.no_sync() if holding and ddp is not None else contextlib.nullcontext():
+                sync: contextlib.AbstractContextManager = contextlib.nullcontext()
+                if ddp is not None and micro < accum - 1:
+                    sync = ddp.no_sync()
+                with sync:
                     with self._autocast():
                         losses = step(batch)
                     (losses["total"] / accum).backward()
