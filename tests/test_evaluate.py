@@ -24,7 +24,7 @@ from coincide.evaluate import (
     split_by_media,
 )
 from coincide.evaluate import run as evaluate_run
-from coincide.metrics import qbe_map, shallow_classifier_map
+from coincide.metrics import clip_qbe_map, qbe_map, shallow_classifier_map
 from coincide.representations import pool_logmel, write_fixed_representation
 from coincide.store.features import open_store
 from coincide.train.checkpoint import load_models
@@ -86,8 +86,15 @@ def test_evaluate_writes_metrics_equal_to_direct_computation(stores, trained_run
     with torch.no_grad():
         embeddings = encoder(torch.from_numpy(test.logmel[:]).unsqueeze(1)).numpy()
     labels = test.index["labels"].tolist()
-    assert saved["qbe_map"] == pytest.approx(qbe_map(embeddings, labels), abs=1e-6)
+    media = test.index["media_id"].to_numpy(dtype=str)
+    # qbe_map leaves out pairs of windows of one media; qbe_map_same_media is the old count.
+    honest = qbe_map(embeddings, labels, media=media)
+    assert saved["qbe_map"] == pytest.approx(honest, abs=1e-6)
+    assert saved["qbe_map_same_media"] == pytest.approx(qbe_map(embeddings, labels), abs=1e-6)
+    assert saved["qbe_map_same_media"] != pytest.approx(honest, abs=1e-6)
+    assert saved["clip_qbe_map"] == pytest.approx(clip_qbe_map(embeddings, labels, media))
     assert saved["qbe_classes"] == 3 and saved["test_windows"] == 36
+    assert (saved["test_clips"], saved["clip_qbe_classes"]) == (9, 3)
     assert saved["embed_dim"] == 8
     train_data = open_store(train_store)
     with torch.no_grad():
@@ -98,7 +105,9 @@ def test_evaluate_writes_metrics_equal_to_direct_computation(stores, trained_run
     assert saved["shallow_map"] == pytest.approx(direct, abs=1e-6)
     assert saved["shallow_train_windows"] == 48
     table = (trained_run / "eval" / "metrics.md").read_text()
-    assert f"{saved['qbe_map']:.3f} over 3 classes" in table
+    assert f"| QbE retrieval mAP | {saved['qbe_map']:.3f} over 3 classes (pairs of" in table
+    assert f"| QbE retrieval mAP, same media counted | {saved['qbe_map_same_media']:.3f}" in table
+    assert f"| clip QbE retrieval mAP | {saved['clip_qbe_map']:.3f} over 3 classes" in table
 
 
 def test_evaluate_logmel_baseline_without_train_store(stores, tmp_path):
@@ -110,7 +119,8 @@ def test_evaluate_logmel_baseline_without_train_store(stores, tmp_path):
     vectors = pool_logmel(test.logmel[:], "mean_std")
     assert metrics["representation"] == "logmel-mean_std"
     assert metrics["embed_dim"] == 2 * MEL
-    assert metrics["qbe_map"] == pytest.approx(qbe_map(vectors, test.index["labels"].tolist()))
+    labels, media = test.index["labels"].tolist(), test.index["media_id"].to_numpy(dtype=str)
+    assert metrics["qbe_map"] == pytest.approx(qbe_map(vectors, labels, media=media))
     # No training store: the classifier trains on 4 of the 9 test media, scores the other 5.
     assert metrics["shallow_split"] == "test store split in half by media"
     assert (metrics["shallow_train_windows"], metrics["shallow_test_windows"]) == (16, 20)
@@ -151,7 +161,8 @@ def test_training_probe_curve_and_resume(stores, trained_run, tmp_path):
     test = open_store(test_store)
     with torch.no_grad():
         subset = encoder(torch.from_numpy(test.logmel[probe.positions]).unsqueeze(1)).numpy()
-    assert first == pytest.approx(qbe_map(subset, probe.labels), abs=1e-6)
+    assert first == pytest.approx(qbe_map(subset, probe.labels, media=probe.media), abs=1e-6)
+    clip_first = clip_qbe_map(subset, probe.labels, probe.media)
     assert encoder.training is False  # load_models gives eval mode, and the probe restores it
     probe(encoder, 20)
     # A resumed run measures step 20 again: the old row is replaced, not duplicated.
@@ -160,6 +171,7 @@ def test_training_probe_curve_and_resume(stores, trained_run, tmp_path):
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == [10, 20]
     assert float(rows[0]["qbe_map"]) == pytest.approx(first, abs=1e-6)
+    assert float(rows[0]["clip_qbe_map"]) == pytest.approx(clip_first, abs=1e-6)
     assert [(tag, step) for tag, _, step in recorder.points] == [
         ("eval/qbe_map", 10),
         ("eval/qbe_map", 20),
@@ -186,6 +198,9 @@ def test_metrics_markdown_without_shallow():
     )
     assert "| shallow classifier mAP | not measured |" in text
     assert "| a | 0.250 |" in text and "| b | 0.750 |" in text
+    # A metrics.json from before same-media pairs were left out: its QbE counted them.
+    assert "| QbE retrieval mAP, same media counted | 0.500 over 2 classes (the old" in text
+    assert "| QbE retrieval mAP |" not in text
 
 
 def test_evaluate_command_prints_the_table(stores, trained_run):
@@ -194,7 +209,7 @@ def test_evaluate_command_prints_the_table(stores, trained_run):
     result = CliRunner().invoke(app, [*args, "--train-store", str(train_store)])
     assert result.exit_code == 0, result.output
     saved = json.loads((trained_run / "eval" / "metrics.json").read_text())
-    assert f"| QbE retrieval mAP | {saved['qbe_map']:.3f} over 3 classes |" in result.output
+    assert f"| QbE retrieval mAP | {saved['qbe_map']:.3f} over 3 classes (" in result.output
 
 
 def test_evaluate_during_training_scores_every_labeled_window_of_a_small_store(
@@ -207,6 +222,7 @@ def test_evaluate_during_training_scores_every_labeled_window_of_a_small_store(
     with torch.no_grad():
         embeddings = encoder(torch.from_numpy(test.logmel[:]).unsqueeze(1)).numpy()
     # 36 labeled windows, fewer than the probe's 2000: the subset is the whole store.
-    assert score == pytest.approx(qbe_map(embeddings, test.index["labels"].tolist()), abs=1e-6)
+    labels, media = test.index["labels"].tolist(), test.index["media_id"].to_numpy(dtype=str)
+    assert score == pytest.approx(qbe_map(embeddings, labels, media=media), abs=1e-6)
     with open(tmp_path / CURVE_FILE, newline="") as f:
         assert [(r["step"], r["windows"]) for r in csv.DictReader(f)] == [("5", "36")]

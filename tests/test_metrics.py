@@ -9,6 +9,10 @@ import pytest
 
 from coincide.errors import UserError
 from coincide.metrics import (
+    clip_embeddings,
+    clip_labels,
+    clip_qbe_average_precision_per_class,
+    clip_qbe_map,
     clip_scores,
     d_prime,
     labels_to_matrix,
@@ -131,6 +135,104 @@ def test_qbe_skips_classes_that_cannot_be_scored():
     everyone = [["A"], ["A"]]  # 2 positives, no negative
     with pytest.raises(UserError, match="QbE"):
         qbe_map(embeddings[:2], everyone)
+
+
+# The worked example plus a fifth vector at 20 degrees, class A; media x y x y x.
+# Cosine distances beyond the ones above: (0,4) 20deg -> 0.060, (1,4) 40deg -> 0.234,
+# (2,4) 10deg -> 0.015, (3,4) 160deg -> 1.940. Same-media pairs: (0,2) (0,4) (2,4) of x, (1,3) of y.
+MEDIA_EMBEDDINGS = np.array([_unit(0), _unit(60), _unit(30), _unit(180), _unit(20)])
+MEDIA_LABELS = [["A"], ["A"], ["B"], ["B"], ["A"]]
+MEDIA = ["x", "y", "x", "y", "x"]
+
+
+def test_qbe_leaves_out_pairs_of_one_media_worked_example():
+    per_class = qbe_average_precision_per_class(MEDIA_EMBEDDINGS, MEDIA_LABELS, media=MEDIA)
+    # A (positives 0 1 4): the within pair (0,4) and the cross pairs (0,2) (2,4) (1,3) go; left,
+    #   ascending: (1,2) .134, (1,4) .234 [within], (0,1) .5 [within], (3,4) 1.94, (0,3) 2
+    #   -> AP = (1/2 + 2/3) / 2 = 7/12.
+    # B (positives 2 3): (0,2) (2,4) (1,3) go; left: (1,2) .134, (2,3) 1.866 [within],
+    #   (3,4) 1.94, (0,3) 2 -> AP = 1/2.
+    assert per_class == pytest.approx({"A": 7 / 12, "B": 1 / 2})
+    assert qbe_map(MEDIA_EMBEDDINGS, MEDIA_LABELS, media=MEDIA) == pytest.approx((7 / 12 + 0.5) / 2)
+    # Counting them (the old variant): A ranks (2,4) .015, (0,4) .060 [within], (0,2) .134,
+    #   (1,2) .134, (1,4) .234 [within], (0,1) .5 [within], ... -> (1/2 + 2/5 + 3/6) / 3 = 0.4667;
+    # B ranks its within pair (2,3) 5th after (2,4) (0,2) (1,2) (1,3) -> 1/5.
+    old = qbe_average_precision_per_class(
+        MEDIA_EMBEDDINGS, MEDIA_LABELS, media=MEDIA, same_media_pairs=True
+    )
+    assert old == pytest.approx({"A": 1.4 / 3, "B": 1 / 5})
+    assert qbe_average_precision_per_class(MEDIA_EMBEDDINGS, MEDIA_LABELS) == old
+
+
+def test_qbe_skips_a_class_whose_positives_share_one_media():
+    # A's two positives are both from media x: its only within pair is left out, so A is not
+    # scored; B's positives (y, z) keep their pair and every cross pair: AP 1/4 as without media.
+    per_class = qbe_average_precision_per_class(
+        QBE_EMBEDDINGS, QBE_LABELS, media=["x", "x", "y", "z"]
+    )
+    assert per_class == pytest.approx({"B": 1 / 4})
+    with pytest.raises(UserError, match="2 different media"):
+        qbe_map(QBE_EMBEDDINGS, QBE_LABELS, media=["x", "x", "y", "y"])
+    with pytest.raises(ValueError, match="media must be"):
+        qbe_map(QBE_EMBEDDINGS, QBE_LABELS, media=["x", "y"])
+
+
+def test_one_random_vector_per_clip_scores_chance_only_without_same_media_pairs():
+    # 60 clips of 10 identical windows, 20 clips per class, each clip one random vector: the
+    # embedding knows the clip and nothing of the class. Every window is drawn (600 + 600), so the
+    # ranked pairs are known: per class 200 positives and 400 negatives,
+    #   without same-media pairs: within 200*199/2 - 20 * 10*9/2 = 19,000, cross 80,000
+    #   with them:                within 19,900,                        cross 80,000.
+    media = np.repeat(np.arange(60), 10)
+    labels = np.eye(3, dtype=bool)[media % 3]
+    everyone = {"positives_per_class": 600, "negatives_per_class": 600}
+    honest, old = [], []
+    for draw in range(10):
+        vectors = np.random.default_rng(draw).normal(size=(60, 64))[media]
+        honest.append(qbe_map(vectors, labels, media=media, **everyone))
+        old.append(qbe_map(vectors, labels, media=media, same_media_pairs=True, **everyone))
+    # Over 40 draws one draw's mAP spread by 0.009 under both definitions, so the mean of 10 has a
+    # standard error of 0.003; a random ranking of this few distinct clip pairs sits about 0.005
+    # above the pair rate. The old count ranks the 900 same-clip pairs (distance 0) first.
+    assert np.mean(honest) == pytest.approx(19_000 / 99_000, abs=0.012)
+    assert np.mean(old) > 19_900 / 99_900 + 0.04
+
+
+def test_clip_embeddings_are_the_mean_of_each_media():
+    windows = [[1.0, 0.0], [3.0, 2.0], [5.0, 4.0], [0.0, 6.0]]
+    clips, vectors = clip_embeddings(windows, ["b", "a", "b", "b"])
+    # a: its one window; b: mean of [1, 0], [5, 4], [0, 6] = [2, 10/3].
+    assert list(clips) == ["a", "b"]
+    np.testing.assert_allclose(vectors, [[3.0, 2.0], [2.0, 10 / 3]])
+    with pytest.raises(ValueError, match="media"):
+        clip_embeddings(windows, ["a", "b"])
+
+
+def test_clip_labels_come_from_the_media_and_must_agree():
+    clips, matrix, classes = clip_labels([["dog"], ["cat"], ["dog"]], ["m2", "m1", "m2"])
+    assert list(clips) == ["m1", "m2"] and classes == ["cat", "dog"]
+    np.testing.assert_array_equal(matrix, [[True, False], [False, True]])
+    with pytest.raises(ValueError, match="window 2 of media 'm2'"):
+        clip_labels([["dog"], ["cat"], ["cat", "dog"]], ["m2", "m1", "m2"])
+    with pytest.raises(ValueError, match="other labels"):
+        clip_qbe_map(np.zeros((3, 2)), [["dog"], ["cat"], ["cat"]], ["m2", "m1", "m2"])
+
+
+def test_clip_qbe_ranks_one_mean_vector_per_clip():
+    # Windows: clip u (A) = 0 and 40 deg, mean direction 20 deg; clip v (A) = 60 deg;
+    # clip w (B) = 30 deg; clip z (B) = 180 deg. Clip vectors at 20, 60, 30, 180 degrees.
+    windows = np.array([_unit(0), _unit(40), _unit(60), _unit(30), _unit(180)])
+    labels = [["A"], ["A"], ["A"], ["B"], ["B"]]
+    media = ["u", "u", "v", "w", "z"]
+    clip_vectors = np.array([_unit(20), _unit(60), _unit(30), _unit(180)])
+    expected = qbe_average_precision_per_class(clip_vectors, [["A"], ["A"], ["B"], ["B"]])
+    per_class = clip_qbe_average_precision_per_class(windows, labels, media)
+    assert per_class == pytest.approx(expected)
+    # A: (u,w) 10deg .015, (v,w) 30deg .134, (u,v) 40deg .234 [within], (v,z), (u,z) -> 1/3.
+    assert per_class["A"] == pytest.approx(1 / 3)
+    assert clip_qbe_map(windows, labels, media) == pytest.approx(np.mean(list(expected.values())))
+    with pytest.raises(UserError, match="clip-level QbE"):
+        clip_qbe_map(windows[:3], labels[:3], media[:3])  # A's clips only, no negative
 
 
 # ---------------------------------------------------------------------------------------------

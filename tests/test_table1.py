@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def _table_lines(path: Path) -> dict[str, list[str]]:
     lines = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
-        if len(cells) == 5 and cells[0][:2].rstrip(".") in {r.key for r in ROWS}:
+        if len(cells) == 7 and cells[0][:2].rstrip(".") in {r.key for r in ROWS}:
             lines[cells[0][0]] = cells
     return lines
 
@@ -84,6 +85,12 @@ def test_table_has_every_supported_row_with_numbers(table_dir):
         metrics = read_metrics(run_folder(table_dir, key, 0))
         assert metrics is not None
         assert float(rows[key]["qbe_map"]) == pytest.approx(metrics["qbe_map"])
+        # Beside the honest window QbE: clip QbE and the old same-media-counting figure.
+        assert float(lines[key][5]) == pytest.approx(metrics["clip_qbe_map"], abs=5e-4)
+        assert float(lines[key][6]) == pytest.approx(metrics["qbe_map_same_media"], abs=5e-4)
+        assert float(rows[key]["qbe_map_same_media"]) == pytest.approx(
+            metrics["qbe_map_same_media"]
+        )
     assert (table_dir / "table1.png").stat().st_size > 0
     assert (run_folder(table_dir, "c", 0) / "checkpoints" / "last.pt").is_file()
     assert not (run_folder(table_dir, "b", 0) / "checkpoints").exists()
@@ -108,6 +115,17 @@ def test_resume_skips_rows_already_done(table_dir, stores):
     after = {key: path.stat().st_mtime_ns for key, path in done.items()}
     assert {k for k in ROW_KEYS if after[k] != before[k]} == {"c"}
     assert checkpoint.stat().st_mtime_ns == trained_at
+
+    # Row d was measured before QbE left same-media pairs out: it is measured again.
+    old = json.loads(done["d"].read_text())
+    del old["qbe_map_same_media"]
+    old["qbe_map"] = 0.999
+    done["d"].write_text(json.dumps(old))
+    before = {key: path.stat().st_mtime_ns for key, path in done.items()}
+    run_table1(settings)
+    after = {key: path.stat().st_mtime_ns for key, path in done.items()}
+    assert {k for k in ROW_KEYS if after[k] != before[k]} == {"d"}
+    assert "qbe_map_same_media" in json.loads(done["d"].read_text())
 
 
 def test_audio_only_store_skips_the_av_rows(stores, tmp_path):

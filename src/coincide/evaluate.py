@@ -6,6 +6,13 @@ the clip-level labels of its media, and windows of unlabeled media are left out.
 - QbE retrieval mAP (`coincide.metrics.qbe_map`) over the labeled windows of the test store,
   with the metric's seeded per-class sample (100 positives + 100 negatives per class) and
   sampling seed `QBE_SEED` for every run, so all rows of a table are scored on the same pairs.
+  Three figures: `qbe_map` leaves out every pair of two windows of the same media (they share
+  the clip's labels and its recording, so they reward knowing the clip, not the class: one
+  random vector per clip scores above chance when they count); `qbe_map_same_media` counts
+  them (the earlier definition, kept beside it for comparison); `clip_qbe_map` ranks one mean
+  embedding per media (`coincide.metrics.clip_qbe_map`). A metrics.json without
+  `qbe_map_same_media` was written before the change, and its `qbe_map` counted same-media
+  pairs (`qbe_excludes_same_media`).
 - Shallow classifier mAP (`coincide.metrics.shallow_classifier_map`): one 512-unit hidden layer
   trained on the frozen representation of the training store's labeled windows and scored on
   the test store's. Without a training store, the labeled test media are split in two halves
@@ -16,9 +23,9 @@ the clip-level labels of its media, and windows of unlabeled media are left out.
 
 Outputs in RUN/eval/: metrics.json (numbers and what they were measured on) and metrics.md.
 
-During training, `TrainingProbe` (or `evaluate_during_training`) measures QbE mAP on a fixed,
-seeded subset of a held-out store and keeps the learning curve in RUN/eval_curve.csv and in
-TensorBoard (tag `eval/qbe_map`).
+During training, `TrainingProbe` (or `evaluate_during_training`) measures QbE mAP (same-media
+pairs left out) and clip QbE mAP on a fixed, seeded subset of a held-out store and keeps the
+learning curve in RUN/eval_curve.csv and in TensorBoard (tag `eval/qbe_map`).
 """
 
 from __future__ import annotations
@@ -35,7 +42,11 @@ import torch
 from torch import nn
 
 from coincide.errors import UserError
-from coincide.metrics import qbe_average_precision_per_class, shallow_classifier_map
+from coincide.metrics import (
+    clip_qbe_average_precision_per_class,
+    qbe_average_precision_per_class,
+    shallow_classifier_map,
+)
 from coincide.representations import (
     EncoderRepresentation,
     Representation,
@@ -131,7 +142,9 @@ def evaluate_representation(
         shallow: also train and score the shallow classifier.
 
     Returns:
-        A JSON-ready dict: `qbe_map`, `qbe_per_class`, `shallow_map` (or None) and the sizes.
+        A JSON-ready dict: `qbe_map` (same-media pairs left out) and its `qbe_per_class`,
+        `qbe_map_same_media` (counted), `clip_qbe_map` (None when no class has 2 clips and a
+        clip without it), `shallow_map` (or None) and the sizes.
     """
     test = labeled_windows(test_store)
     if len(test) == 0:
@@ -141,20 +154,34 @@ def evaluate_representation(
         )
     started = time.monotonic()
     test_vectors = representation.embed(test_store, test.positions)
-    per_class = qbe_average_precision_per_class(test_vectors, test.labels, seed=QBE_SEED)
+    per_class = qbe_average_precision_per_class(
+        test_vectors, test.labels, media=test.media, seed=QBE_SEED
+    )
     if not per_class:
         raise UserError(
-            f"no class of the test store {test_store.root} has 2 labeled windows and a window "
-            "without it, so QbE cannot be scored; evaluate on a store with several classes."
+            f"no class of the test store {test_store.root} has labeled windows from 2 media and "
+            "a window without it, so QbE cannot be scored; evaluate on a store with several "
+            "clips per class."
         )
+    same_media = qbe_average_precision_per_class(
+        test_vectors, test.labels, media=test.media, same_media_pairs=True, seed=QBE_SEED
+    )
+    clip = clip_qbe_average_precision_per_class(
+        test_vectors, test.labels, test.media, seed=QBE_SEED
+    )
     result: dict[str, Any] = {
         "representation": representation.name,
         "embed_dim": int(test_vectors.shape[1]),
         "test_store": str(test_store.root),
         "test_windows": len(test),
-        "qbe_map": float(np.mean(list(per_class.values()))),
+        "test_clips": len(np.unique(test.media)),
+        "qbe_map": _mean_or_none(per_class),
         "qbe_classes": len(per_class),
         "qbe_per_class": per_class,
+        "qbe_map_same_media": _mean_or_none(same_media),
+        "qbe_classes_same_media": len(same_media),
+        "clip_qbe_map": _mean_or_none(clip),
+        "clip_qbe_classes": len(clip),
         "qbe_seed": QBE_SEED,
         "shallow_map": None,
     }
@@ -166,6 +193,18 @@ def evaluate_representation(
         )
     result["seconds"] = round(time.monotonic() - started, 2)
     return result
+
+
+def _mean_or_none(per_class: dict[str, float]) -> float | None:
+    """The mAP of a per-class mapping, None when no class was scored."""
+    return float(np.mean(list(per_class.values()))) if per_class else None
+
+
+def qbe_excludes_same_media(metrics: dict[str, Any]) -> bool:
+    """Whether a metrics dict (RUN/eval/metrics.json) was measured with same-media pairs left
+    out of `qbe_map`; one written before that change has no `qbe_map_same_media`, and its
+    `qbe_map` counted them."""
+    return "qbe_map_same_media" in metrics
 
 
 def _shallow(
@@ -217,19 +256,14 @@ def _shallow(
 def run_representation(
     run_dir: Path, device: torch.device | None = None, batch_size: int = 512
 ) -> Representation:
-    """What a run folder represents: its fixed representation, or its newest checkpoint's f."""
+    """What a run folder represents: its fixed representation, or f of its best held-out
+    checkpoint (`coincide.train.checkpoint.run_checkpoint`)."""
     fixed = read_fixed_representation(run_dir)
     if fixed is not None:
         return fixed
-    from coincide.train.checkpoint import load_models
-    from coincide.train.loop import CHECKPOINTS_DIR, LAST_CHECKPOINT
+    from coincide.train.checkpoint import load_models, run_checkpoint
 
-    checkpoint = run_dir / CHECKPOINTS_DIR / LAST_CHECKPOINT
-    if not checkpoint.is_file():
-        raise UserError(
-            f"{run_dir} holds no {CHECKPOINTS_DIR}/{LAST_CHECKPOINT}; train it first with "
-            f"`coincide train STORE --run {run_dir}`."
-        )
+    checkpoint = run_checkpoint(run_dir)
     models = load_models(checkpoint, map_location=device or torch.device("cpu"))
     return EncoderRepresentation(
         models["audio"], name="encoder", batch_size=batch_size, device=device
@@ -289,12 +323,40 @@ def read_metrics(run_dir: Path) -> dict[str, Any] | None:
 
 
 def metrics_markdown(metrics: dict[str, Any]) -> str:
-    """A small markdown table of one evaluation."""
+    """A small markdown table of one evaluation (also of a metrics.json written before
+    same-media pairs were left out, whose one QbE figure is labelled as counting them)."""
     shallow = metrics.get("shallow_map")
+    qbe = f"{metrics['qbe_map']:.3f} over {metrics['qbe_classes']} classes"
+    if qbe_excludes_same_media(metrics):
+        clip = metrics.get("clip_qbe_map")
+        qbe_rows = [
+            ("QbE retrieval mAP", f"{qbe} (pairs of windows of one media left out)"),
+            (
+                "QbE retrieval mAP, same media counted",
+                f"{metrics['qbe_map_same_media']:.3f} over "
+                f"{metrics['qbe_classes_same_media']} classes (the old definition, for "
+                "comparison: pairs of windows of one media counted)",
+            ),
+            (
+                "clip QbE retrieval mAP",
+                "not measured (no class has 2 labeled clips and a clip without it)"
+                if clip is None
+                else f"{clip:.3f} over {metrics['clip_qbe_classes']} classes (one mean "
+                f"embedding per media, {metrics['test_clips']} clips)",
+            ),
+        ]
+    else:
+        qbe_rows = [
+            (
+                "QbE retrieval mAP, same media counted",
+                f"{qbe} (the old definition: pairs of windows of one media counted; evaluate "
+                "again for the figure without them)",
+            )
+        ]
     rows = [
         ("representation", f"{metrics['representation']} (d = {metrics['embed_dim']})"),
         ("test store", f"{metrics['test_store']} ({metrics['test_windows']} labeled windows)"),
-        ("QbE retrieval mAP", f"{metrics['qbe_map']:.3f} over {metrics['qbe_classes']} classes"),
+        *qbe_rows,
         (
             "shallow classifier mAP",
             "not measured"
@@ -327,10 +389,12 @@ class TrainingProbe:
 
     The subset (up to `max_windows` labeled windows, seeded) is drawn once; each measurement
     reads its log-mel windows from the store (memory-mapped, so the page cache serves repeats),
-    runs one forward pass over them and scores the QbE sample (100 + 100 windows per class).
-    Each call appends `step,qbe_map,windows,classes,seconds` to RUN/eval_curve.csv, dropping
-    rows at or after `step` first (a resumed run redoes those steps), and logs `eval/qbe_map`
-    to `writer` when one is given.
+    runs one forward pass over them and scores the QbE sample (100 + 100 windows per class,
+    pairs of windows of one media left out), and the clip QbE of the subset's windows averaged
+    per media (NaN when no class has 2 clips and a clip without it in the subset).
+    Each call appends `step,qbe_map,clip_qbe_map,windows,classes,seconds` to
+    RUN/eval_curve.csv, dropping rows at or after `step` first (a resumed run redoes those
+    steps), and logs `eval/qbe_map` to `writer` when one is given.
     """
 
     def __init__(
@@ -354,25 +418,34 @@ class TrainingProbe:
         self.store = store
         self.positions = windows.positions
         self.labels = windows.labels
+        self.media = windows.media
         self.run_dir = Path(run_dir)
         self.writer = writer
         self.batch_size = batch_size
 
     def __call__(self, encoder: nn.Module, step: int) -> float:
-        """Measure, record and return QbE mAP of `encoder` at training step `step`."""
+        """Measure, record and return QbE mAP (same-media pairs left out) of `encoder` at
+        training step `step`."""
         started = time.monotonic()
         device = next(encoder.parameters()).device
         vectors = embed_positions(encoder, self.store, self.positions, self.batch_size, device)
-        per_class = qbe_average_precision_per_class(vectors, self.labels, seed=QBE_SEED)
+        per_class = qbe_average_precision_per_class(
+            vectors, self.labels, media=self.media, seed=QBE_SEED
+        )
         if not per_class:
             raise UserError(
-                f"no class of --eval-store {self.store.root} has 2 labeled windows and a window "
-                "without it in the probe subset; use a held-out store with several classes."
+                f"no class of --eval-store {self.store.root} has labeled windows from 2 media "
+                "and a window without it in the probe subset; use a held-out store with several "
+                "clips per class."
             )
         score = float(np.mean(list(per_class.values())))
+        clip = _mean_or_none(
+            clip_qbe_average_precision_per_class(vectors, self.labels, self.media, seed=QBE_SEED)
+        )
         row = {
             "step": int(step),
             "qbe_map": round(score, 6),
+            "clip_qbe_map": float("nan") if clip is None else round(clip, 6),
             "windows": len(self.positions),
             "classes": len(per_class),
             "seconds": round(time.monotonic() - started, 3),
@@ -399,11 +472,15 @@ def append_curve_row(path: Path, row: dict[str, Any]) -> None:
 
 
 def read_curve(path: Path) -> list[dict[str, float]]:
-    """The rows of an eval_curve.csv as numbers (empty list when there is none)."""
+    """The rows of an eval_curve.csv as numbers (empty list when there is none). A cell left
+    empty (a row written before its column existed, kept by a resumed run) reads as NaN."""
     if not Path(path).is_file():
         return []
     with open(path, newline="", encoding="utf-8") as f:
-        return [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        return [
+            {k: float(v) if v != "" else float("nan") for k, v in r.items()}
+            for r in csv.DictReader(f)
+        ]
 
 
 def evaluate_during_training(
