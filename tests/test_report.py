@@ -99,7 +99,8 @@ def test_the_report_shows_every_section_with_pictures_that_exist(workspace):
     table3 = pd.read_csv(workspace["root"] / "table3" / "table3.csv")
     row = table3[table3["strategy"] == "cluster"].iloc[0]
     assert (
-        f'<td>Cluster: head</td><td class="num">2</td><td class="num">{row.examples}</td>'
+        f'<td>Cluster: head</td><td class="num">{row.budget}</td>'
+        f'<td class="num">{row.examples}</td>'
         f'<td class="num">{row.mAP:.3f}</td>'
     ) in page
 

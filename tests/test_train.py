@@ -106,7 +106,14 @@ def test_the_curriculum_trains_every_stage_and_writes_the_run(store, tmp_path):
     assert [r["steps"] for r in state["finished"]] == [4, 4, 4]
     assert load_config([str(run_dir / "config.yaml")]) == cfg
     checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
-    assert checkpoints == ["last.pt", "stage1_av.pt", "stage2_coin.pt", "stage3_joint.pt"]
+    assert checkpoints == [
+        "best.json",
+        "best.pt",
+        "last.pt",
+        "stage1_av.pt",
+        "stage2_coin.pt",
+        "stage3_joint.pt",
+    ]
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert (last["step"], last["stage"], last["stage_finished"]) == (12, "joint", True)
     assert last["parts"] == ["audio", "image", "aa_head", "av_head", "cluster_head"]
@@ -123,7 +130,34 @@ def test_the_curriculum_trains_every_stage_and_writes_the_run(store, tmp_path):
     np.testing.assert_allclose(
         joint["total"], 0.81 * joint["av"] + 0.09 * joint["aa"] + 0.1 * joint["clust"], rtol=1e-5
     )
-    assert (log[log["split"] == "val"]["stage_step"] % 2 == 0).all()
+    val = log[log["split"] == "val"]
+    # Held-out: the start of each stage (stage step 0), then every eval_every = 2 steps.
+    assert val["stage_step"].tolist() == [0, 2, 4] * 3
+    # Each term's held-out loss and each coincidence term's AUC, in [0, 1].
+    assert val[val["stage"] == "coin"][["av", "aa", "auc_av", "auc_aa"]].notna().all().all()
+    assert val[val["stage"] == "av"]["auc_aa"].isna().all()
+    assert val["auc_av"].between(0, 1).all()
+    joint_val = val[val["stage"] == "joint"]
+    np.testing.assert_allclose(
+        joint_val["total"],
+        0.81 * joint_val["av"] + 0.09 * joint_val["aa"] + 0.1 * joint_val["clust"],
+        rtol=1e-5,
+    )
+    # best.pt is the best held-out measurement of the last stage; each stage ended at its best
+    # weights (restore_best), so the joint stage's final weights are best.pt's.
+    best = json.loads((run_dir / "checkpoints" / "best.json").read_text())
+    assert best["stage"] == "joint" and best["value"] == pytest.approx(joint_val["total"].min())
+    best_row = joint_val.loc[joint_val["total"].idxmin()]
+    assert best["step"] == 8 + best_row["stage_step"]
+    best_models = load_models(run_dir / "checkpoints" / "best.pt")
+    torch.testing.assert_close(
+        _embed(best_models["audio"], store), _embed(trained.models["audio"], store)
+    )
+    for record in state["finished"]:
+        stage_val = val[val["stage"] == record["name"]]
+        best_step = stage_val.loc[stage_val["total"].idxmin(), "step"]
+        expected = None if best_step == stage_val["step"].max() else best_step
+        assert record["restored_best_step"] == expected
     for name in ("stage1_av", "stage2_coin", "stage3_joint"):
         assert (run_dir / "plots" / f"{name}.png").stat().st_size > 1000
     assert any((run_dir / "tb").iterdir())
@@ -322,3 +356,23 @@ def test_cluster_watch_reports_a_collapse_only_after_the_grace_steps():
     watch.add(spread, torch.full((100,), 0.01))
     active, entropy, collapsed = watch.summary(watch.counts.clone(), stage_step=60)
     assert active == 64 and entropy == pytest.approx(math.log(100), rel=1e-4) and not collapsed
+
+
+@pytest.mark.parametrize("mode", ["shared", "per_branch"])
+def test_aa_batchnorm_sets_which_windows_share_batch_statistics(mode):
+    from coincide.train.checkpoint import build_models
+    from coincide.train.objective import StageObjective
+
+    cfg = load_config(["small"], [*TINY, f"curriculum.aa_batchnorm={mode}"])
+    stage = cfg.curriculum.audio_only_stages[0]  # aa
+    models = build_models(cfg, ["audio", "aa_head"])
+    objective = StageObjective(cfg, stage, models).train()
+    torch.manual_seed(0)
+    anchors = torch.randn(4, 1, MEL, FRAMES)
+    partners = torch.randn(4, 1, MEL, FRAMES) * 3 + 5  # other statistics than the anchors
+    emb = objective.embed({"audio": anchors, "aa_audio": partners}, collective=False)
+    alone = models["audio"](anchors)  # train mode: BatchNorm over the anchors only
+    together = models["audio"](torch.cat([anchors, partners]))[:4]
+    expected = alone if mode == "per_branch" else together
+    torch.testing.assert_close(emb.anchor, expected)
+    assert not torch.allclose(alone, together)

@@ -252,14 +252,11 @@ def _checkpoint_identity(checkpoint: Path) -> dict[str, Any]:
 
 
 def default_checkpoint(run: Path) -> Path:
-    """The run's latest checkpoint (`RUN/checkpoints/last.pt`); UserError when missing."""
-    path = Path(run) / "checkpoints" / "last.pt"
-    if not path.is_file():
-        raise UserError(
-            f"{run} has no checkpoint at {path}; train it with `coincide train STORE --run {run}` "
-            "or pass --checkpoint."
-        )
-    return path
+    """The run's best held-out checkpoint (`RUN/checkpoints/best.pt`, else `last.pt`), said on
+    stderr; UserError when the run has none."""
+    from coincide.train.checkpoint import run_checkpoint
+
+    return run_checkpoint(run)
 
 
 def kmeans_assign(embeddings: np.ndarray, k: int, seed: int = 0) -> np.ndarray:

@@ -12,7 +12,8 @@ classifier. What `load_model(path)` reads:
 - a fine-tuning folder `RUN/finetune/NAME/` or its `checkpoint.pt`: f and p_class;
 - a training checkpoint `RUN/checkpoints/*.pt`: f alone (embedding works, predicting does not);
 - a run folder: its newest finished fine-tuning (`RUN/finetune/*/` with `finetune.json`), else
-  its training checkpoint `RUN/checkpoints/last.pt`.
+  its best held-out training checkpoint `RUN/checkpoints/best.pt` (`last.pt` for a run without
+  one).
 
 Waveforms go through the same log-mel frontend as ingestion (`coincide.media.frontend`), so a
 file ingested into a store and the same audio given to `predict` make the same windows. Input at
@@ -44,6 +45,7 @@ from coincide.media.frontend import (
 )
 from coincide.models.encoders import Encoder, EncoderConfig, build_encoder
 from coincide.models.heads import ClassifierHead
+from coincide.train.checkpoint import CHECKPOINTS_DIR, run_checkpoint
 
 EXPORT_FORMAT = "coincide-export"
 EXPORT_VERSION = 1
@@ -307,9 +309,8 @@ def find_checkpoint(path: Path) -> Path:
     finetuned = finished_finetunes(path)
     if finetuned:
         return finetuned[0]
-    last = path / "checkpoints" / "last.pt"
-    if last.is_file():
-        return last
+    if (path / CHECKPOINTS_DIR).is_dir():
+        return run_checkpoint(path)
     raise UserError(
         f"{path} holds no model: give a run folder (train it with `coincide train`), a "
         "checkpoint file, or a folder written by `coincide export`."

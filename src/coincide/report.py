@@ -48,8 +48,8 @@ from coincide.predict import atomic_output, printable
 from coincide.representations import embed_positions
 from coincide.store.features import open_store
 from coincide.store.layout import read_json_or_none
-from coincide.train.checkpoint import load_models
-from coincide.train.loop import CHECKPOINTS_DIR, LAST_CHECKPOINT, STATE_FILE
+from coincide.train.checkpoint import BEST_CHECKPOINT, CHECKPOINTS_DIR, LAST_CHECKPOINT, load_models
+from coincide.train.loop import STATE_FILE
 from coincide.train.report import PLOTS_DIR, plot_stage, read_log
 
 Projection = Literal["pca", "tsne"]
@@ -463,7 +463,9 @@ def embeddings_section(
     seed: int = 0,
 ) -> str:
     """Section 3 (HTML): the 2-D map of f(x) for a seeded sample of the store's windows."""
-    checkpoint = run / CHECKPOINTS_DIR / LAST_CHECKPOINT
+    checkpoint = run / CHECKPOINTS_DIR / BEST_CHECKPOINT
+    if not checkpoint.is_file():  # a run trained before best.pt existed
+        checkpoint = run / CHECKPOINTS_DIR / LAST_CHECKPOINT
     if store_path is None:
         return _missing(
             "a test store to map (no --store given)",

@@ -18,11 +18,20 @@ A checkpoint is one dict:
 Writes are atomic (temp file in the same folder, fsync, os.replace): a run killed at any moment
 leaves the previous checkpoint or the new one, never half of one. bf16 autocast needs no loss
 scaler, so there is none to save.
+
+A run folder keeps two of them in RUN/checkpoints/: `last.pt`, where training is (resuming reads
+it), and `best.pt`, the models at the best held-out measurement of the newest stage that has
+been measured (its stage's criterion: the held-out coincidence loss), described by `best.json`
+({stage, stage_index, step, stage_step, value}). Every command that *uses* a run's models reads
+best.pt by default (`run_checkpoint`), because the last weights of a stage that overfits are
+worse on unseen media than its best ones.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -34,9 +43,14 @@ from coincide.config import Config, config_from_dict
 from coincide.errors import UserError
 from coincide.models.encoders import build_encoder
 from coincide.models.heads import ClusterHead, CoincidenceHead
+from coincide.store.layout import read_json_or_none
 
 CHECKPOINT_FORMAT = "coincide-train-checkpoint"
 CHECKPOINT_VERSION = 1
+CHECKPOINTS_DIR = "checkpoints"
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+BEST_INFO = "best.json"
 # f, g, p_AA, p_AV, p_clust: the names of the parts in a run's ModuleDict.
 MODEL_PARTS = ("audio", "image", "aa_head", "av_head", "cluster_head")
 
@@ -48,12 +62,12 @@ def build_models(cfg: Config, parts: Iterable[str]) -> nn.ModuleDict:
     if unknown:
         raise ValueError(f"unknown model parts {sorted(unknown)}; known: {MODEL_PARTS}")
     d = cfg.model.embed_dim
-    hidden = cfg.model.coincidence_hidden
+    hidden, dropout = cfg.model.coincidence_hidden, cfg.model.head_dropout
     builders = {
         "audio": lambda: build_encoder(cfg.model.audio),
         "image": lambda: build_encoder(cfg.model.image),
-        "aa_head": lambda: CoincidenceHead(d, hidden),
-        "av_head": lambda: CoincidenceHead(d, hidden),
+        "aa_head": lambda: CoincidenceHead(d, hidden, dropout),
+        "av_head": lambda: CoincidenceHead(d, hidden, dropout),
         "cluster_head": lambda: ClusterHead(d, cfg.clustering.K, cfg.clustering.scale),
     }
     return nn.ModuleDict({name: builders[name]() for name in MODEL_PARTS if name in wanted})
@@ -108,3 +122,52 @@ def load_models(path: str | Path, map_location: str | torch.device = "cpu") -> n
     models = build_models(checkpoint_config(payload), payload["parts"])
     models.load_state_dict(payload["models"])
     return models.to(map_location).eval()
+
+
+def run_checkpoint(run_dir: str | Path, which: str = "best", announce: bool = True) -> Path:
+    """The checkpoint of a run folder that a command uses: `best` (default) or `last`.
+
+    `best` falls back to last.pt for a run trained before best.pt existed, or one whose stages
+    were never measured on held-out media. With `announce`, one line on stderr says which file
+    is used and why, so a user knows which weights a result comes from.
+    """
+    run_dir = Path(run_dir)
+    if which not in ("best", "last"):
+        raise UserError(f"checkpoint choice {which!r} is unknown; use best or last.")
+    folder = run_dir / CHECKPOINTS_DIR
+    last, best = folder / LAST_CHECKPOINT, folder / BEST_CHECKPOINT
+    if not last.is_file() and not best.is_file():
+        raise UserError(
+            f"{run_dir} holds no {CHECKPOINTS_DIR}/{LAST_CHECKPOINT}; train it first with "
+            f"`coincide train STORE --run {run_dir}`."
+        )
+    if which == "best" and best.is_file():
+        info = read_best_info(run_dir)
+        why = ""
+        if info is not None:
+            why = (
+                f" (best held-out loss {info['value']:.4f} of stage '{info['stage']}' at step "
+                f"{info['step']})"
+            )
+        chosen, note = best, f"using {best}{why}; --checkpoint {last} for the last weights"
+    else:
+        chosen = last
+        note = f"using {last}" + (" (the run has no best.pt)" if which == "best" else "")
+    if announce:
+        print(f"coincide: {note}", file=sys.stderr, flush=True)
+    return chosen
+
+
+def read_best_info(run_dir: str | Path) -> dict[str, Any] | None:
+    """RUN/checkpoints/best.json (what best.pt is), or None when the run has none."""
+    return read_json_or_none(
+        Path(run_dir) / CHECKPOINTS_DIR / BEST_INFO, "delete it and best.pt to train again"
+    )
+
+
+def write_best_info(run_dir: str | Path, info: dict[str, Any]) -> None:
+    """Write best.json atomically, after best.pt itself (so it never describes a missing file)."""
+    path = Path(run_dir) / CHECKPOINTS_DIR / BEST_INFO
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
+    os.replace(tmp, path)

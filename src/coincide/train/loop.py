@@ -6,9 +6,16 @@ runs the audio-only curriculum aa -> aa_clust); each stage trains its weighted l
 its held-out coincidence loss plateaus or it reaches its step cap.
 
 RUN holds: config.yaml (the resolved configuration), state.json (finished stages, where training
-is), checkpoints/last.pt (+ one stage<N>_<name>.pt per finished stage), train_log.csv,
-tb/ (TensorBoard) and plots/ (loss curves per stage). Running the same command again resumes
-from checkpoints/last.pt: same stage, step, optimizer, plateau and batch-stream state.
+is), checkpoints/last.pt (+ one stage<N>_<name>.pt per finished stage), checkpoints/best.pt with
+best.json (the best held-out weights of the newest measured stage), train_log.csv, tb/
+(TensorBoard) and plots/ (loss curves per stage). Running the same command again resumes from
+checkpoints/last.pt: same stage, step, optimizer, plateau and batch-stream state.
+
+Held-out media (a seeded `eval.val_fraction` of the store's media, never used for gradients) are
+scored at the start of every stage and every `plateau.eval_every` steps: each term's loss and
+AUC (`coincide.train.validation`). The stage objective's held-out value is the criterion of the
+plateau rule and of best.pt; with `curriculum.restore_best` a stage ends by going back to its
+best weights, so the next stage starts from what generalized, not from what memorized.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from torch.nn.parallel import DistributedDataParallel
 from coincide import dist
 from coincide.compiling import CompiledOrEager, compiles_on
 from coincide.config import Config, StageConfig, load_config, save_config
-from coincide.data.batches import PairBatches, batch_loader, read_batch
+from coincide.data.augment import BatchAugment
+from coincide.data.batches import PairBatches, batch_loader
 from coincide.data.pairs import (
     BatchSampler,
     PairBatch,
@@ -40,17 +48,28 @@ from coincide.errors import UserError
 from coincide.evaluate import TrainingProbe
 from coincide.store.features import FeatureStore, open_store
 from coincide.train.checkpoint import (
+    BEST_CHECKPOINT,
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
+    CHECKPOINTS_DIR,
+    LAST_CHECKPOINT,
     build_models,
     load_checkpoint,
+    read_best_info,
     save_checkpoint,
+    write_best_info,
 )
 from coincide.train.monitor import ClusterWatch, Monitor, Throughput
 from coincide.train.objective import StageObjective, stage_pair_kinds, stage_parts
 from coincide.train.optim import build_optimizer, learning_rate, tune_device
 from coincide.train.plateau import Plateau
 from coincide.train.report import finite_or_none, plot_stage, stage_summaries
+from coincide.train.validation import (
+    HeldOut,
+    Overfitting,
+    evaluate_held_out,
+    overfitting_message,
+)
 
 # The triplet terms of Table 1 rows a and c register themselves in LOSS_TERMS on import, and
 # bring the batch sampler for label triplets; every other stage gets coincidence pairs.
@@ -58,8 +77,6 @@ from coincide.triplets import stage_sampler, stage_validation_batches
 
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "state.json"
-CHECKPOINTS_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.pt"
 
 
 def run(
@@ -166,6 +183,11 @@ class _Run:
         self.store_path = store_path
         self.ckpt_dir = run_dir / CHECKPOINTS_DIR
         self.last_path = self.ckpt_dir / LAST_CHECKPOINT
+        self.best_path = self.ckpt_dir / BEST_CHECKPOINT
+        # The models at the best held-out measurement of the current stage (CPU copy, every
+        # rank): what a stage returns to at its end with curriculum.restore_best.
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stage_best = math.inf  # its held-out value
         self.monitor: Monitor | None = None
 
     # ---------------------------------------------------------------------------------------
@@ -296,6 +318,12 @@ class _Run:
         plateau = Plateau(stage.plateau)
         if pos.plateau is not None:
             plateau.load_state_dict(pos.plateau)
+        self.best_state = None
+        info = read_best_info(self.run_dir) if self.best_path.is_file() else None
+        resumed_best = info is not None and int(info["stage_index"]) == index and pos.stage_step
+        self.stage_best = float(info["value"]) if resumed_best else math.inf
+        overfitting = Overfitting()
+        train_since_eval = [torch.zeros((), device=self.device), 0]
         if self.main:
             self._say(
                 f"stage {index + 1}/{len(self.stages)} '{stage.name}': "
@@ -305,6 +333,10 @@ class _Run:
             )
             assert self.monitor is not None
             self.monitor.start_stage(stage.name, stage.max_steps, pos.stage_step)
+
+        # The starting value: a stage that never beats it ends at its start's weights.
+        if val_batches and pos.stage_step == 0:
+            self._measure(objective, val_batches, stage, pos, plateau, overfitting, None)
 
         # -- the loop ------------------------------------------------------------------------
         sums = {name: torch.zeros((), device=self.device) for name in [*objective.weights, "total"]}
@@ -338,6 +370,7 @@ class _Run:
                     (losses["total"] / accum).backward()
                 for name in sums:
                     sums[name] += losses[name].detach().float() / accum
+                train_since_eval[0] += objective.monitored_loss(losses).detach() / accum
                 finite = torch.isfinite(losses["total"].detach())
                 bad_step = torch.where(
                     (bad_step < 0) & ~finite, torch.full_like(bad_step, pos.step + 1), bad_step
@@ -352,6 +385,7 @@ class _Run:
             pos.step += 1
             pos.stage_step += 1
             intervals += 1
+            train_since_eval[1] += 1
             speed.add(cfg.data.batch_size * accum)
             at_cap = pos.stage_step >= stage.max_steps
 
@@ -366,11 +400,13 @@ class _Run:
                 self._probe(pos.step)
             if val_batches and pos.stage_step % stage.plateau.eval_every == 0:
                 self._check_finite(bad_step, stage, pos)
-                value = self._evaluate(objective, val_batches, stage, pos)
-                converged = plateau.update(value, pos.stage_step)
-                if self.main:
-                    assert self.monitor is not None
-                    self.monitor.log_val(pos.step, stage.name, pos.stage_step, value)
+                train_loss = float(
+                    dist.all_reduce_mean(train_since_eval[0] / max(1, train_since_eval[1]))
+                )
+                train_since_eval = [torch.zeros((), device=self.device), 0]
+                converged = self._measure(
+                    objective, val_batches, stage, pos, plateau, overfitting, train_loss
+                )
                 if converged:
                     stopped = f"plateau at stage step {pos.stage_step}"
                     break
@@ -384,31 +420,41 @@ class _Run:
                 self.monitor.advance(pos.stage_step)
         del loader  # stops the stage's loader workers
 
-        # -- stage end: checkpoints, plot, record -----------------------------------------------
+        # -- stage end: back to the best held-out weights, checkpoints, plot, record ---------
         self._check_finite(bad_step, stage, pos)
         if intervals:
             self._log(pos, stage, sums, intervals, lr, speed.rate(), watch)
+        restored = self._restore_best(index, pos.step) if cfg.curriculum.restore_best else None
         record = {
             "name": stage.name,
             "steps": pos.stage_step,
             "stopped": stopped,
             "best_val": finite_or_none(plateau.best),
+            "restored_best_step": restored,
+            "overfitting": overfitting.reported,
         }
         self._save(pos, plateau, finished=True, record=record)
         if self.main:
             assert self.monitor is not None
             self.monitor.end_stage()
             plot = plot_stage(self.run_dir, index + 1, stage.name)
+            back = "" if restored is None else f"; back to its best weights of step {restored}"
             self._say(
                 f"stage '{stage.name}' done after {pos.stage_step} steps ({stopped}); "
-                f"step {pos.step}" + (f"; curves in {plot}" if plot else "")
+                f"step {pos.step}{back}" + (f"; curves in {plot}" if plot else "")
             )
         return record
 
     # ---------------------------------------------------------------------------------------
     def _batches(self, sampler: BatchSampler, start: int) -> Iterator[dict[str, torch.Tensor]]:
+        # Training batches only: the held-out ones are read unaugmented (_measure).
+        augment = None
+        if self.cfg.augment.enabled:
+            augment = BatchAugment(
+                self.cfg.augment, self.store, self.table, self.my_media, self.cfg.seed
+            )
         loader = batch_loader(
-            PairBatches(self.store, sampler, start),
+            PairBatches(self.store, sampler, start, augment),
             workers=self.cfg.data.workers,
             prefetch=self.cfg.data.prefetch,
             pin_memory=self.cuda,
@@ -420,27 +466,51 @@ class _Run:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    @torch.no_grad()
-    def _evaluate(
+    def _measure(
         self,
         objective: StageObjective,
         val_batches: list[PairBatch],
         stage: StageConfig,
         pos: Position,
-    ) -> float:
-        """The held-out coincidence loss: every rank evaluates the same fixed pairs."""
-        objective.eval()
-        values = []
-        for pairs in val_batches:
-            batch = {k: v.to(self.device) for k, v in read_batch(self.store, pairs).items()}
-            with self._autocast():
-                losses = objective(batch, collective=False)
-            values.append(objective.monitored_loss(losses))
-        objective.train()
-        value = float(dist.all_reduce_mean(torch.stack(values).mean()))
-        if not math.isfinite(value):
+        plateau: Plateau,
+        overfitting: Overfitting,
+        train_loss: float | None,
+    ) -> bool:
+        """One held-out evaluation: log it, keep the best weights, watch for memorizing.
+        Returns whether the plateau rule ends the stage."""
+        held = evaluate_held_out(objective, val_batches, self.store, self.device, self._autocast)
+        if not held.finite:
             self._stop_non_finite(stage, pos.step, "held-out loss")
-        return value
+        converged = plateau.update(held.criterion, pos.stage_step)
+        # best.pt keeps the lowest value itself; rel_eps only decides what counts as progress.
+        if held.criterion < self.stage_best:
+            self.stage_best = held.criterion
+            self.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in self.models.state_dict().items()
+            }
+            self._save_best(pos, plateau, held)
+        evidence = None
+        if train_loss is not None:
+            evidence = overfitting.update(pos.stage_step, train_loss, held.coincidence)
+        if self.main:
+            assert self.monitor is not None
+            self.monitor.log_val(pos.step, stage.name, pos.stage_step, held)
+            if evidence is not None:
+                self.monitor.warn(overfitting_message(stage.name, evidence))
+        return converged
+
+    def _restore_best(self, stage_index: int, step: int) -> int | None:
+        """Load the stage's best held-out weights (if they are not the current ones); returns
+        their step, or None when nothing was restored."""
+        info = read_best_info(self.run_dir) if self.best_path.is_file() else None
+        if info is None or int(info["stage_index"]) != stage_index or info["step"] == step:
+            return None
+        state = self.best_state
+        if state is None:  # resumed after the best measurement: read it back
+            state = load_checkpoint(self.best_path)["models"]
+        self.models.load_state_dict(state)
+        self.best_state = None
+        return int(info["step"])
 
     def _probe(self, step: int) -> None:
         """QbE mAP of the audio encoder on the --eval-store subset (rank 0 only)."""
@@ -504,6 +574,35 @@ class _Run:
         """Checkpoint (rank 0): last.pt always, plus stage<N>_<name>.pt at a stage end."""
         if not self.main:
             return
+        payload = self._payload(pos, plateau, finished, record)
+        stage = self.stages[pos.stage_index]
+        if finished:
+            save_checkpoint(payload, self.ckpt_dir / f"stage{pos.stage_index + 1}_{stage.name}.pt")
+        save_checkpoint(payload, self.last_path)
+        self._write_state(pos, extra=[record] if record else [])
+
+    def _save_best(self, pos: Position, plateau: Plateau, held: HeldOut) -> None:
+        """best.pt (rank 0): the checkpoint format without the optimizer state (nothing resumes
+        from it), then best.json saying what it is."""
+        if not self.main:
+            return
+        payload = self._payload(pos, plateau, finished=False, record=None)
+        payload["optimizer"] = {}
+        save_checkpoint(payload, self.best_path)
+        info = {
+            "stage": self.stages[pos.stage_index].name,
+            "stage_index": pos.stage_index,
+            "step": pos.step,
+            "stage_step": pos.stage_step,
+            "value": held.criterion,
+            "losses": held.losses,
+            "auc": held.auc,
+        }
+        write_best_info(self.run_dir, info)
+
+    def _payload(
+        self, pos: Position, plateau: Plateau, finished: bool, record: dict[str, Any] | None
+    ) -> dict[str, Any]:
         stage = self.stages[pos.stage_index]
         rng = {"torch": torch.get_rng_state()}
         if self.cuda:
@@ -525,10 +624,7 @@ class _Run:
             "rng": rng,
             "finished": pos.finished + ([record] if record else []),
         }
-        if finished:
-            save_checkpoint(payload, self.ckpt_dir / f"stage{pos.stage_index + 1}_{stage.name}.pt")
-        save_checkpoint(payload, self.last_path)
-        self._write_state(pos, extra=[record] if record else [])
+        return payload
 
     def _write_state(self, pos: Position, extra: list[dict[str, Any]] | None = None) -> None:
         if not self.main:

@@ -10,7 +10,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -26,10 +26,20 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+if TYPE_CHECKING:
+    from coincide.train.validation import HeldOut
+
 LOG_FILE = "train_log.csv"
 TB_DIR = "tb"
 BASE_COLUMNS = ["step", "stage", "stage_step", "split", "total"]
-EXTRA_COLUMNS = ["lr", "pairs_per_s", "active_clusters", "cluster_entropy"]
+EXTRA_COLUMNS = [
+    "lr",
+    "pairs_per_s",
+    "active_clusters",
+    "cluster_entropy",
+    "auc_av",
+    "auc_aa",
+]
 
 
 class ClusterWatch:
@@ -174,10 +184,21 @@ class Monitor:
             text = " ".join(f"{k} {v:.3f}" for k, v in losses.items())
             self._progress.update(self._task, losses=text, speed=f"{pairs_per_s:,.0f} pairs/s")
 
-    def log_val(self, step: int, stage: str, stage_step: int, value: float) -> None:
-        """Record a held-out (plateau rule) measurement."""
-        self._tb.add_scalar("val/coincidence_loss", value, step)
-        self._write(step, stage, stage_step, {"split": "val", "total": value})
+    def log_val(self, step: int, stage: str, stage_step: int, held: HeldOut) -> None:
+        """Record a held-out measurement: the criterion as `total`, each term's loss in its own
+        column, each coincidence term's AUC as `auc_<term>`."""
+        self._tb.add_scalar("val/criterion", held.criterion, step)
+        self._tb.add_scalar("val/coincidence_loss", held.coincidence, step)
+        row: dict[str, Any] = {"split": "val", "total": held.criterion}
+        for name, value in held.losses.items():
+            self._tb.add_scalar(f"val/loss_{name}", value, step)
+            if name in self.columns:
+                row[name] = value
+        for name, value in held.auc.items():
+            self._tb.add_scalar(f"val/auc_{name}", value, step)
+            if f"auc_{name}" in self.columns:
+                row[f"auc_{name}"] = round(value, 5)
+        self._write(step, stage, stage_step, row)
 
     def _write(self, step: int, stage: str, stage_step: int, row: dict[str, Any]) -> None:
         self._csv.writerow({"step": step, "stage": stage, "stage_step": stage_step, **row})

@@ -79,8 +79,13 @@ class _CoincidenceTerm(LossTerm):
     def _loss(
         self, head: nn.Module, anchor: torch.Tensor, partners: torch.Tensor, offset: int
     ) -> torch.Tensor:
-        # Held-out evaluation (eval mode) always uses all pairs: a fixed, deterministic measure.
-        if self.negatives == "all" or not self.training:
+        # Held-out evaluation (eval mode) always uses all pairs: a fixed, deterministic measure,
+        # and keeps the logits for the held-out AUC (coincide.train.validation).
+        if not self.training:
+            logits = head.pairwise_logits(anchor, partners)
+            self.stats = {"pair_logits": logits.detach()}
+            return self.all_pairs(logits, positive_offset=offset)
+        if self.negatives == "all":
             return self.all_pairs(head.pairwise_logits(anchor, partners), positive_offset=offset)
         # One random negative per positive: partner pi(offset + i) != offset + i.
         rows = torch.arange(anchor.shape[0], device=anchor.device) + offset
@@ -186,6 +191,7 @@ class StageObjective(nn.Module):
         )
         self.kinds = stage_pair_kinds(stage)
         self.channels_last = False
+        self.per_branch_batchnorm = cfg.curriculum.aa_batchnorm == "per_branch"
 
     def forward(
         self, batch: dict[str, torch.Tensor], collective: bool = True
@@ -201,15 +207,19 @@ class StageObjective(nn.Module):
         return losses
 
     def embed(self, batch: dict[str, torch.Tensor], collective: bool) -> StepEmbeddings:
-        """f on the anchors (and AA partners, in one pass), g on the AV frames; gather."""
+        """f on the anchors and AA partners (in one pass, or one each with
+        curriculum.aa_batchnorm = per_branch), g on the AV frames; gather."""
         f = self.parts["audio"]
         audio = batch["audio"]
         b = audio.shape[0]
+        branches = [audio]
         if "aa" in self.kinds:
-            audio = torch.cat([audio, batch["aa_audio"]])
+            branches.append(batch["aa_audio"])
+            if not self.per_branch_batchnorm:
+                branches = [torch.cat(branches)]
         if self.channels_last:
-            audio = audio.contiguous(memory_format=torch.channels_last)
-        audio_emb = f(audio)
+            branches = [x.contiguous(memory_format=torch.channels_last) for x in branches]
+        audio_emb = torch.cat([f(x) for x in branches]) if len(branches) > 1 else f(branches[0])
         gather = dist.all_gather_with_grad if collective else _identity
         aa = gather(audio_emb[b:]) if "aa" in self.kinds else None
         av = None

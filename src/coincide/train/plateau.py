@@ -14,7 +14,9 @@ class Plateau:
 
     A measurement improves when it is below best - rel_eps * |best|; `patience` measurements in
     a row without improvement, at or after `min_steps` stage steps, end the stage.
-    patience = 0 never ends it (the step cap does).
+    patience = 0 never ends it (the step cap does). The first measurement of a stage is its
+    starting value (taken before the first step), so a stage that has not moved from where it
+    started counts misses from the start, and still runs at least `min_steps`.
     """
 
     def __init__(self, cfg: PlateauConfig) -> None:

@@ -45,7 +45,7 @@ def plot_stage(run_dir: Path, stage_number: int, stage: str) -> Path | None:
         if values.notna().any():
             ax.plot(train["step"], values, label=f"train {column}")
     if not val.empty:
-        ax.plot(val["step"], val["total"], "o-", label="held-out coincidence")
+        ax.plot(val["step"], val["total"], "o-", label="held-out (stage objective)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_title(f"stage {stage_number}: {stage}")
@@ -71,7 +71,16 @@ def stage_summaries(run_dir: Path, finished: list[dict[str, Any]]) -> list[str]:
         curve = (
             f"loss {train.iloc[0]:.4f} -> {train.iloc[-1]:.4f}" if len(train) else "no loss logged"
         )
-        best = f", best held-out {val.min():.4f}" if len(val) else ""
+        best = ""
+        if len(val):
+            best = f", held-out {val.iloc[0]:.4f} at the start, best {val.min():.4f}"
+            at_best = rows.loc[val.idxmin()]
+            aucs = [
+                f"AUC {c[4:]} {at_best[c]:.3f}"
+                for c in rows.columns
+                if c.startswith("auc_") and pd.notna(at_best[c])
+            ]
+            best += f" ({', '.join(aucs)})" if aucs else ""
         lines.append(
             f"stage {number} {record['name']}: {record['steps']} steps ({record['stopped']}), "
             f"{curve}{best}"
