@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -148,8 +149,12 @@ def test_overlay_files_merge_over_a_preset_and_partial_files_alone_are_incomplet
 
 def test_laptop_preset_is_small_with_stages_long_enough_to_learn():
     laptop, small = load_config(["laptop"]), load_config(["small"])
-    assert laptop.model == small.model and laptop.data == small.data
-    assert laptop.clustering == small.clustering and laptop.optim == small.optim
+    # The regularisers against memorizing a small store are the only other differences.
+    assert laptop.model == dataclasses.replace(small.model, head_dropout=laptop.model.head_dropout)
+    assert laptop.optim == dataclasses.replace(small.optim, weight_decay=laptop.optim.weight_decay)
+    assert laptop.model.head_dropout > 0 and laptop.optim.weight_decay > 0
+    assert laptop.augment.enabled and not small.augment.enabled
+    assert laptop.data == small.data and laptop.clustering == small.clustering
     assert laptop.curriculum.max_steps == 1000 > small.curriculum.max_steps
     assert laptop.curriculum.plateau.min_steps == 600
     assert laptop.curriculum.plateau.eval_every == 50
@@ -161,7 +166,7 @@ def test_a_file_can_name_its_base_and_cycles_are_user_errors(tmp_path):
     mine.write_text("base: laptop\noptim: {lr: 0.02}\n", encoding="utf-8")
     cfg = load_config([str(mine)])
     assert cfg.optim.lr == 0.02 and cfg.curriculum.max_steps == 1000
-    assert cfg.model == load_config(["small"]).model
+    assert cfg.model == load_config(["laptop"]).model
     (tmp_path / "a.yaml").write_text(f"base: {tmp_path / 'b.yaml'}\n", encoding="utf-8")
     (tmp_path / "b.yaml").write_text(f"base: {tmp_path / 'a.yaml'}\n", encoding="utf-8")
     with pytest.raises(UserError, match="without a cycle"):

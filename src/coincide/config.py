@@ -37,13 +37,14 @@ import dataclasses
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
+from coincide.data.augment import AugmentConfig
 from coincide.errors import UserError
 from coincide.models.encoders import EncoderConfig
 
@@ -68,11 +69,14 @@ class ModelConfig:
 
     Both encoders must have the same `embed_dim` (d): p_AV reads [f(x1), g(x2)].
     The cluster head's size is in `ClusteringConfig`.
+    head_dropout: dropout probability on the coincidence heads' hidden layer while training
+        (0 = the paper's heads; a regulariser for small stores).
     """
 
     audio: EncoderConfig
     image: EncoderConfig
     coincidence_hidden: int
+    head_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.audio.modality != "audio" or self.image.modality != "image":
@@ -86,6 +90,10 @@ class ModelConfig:
                 f"({self.image.embed_dim}) differ; set both to the same d."
             )
         _positive("model.coincidence_hidden", self.coincidence_hidden)
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise UserError(
+                f"model.head_dropout is {self.head_dropout}; use a probability in [0, 1)."
+            )
 
     @property
     def embed_dim(self) -> int:
@@ -183,6 +191,13 @@ class CurriculumConfig:
     stages: used when the store has frames; audio_only_stages: used when it has none.
     negatives: "all" (the B(B-1) in-batch negatives of eq. 1-2) or "random" (one per positive,
         the L3 recipe and Table 1 row h).
+    restore_best: end each stage at its best held-out weights (RUN/checkpoints/best.pt), so the
+        next stage starts from what generalized rather than from the last, possibly memorizing,
+        weights. False keeps the last weights.
+    aa_batchnorm: how f embeds the anchors and their L_AA partners. "shared": one forward pass
+        over both (one BatchNorm batch, the cheaper pass); "per_branch": one pass each, so no
+        BatchNorm statistic mixes a window with its partner (the leak MoCo's shuffled BN
+        guards against: coincidence solved from batch statistics).
     """
 
     alpha: float
@@ -192,6 +207,8 @@ class CurriculumConfig:
     plateau: PlateauConfig
     stages: list[StageConfig]
     audio_only_stages: list[StageConfig]
+    restore_best: bool = True
+    aa_batchnorm: Literal["shared", "per_branch"] = "shared"
 
     def stages_for(self, audio_only: bool) -> list[StageConfig]:
         """The stages a store trains: `audio_only_stages` when it has no frames."""
@@ -266,6 +283,8 @@ class Config:
 
     seed: seeds the model initialisation, the held-out split and every batch stream.
     device: "auto" (CUDA when available), "cuda" or "cpu".
+    augment: training-batch augmentation (`coincide.data.augment`); all off when the section is
+        missing, so configurations written before it existed still load.
     """
 
     seed: int
@@ -277,6 +296,7 @@ class Config:
     optim: OptimConfig
     eval: EvalConfig
     log: LogConfig
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
         _non_negative("seed", self.seed)
@@ -615,6 +635,7 @@ def config_to_yaml(config: Config) -> str:
 
 
 __all__ = [
+    "AugmentConfig",
     "ClusteringConfig",
     "Config",
     "CurriculumConfig",

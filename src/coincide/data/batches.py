@@ -4,11 +4,15 @@ Each worker reads whole batches (batch number k goes to worker k mod workers) st
 store's memory maps, so nothing is loaded into RAM up front and the main process only moves
 finished tensors to the device. The DataLoader hands batches out in number order whatever the
 number of workers, so a stream resumed at batch k continues exactly where it stopped.
+
+Training batches may be augmented in the workers (`PairBatches(..., augment=BatchAugment(...))`,
+`coincide.data.augment`), as a pure function of the batch number, so resuming stays exact;
+`read_batch`, which the held-out evaluation uses, never augments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -16,6 +20,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from coincide.data.pairs import BatchSampler, PairBatch
 from coincide.store.features import FeatureStore
+
+# (batch of read_batch, its pairs, batch number) -> augmented batch: `coincide.data.augment`.
+Augment = Callable[[dict[str, torch.Tensor], PairBatch, int], dict[str, torch.Tensor]]
 
 
 def read_batch(store: FeatureStore, pairs: PairBatch) -> dict[str, torch.Tensor]:
@@ -39,22 +46,32 @@ def read_batch(store: FeatureStore, pairs: PairBatch) -> dict[str, torch.Tensor]
 class PairBatches(IterableDataset):
     """An endless stream of batches `sampler.batch(start)`, `sampler.batch(start + 1)`, ...
 
-    Items are the dicts of `read_batch`. With several DataLoader workers, worker w yields the
-    batches whose number is w modulo the number of workers.
+    Items are the dicts of `read_batch`, passed through `augment` when one is given (a
+    `coincide.data.augment.BatchAugment`; None: as stored). With several DataLoader workers,
+    worker w yields the batches whose number is w modulo the number of workers.
     """
 
-    def __init__(self, store: FeatureStore, sampler: BatchSampler, start: int = 0) -> None:
+    def __init__(
+        self,
+        store: FeatureStore,
+        sampler: BatchSampler,
+        start: int = 0,
+        augment: Augment | None = None,
+    ) -> None:
         super().__init__()
         self.store = store
         self.sampler = sampler
         self.start = start
+        self.augment = augment
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         number = self.start + worker
         while True:
-            yield read_batch(self.store, self.sampler.batch(number))
+            pairs = self.sampler.batch(number)
+            batch = read_batch(self.store, pairs)
+            yield batch if self.augment is None else self.augment(batch, pairs, number)
             number += workers
 
 

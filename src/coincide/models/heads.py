@@ -14,23 +14,28 @@ class CoincidenceHead(nn.Module):
     """p_AA or p_AV: "a single 512-unit fully connected ReLU layer followed by a binary
     classification output layer (i.e., logistic regression)" on z = [e1, e2] in R^{2d}.
 
-    Returns logits; the probability of coincidence is their sigmoid.
+    Returns logits; the probability of coincidence is their sigmoid. `dropout` (not in the
+    paper; 0 there) drops hidden units in train mode, against memorizing a small store; it has
+    no parameters, so checkpoints are the same with or without it.
     """
 
-    def __init__(self, embed_dim: int = 128, hidden: int = 512) -> None:
+    def __init__(self, embed_dim: int = 128, hidden: int = 512, dropout: float = 0.0) -> None:
         super().__init__()
         if embed_dim < 1 or hidden < 1:
             raise UserError(
                 f"Coincidence head sizes must be positive (embed_dim={embed_dim}, hidden={hidden})."
             )
+        if not 0.0 <= dropout < 1.0:
+            raise UserError(f"Coincidence head dropout must be in [0, 1), got {dropout}.")
         self.embed_dim = embed_dim
         self.hidden = nn.Linear(2 * embed_dim, hidden)
+        self.dropout = nn.Dropout(dropout)
         self.output = nn.Linear(hidden, 1)
 
     def forward(self, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
         """Aligned pairs: e1, e2 `(batch, d)` -> coincidence logits `(batch,)`."""
         z = torch.cat([e1, e2], dim=-1)
-        return self.output(F.relu(self.hidden(z))).squeeze(-1)
+        return self.output(self.dropout(F.relu(self.hidden(z)))).squeeze(-1)
 
     def pairwise_logits(
         self, e1: torch.Tensor, e2: torch.Tensor, max_elements: int = 2**28
@@ -41,7 +46,8 @@ class CoincidenceHead(nn.Module):
         is projected once and the (B1, B2, 2d) concatenation never exists. The hidden activations
         (B1, B2, hidden) cannot be avoided; when they would exceed `max_elements` they are computed
         in blocks of rows, each block recomputed during backward (activation checkpointing), so
-        neither the forward nor the autograd graph holds more than one block.
+        neither the forward nor the autograd graph holds more than one block (the recomputation
+        restores the RNG state, so it drops the same units).
         """
         d = self.embed_dim
         weight = self.hidden.weight
@@ -63,7 +69,7 @@ class CoincidenceHead(nn.Module):
     def _pair_block(self, e1_part: torch.Tensor, e2_part: torch.Tensor) -> torch.Tensor:
         """(rows, hidden), (B2, hidden) -> logits (rows, B2)."""
         hidden = F.relu(e1_part[:, None, :] + e2_part[None, :, :])
-        return self.output(hidden).squeeze(-1)
+        return self.output(self.dropout(hidden)).squeeze(-1)
 
 
 class ClusterHead(nn.Module):
