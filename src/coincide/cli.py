@@ -100,6 +100,23 @@ def make_bench(
     test_clips: Annotated[
         int | None, typer.Option("--test-clips", min=0, help="Test clips (default: clips / 3).")
     ] = None,
+    val_clips: Annotated[
+        int | None,
+        typer.Option("--val-clips", min=0, help="Validation clips (default: clips / 5)."),
+    ] = None,
+    scene: Annotated[
+        str,
+        typer.Option(
+            "--scene",
+            help="shared: a scene per clip ties ambience to picture background and light; "
+            "independent: only the class links sound and picture.",
+        ),
+    ] = "shared",
+    scenes: Annotated[int, typer.Option("--scenes", min=1, help="Scenes per split.")] = 8,
+    sync_visibility: Annotated[
+        bool,
+        typer.Option("--sync-visibility", help="Show the image only in seconds it sounds in."),
+    ] = False,
     seconds: Annotated[int, typer.Option("--seconds", min=1, help="Seconds per clip.")] = 10,
     seed: Annotated[int, typer.Option("--seed", help="Seed of every random choice.")] = 0,
     zipf: Annotated[
@@ -131,6 +148,7 @@ def make_bench(
     params = BenchParams(
         clips=clips,
         test_clips=test_clips,
+        val_clips=val_clips,
         seconds=seconds,
         seed=seed,
         zipf=zipf,
@@ -140,6 +158,9 @@ def make_bench(
         fps=fps,
         size=size,
         sample_rate=sample_rate,
+        scene=scene,
+        scenes=scenes,
+        sync_visibility=sync_visibility,
     )
     sources = SourceArgs(preset, data_dir, sounds, images, backgrounds, image_backgrounds, pairing)
     raise typer.Exit(run(out, params, sources, workers=workers, force=force))
@@ -195,7 +216,9 @@ def cluster(
     k: Annotated[int | None, typer.Option("--k", min=1, help="k-means centres.")] = None,
     checkpoint: Annotated[
         Path | None,
-        typer.Option("--checkpoint", help="Checkpoint (default RUN/checkpoints/last.pt)."),
+        typer.Option(
+            "--checkpoint", help="Checkpoint (default RUN/checkpoints/best.pt, best held-out)."
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per pass.")] = 512,
     seed: Annotated[int, typer.Option("--seed", help="k-means seed.")] = 0,

@@ -1,7 +1,7 @@
-"""The design of a benchmark before any media is written: pools, class prior and clip plans.
+"""The design of a benchmark before any media is written: pools, scenes, class prior, clip plans.
 
 `plan_benchmark` makes every random choice of every clip from the seed, so rendering is a pure
-function of the plans; tests inspect the plans directly (splits, nuisances, prior).
+function of the plans; tests inspect the plans directly (splits, nuisances, scenes, prior).
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from coincide.bench.params import BenchParams
-from coincide.bench.plan import ClipPlan, SplitPools, plan_clip
+from coincide.bench.plan import ClipPlan, SplitPools, plan_clip, plan_scenes
 from coincide.bench.presets import Inputs
 from coincide.bench.prior import sample_classes, zipf_prior
 from coincide.bench.render import Material
-from coincide.bench.sources import SPLITS, SoundBank
+from coincide.bench.sources import SPLIT_IDS, SPLITS, SoundBank
 from coincide.bench.textures import generated_textures, picture_textures, texture_side
 from coincide.errors import UserError
 
 # Random streams of the whole benchmark, beside the per-clip ones of `plan.clip_rngs`.
-PRIOR_STREAM, CLASS_STREAM, TEXTURE_STREAM = 101, 102, 103
+PRIOR_STREAM, CLASS_STREAM, TEXTURE_STREAM, SCENE_STREAM = 101, 102, 103, 104
 
 
 @dataclass(eq=False)
@@ -35,7 +35,7 @@ class Benchmark:
     pairing: dict[str, str]  # sound label -> image label
     prior: np.ndarray  # (n_classes,) float64
     rank: np.ndarray  # (n_classes,) int64, 1 = most frequent
-    plans: list[ClipPlan]  # train clips, then test clips
+    plans: list[ClipPlan]  # train clips, then val clips, then test clips
 
 
 def plan_benchmark(params: BenchParams, inputs: Inputs) -> Benchmark:
@@ -46,7 +46,7 @@ def plan_benchmark(params: BenchParams, inputs: Inputs) -> Benchmark:
     textures, texture_splits = _textures(inputs, params)
     material = Material(sounds, backgrounds, inputs.images, textures)
     pairing = _pairing(inputs)
-    counts = {"train": params.clips, "test": params.test_clips}
+    counts = {"train": params.clips, "val": params.val_clips, "test": params.test_clips}
     pools = {
         split: _pools(split, inputs, pairing, texture_splits, params)
         for split in SPLITS
@@ -59,10 +59,10 @@ def plan_benchmark(params: BenchParams, inputs: Inputs) -> Benchmark:
         len(classes), params.zipf, np.random.default_rng([params.seed, PRIOR_STREAM])
     )
     plans: list[ClipPlan] = []
-    for split_id, split in enumerate(SPLITS):
+    for split in SPLITS:
         if split not in pools:
             continue
-        class_rng = np.random.default_rng([params.seed, CLASS_STREAM, split_id])
+        class_rng = np.random.default_rng([params.seed, CLASS_STREAM, SPLIT_IDS[split]])
         for index, k in enumerate(sample_classes(prior, counts[split], class_rng)):
             label = classes[k]
             plans.append(
@@ -81,10 +81,10 @@ def _textures(inputs: Inputs, params: BenchParams) -> tuple[list[np.ndarray], li
             [source.split for source in inputs.image_backgrounds],
         )
     rng = np.random.default_rng([params.seed, TEXTURE_STREAM])
-    n_train, n_test = params.textures
-    return generated_textures(n_train + n_test, params.size, rng), ["train"] * n_train + [
-        "test"
-    ] * n_test
+    n_train, n_val, n_test = params.textures
+    # Validation textures come last, so train and test draw the textures they drew before.
+    splits = ["train"] * n_train + ["test"] * n_test + ["val"] * n_val
+    return generated_textures(len(splits), params.size, rng), splits
 
 
 def _pairing(inputs: Inputs) -> dict[str, str]:
@@ -118,23 +118,36 @@ def _pools(
     for index, source in enumerate(inputs.images):
         if source.split == split:
             images.setdefault(source.label, []).append(index)
+    # A CSV written for two splits has no validation rows: say how to go without them.
+    skip = f" (or pass --{split}-clips 0)" if split != "train" else ""
     for sound_label, image_label in sorted(pairing.items()):
         if sound_label not in sounds:
             raise UserError(
                 f"class {sound_label!r} has no {split} sounds; add some or give the CSV a "
-                "split column"
+                f"split column{skip}"
             )
         if image_label not in images:
             raise UserError(
                 f"image label {image_label!r} has no {split} images; add some or give the CSV a "
-                "split column"
+                f"split column{skip}"
             )
     backgrounds = [i for i, s in enumerate(inputs.backgrounds) if s.split == split]
     if not backgrounds:
         raise UserError(
-            f"no background recording is in the {split} split; add some to the background CSV"
+            f"no background recording is in the {split} split; add some to the background CSV{skip}"
         )
     textures = [i for i, s in enumerate(texture_splits) if s == split]
     if not textures:
-        raise UserError(f"no picture background is in the {split} split; add some to that CSV")
-    return SplitPools(sounds, images, backgrounds, textures, texture_side(params.size))
+        raise UserError(
+            f"no picture background is in the {split} split; add some to that CSV{skip}"
+        )
+    scenes = ()
+    if params.scene == "shared":
+        # Neighbours in this order sound alike, so that each scene's run is one kind of place.
+        alike = sorted(
+            backgrounds,
+            key=lambda i: (inputs.backgrounds[i].label, inputs.backgrounds[i].group, i),
+        )
+        rng = np.random.default_rng([params.seed, SCENE_STREAM, SPLIT_IDS[split]])
+        scenes = plan_scenes(alike, textures, params, rng)
+    return SplitPools(sounds, images, backgrounds, textures, texture_side(params.size), scenes)

@@ -1,8 +1,8 @@
 """`coincide make-bench`: compose benchmark videos from real recordings and real images.
 
-Reads top to bottom: parameters and sources, the design (`benchmark.plan_benchmark`: pools per
-split, the class prior, one plan per clip holding every random choice), then rendering and encoding
-(optionally in parallel), then the tables and the README.
+Reads top to bottom: parameters and sources, the design (`benchmark.plan_benchmark`: pools and
+scenes per split, the class prior, one plan per clip holding every random choice), then rendering
+and encoding (optionally in parallel), then the tables and the README.
 """
 
 from __future__ import annotations
@@ -19,21 +19,22 @@ from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
 
 from coincide.bench.benchmark import plan_benchmark
 from coincide.bench.mp4 import write_mp4
+from coincide.bench.nuisances import CLIP_COLUMNS, clip_rows
 from coincide.bench.params import BenchParams
 from coincide.bench.plan import ClipPlan
 from coincide.bench.presets import PRESET_CLIPS, SourceArgs, resolve_inputs
-from coincide.bench.readme import write_bench_json, write_readme
+from coincide.bench.readme import summarise, write_bench_json, write_readme
 from coincide.bench.render import Material, render_audio, render_frames
+from coincide.bench.sources import SPLITS
 from coincide.errors import UserError
 
 # Everything `run` writes, and so everything `--force` may remove.
 OUTPUTS = (
-    "train",
-    "test",
+    *SPLITS,
     "labels.csv",
-    "labels_train.csv",
-    "labels_test.csv",
+    *(f"labels_{split}.csv" for split in SPLITS),
     "events.csv",
+    "clips.csv",
     "README.md",
     "bench.json",
 )
@@ -47,8 +48,8 @@ def run(
     workers: int = 1,
     force: bool = False,
 ) -> int:
-    """Write a benchmark into `out`: train/ and test/ mp4 clips, labels.csv, events.csv,
-    README.md and bench.json. Returns the exit code (0)."""
+    """Write a benchmark into `out`: train/, val/ and test/ mp4 clips, labels.csv (and one per
+    split), events.csv, clips.csv, README.md and bench.json. Returns the exit code (0)."""
     console = Console(stderr=True)
     started = time.perf_counter()
 
@@ -65,6 +66,12 @@ def run(
     for split in bench.pools:
         (out / split).mkdir(parents=True, exist_ok=True)
     _write_clips(out, bench.plans, bench.material, params, workers, console)
+    seconds = time.perf_counter() - started
+    timing = {
+        "seconds": round(seconds, 1),
+        "seconds_per_clip": round(seconds / max(len(bench.plans), 1), 3),
+        "workers": workers,
+    }
 
     # Tables and notes.
     write_labels(out / "labels.csv", bench.plans)
@@ -72,28 +79,33 @@ def run(
     for split in bench.pools:
         write_labels(out / f"labels_{split}.csv", [p for p in bench.plans if p.split == split])
     write_events(out / "events.csv", bench.plans, bench.material)
-    write_bench_json(out / "bench.json", bench)
-    write_readme(out / "README.md", bench)
-    seconds = time.perf_counter() - started
+    write_clip_table(out / "clips.csv", bench.plans, bench.material)
+    summary = summarise(bench, timing)
+    write_bench_json(out / "bench.json", summary)
+    write_readme(out / "README.md", bench, summary)
     console.print(
-        f"wrote {params.clips} train + {params.test_clips} test clips of {params.seconds} s "
-        f"to {out} in {seconds:.1f} s"
+        f"wrote {params.clips} train + {params.val_clips} val + {params.test_clips} test clips "
+        f"of {params.seconds} s to {out} in {seconds:.1f} s "
+        f"({timing['seconds_per_clip']:.3f} s per clip, {workers} worker(s))"
     )
     return 0
 
 
 def _with_clip_counts(params: BenchParams, preset: str | None) -> BenchParams:
-    """Fill clip counts left open: the preset's, else a third of the train clips for test."""
-    clips, test_clips = params.clips, params.test_clips
+    """Fill clip counts left open: the preset's, else a fifth of the train clips for validation
+    and a third for test."""
+    clips, val_clips, test_clips = params.clips, params.val_clips, params.test_clips
     if clips is None:
         if preset not in PRESET_CLIPS:
             raise UserError("--clips is required without a preset; give the number of train clips")
-        clips = PRESET_CLIPS[preset][0]
-        if test_clips is None:
-            test_clips = PRESET_CLIPS[preset][1]
+        clips, preset_val, preset_test = PRESET_CLIPS[preset]
+        val_clips = preset_val if val_clips is None else val_clips
+        test_clips = preset_test if test_clips is None else test_clips
+    if val_clips is None:
+        val_clips = clips // 5
     if test_clips is None:
         test_clips = max(1, clips // 3)
-    return replace(params, clips=clips, test_clips=test_clips)
+    return replace(params, clips=clips, val_clips=val_clips, test_clips=test_clips)
 
 
 def _prepare_out(out: Path, force: bool) -> None:
@@ -164,6 +176,14 @@ def write_labels(path: Path, plans: list[ClipPlan]) -> None:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["path", "label"])
         writer.writerows([plan.path, plan.label] for plan in plans)
+
+
+def write_clip_table(path: Path, plans: list[ClipPlan], material: Material) -> None:
+    """clips.csv: one row per clip with its split, class, scene and other nuisances."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CLIP_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(clip_rows(plans, material))
 
 
 def write_events(path: Path, plans: list[ClipPlan], material: Material) -> None:

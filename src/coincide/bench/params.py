@@ -11,6 +11,10 @@ from coincide.errors import UserError
 
 # Sample rates that AAC in mp4 supports and that keep the 8 kHz band of 16 kHz ingestion.
 AAC_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
+# How what is heard and what is seen share a place besides the class (docs/benchmark.md):
+# "shared" draws a scene per clip that ties its ambience to its picture background family and
+# light; "independent" draws every nuisance of each modality on its own (the first design).
+SCENE_MODELS = ("shared", "independent")
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,7 @@ class BenchParams:
 
     clips: int | None = None  # train clips; None = the preset's count
     test_clips: int | None = None  # None = the preset's count, else a third of `clips`
+    val_clips: int | None = None  # None = the preset's count, else a fifth of `clips`
     seconds: int = 10
     seed: int = 0
     zipf: float = 1.0  # class prior p_k ~ 1 / rank^zipf; 0 = uniform
@@ -31,13 +36,19 @@ class BenchParams:
     sample_rate: int = 16000
     hold_s: tuple[int, int] = (2, 4)  # an image stays on screen this many whole seconds
     image_scale: tuple[float, float] = (0.45, 0.85)  # image's longer side / frame side
-    textures: tuple[int, int] = (48, 16)  # generated picture backgrounds for train, test
+    textures: tuple[int, int, int] = (48, 16, 16)  # generated picture backgrounds: train, val, test
+    scene: str = "shared"  # one of SCENE_MODELS
+    scenes: int = 8  # scenes per split ("shared")
+    sync_visibility: bool = False  # show the class's image only in seconds in which it sounds
+    tint: float = 0.35  # strength of a scene's coloured light, 0 = white
+    brightness: tuple[float, float] = (0.6, 1.2)  # range of the scenes' light levels (gain)
 
     def check(self) -> None:
         """Raise UserError naming the first parameter that is out of range."""
         checks = [
             (self.clips is not None and self.clips >= 1, "--clips must be at least 1"),
             (self.test_clips is not None and self.test_clips >= 0, "--test-clips must be >= 0"),
+            (self.val_clips is not None and self.val_clips >= 0, "--val-clips must be >= 0"),
             (self.seconds >= 1, "--seconds must be at least 1"),
             (self.zipf >= 0, "--zipf must be 0 (uniform) or more"),
             (0 < self.density <= 1, "--density must be in (0, 1]"),
@@ -61,7 +72,17 @@ class BenchParams:
                 0.1 <= self.image_scale[0] <= self.image_scale[1] <= 1,
                 "the image scale range must be 0.1 <= LOW <= HIGH <= 1",
             ),
-            (min(self.textures) >= 1, "each split needs at least one generated texture"),
+            (
+                len(self.textures) == 3 and min(self.textures) >= 1,
+                "each split (train, val, test) needs at least one generated texture",
+            ),
+            (self.scene in SCENE_MODELS, f"--scene must be one of {', '.join(SCENE_MODELS)}"),
+            (self.scenes >= 1, "--scenes must be at least 1"),
+            (0 <= self.tint <= 1, "the scene tint must be in [0, 1]"),
+            (
+                0 < self.brightness[0] <= self.brightness[1],
+                "the scene brightness range must be 0 < LOW <= HIGH",
+            ),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,9 +1,14 @@
 """Every random choice of a clip, made up front: a `ClipPlan` that rendering turns into media.
 
 Two random streams per clip keep the nuisances honest: `nuisance_rng` draws what must not predict
-the class (background recordings, overall level, picture background, camera pan, digit colour)
-and never sees the class; `content_rng` draws the class's instances and the distractor. Both
-streams are seeded from (seed, split, clip index) alone, so a clip is reproducible on its own.
+the class (the scene, background recordings, overall level, picture background, camera pan, digit
+colour) and never sees the class; `content_rng` draws the class's instances and the distractor.
+Both streams are seeded from (seed, split, clip index) alone, so a clip is reproducible on its own.
+
+A scene (`--scene shared`) is what real video shares between sound and picture besides the
+class: the place. Each split has a few scenes, each with its own ambience recordings, its own
+picture backgrounds and its own light; a clip draws one scene from the nuisance stream, so the
+scene is tied to both modalities but never to the class.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from coincide.bench.params import BenchParams
-from coincide.bench.sources import SoundBank
+from coincide.bench.sources import SPLIT_IDS, SoundBank
 
 # Crossfade between two background recordings that follow each other in a clip.
 BACKGROUND_FADE_S = 0.25
@@ -69,9 +74,16 @@ class BackgroundPiece:
     fade_out: int
 
 
+# Neutral light: the picture as composed (the "independent" design has no scenes).
+WHITE = (1.0, 1.0, 1.0)
+
+
 @dataclass(frozen=True)
 class ClipPlan:
-    """Everything needed to render one clip. `path` is relative to the benchmark folder."""
+    """Everything needed to render one clip. `path` is relative to the benchmark folder.
+
+    `scene` is the index of the clip's scene in its split (-1: no scene model); `tint` (RGB gains,
+    mean 1) and `brightness` are the light of that scene, applied to the whole frame."""
 
     path: str
     split: str
@@ -85,6 +97,21 @@ class ClipPlan:
     background: tuple[BackgroundPiece, ...]
     sounds: tuple[SoundEvent, ...]
     images: tuple[ImageHold, ...]
+    scene: int = -1
+    tint: tuple[float, float, float] = WHITE
+    brightness: float = 1.0
+
+
+@dataclass(frozen=True)
+class Scene:
+    """A place clips are filmed in: the ambience heard there and the backgrounds seen there
+    (indices into the split's banks), and its light: RGB gains `tint` (mean 1) and a gain
+    `brightness`."""
+
+    backgrounds: tuple[int, ...]
+    textures: tuple[int, ...]
+    tint: tuple[float, float, float]
+    brightness: float
 
 
 @dataclass(frozen=True)
@@ -96,11 +123,50 @@ class SplitPools:
     backgrounds: list[int]  # background recordings
     textures: list[int]  # picture backgrounds
     texture_side: int
+    scenes: tuple[Scene, ...] = ()  # empty: every nuisance drawn from the whole split's pools
+
+
+def plan_scenes(
+    backgrounds: list[int], textures: list[int], params: BenchParams, rng: np.random.Generator
+) -> tuple[Scene, ...]:
+    """`params.scenes` scenes over a split's pools, drawn from `rng` (a stream of the split).
+
+    `backgrounds` comes ordered so that neighbours sound alike (by ambient class, then source
+    recording): each scene takes a contiguous run of it, so a scene sounds like one kind of place.
+    Textures are dealt at random. Where a pool has fewer items than there are scenes, scenes share
+    its items (scene s takes item s mod n). Hues are spread evenly around the colour circle from a
+    random start and light levels evenly over `params.brightness`, in a random order, so that the
+    scenes of a split look as different as the parameters allow.
+    """
+    n = params.scenes
+    shuffled = [textures[i] for i in rng.permutation(len(textures))]
+    hue_start = float(rng.uniform(0, 1))
+    levels = np.linspace(*params.brightness, n)[rng.permutation(n)]
+    scenes = []
+    for s in range(n):
+        tint = np.asarray(hsv_to_rgb((hue_start + s / n) % 1.0, 1.0, 1.0))
+        gains = (1 - params.tint) + params.tint * tint
+        scenes.append(
+            Scene(
+                backgrounds=_share(backgrounds, s, n),
+                textures=_share(shuffled, s, n),
+                tint=tuple(float(g) for g in gains / gains.mean()),
+                brightness=float(levels[s]),
+            )
+        )
+    return tuple(scenes)
+
+
+def _share(items: list[int], s: int, n: int) -> tuple[int, ...]:
+    """Scene `s`'s share of `items` among `n` scenes: a contiguous run, or one shared item."""
+    if len(items) < n:
+        return (items[s % len(items)],)
+    return tuple(int(i) for i in np.array_split(np.asarray(items), n)[s])
 
 
 def clip_rngs(seed: int, split: str, index: int) -> tuple[np.random.Generator, np.random.Generator]:
     """The (nuisance, content) random streams of clip `index` of `split`."""
-    split_id = 0 if split == "train" else 1
+    split_id = SPLIT_IDS[split]
     return (
         np.random.default_rng([seed, split_id, index, 0]),
         np.random.default_rng([seed, split_id, index, 1]),
@@ -126,10 +192,18 @@ def plan_clip(
     `image_label`)."""
     nuisance_rng, content_rng = clip_rngs(params.seed, split, index)
 
-    # Nuisances first, from their own stream: nothing here depends on the class.
+    # Nuisances first, from their own stream: nothing here depends on the class. The scene, when
+    # there are scenes, narrows the ambience and the picture backgrounds to those of one place.
+    scene_id, tint, brightness = -1, WHITE, 1.0
+    background_pool, texture_pool = pools.backgrounds, pools.textures
+    if pools.scenes:
+        scene_id = int(nuisance_rng.integers(len(pools.scenes)))
+        scene = pools.scenes[scene_id]
+        background_pool, texture_pool = list(scene.backgrounds), list(scene.textures)
+        tint, brightness = scene.tint, scene.brightness
     level_db = float(nuisance_rng.uniform(*params.level_db))
-    background = _plan_background(params, pools.backgrounds, backgrounds, nuisance_rng)
-    texture = int(nuisance_rng.choice(pools.textures))
+    background = _plan_background(params, background_pool, backgrounds, nuisance_rng)
+    texture = int(nuisance_rng.choice(texture_pool))
     travel = pools.texture_side - params.size
     pan_x0, pan_y0, pan_x1, pan_y1 = (float(v) for v in nuisance_rng.uniform(0, travel, size=4))
     hue = nuisance_rng.uniform(0, 1)
@@ -167,6 +241,11 @@ def plan_clip(
         end = min(start + length, float(params.seconds))
         holds.append(_hold(image_label, "target", start, end, params, pools, content_rng))
         start = end
+    if params.sync_visibility:
+        # The source is on screen only while it sounds: whole seconds, since ingestion sees one
+        # frame per second. The holds were drawn first, so the content stream is unchanged.
+        for second in silent_seconds(target_sounds, params.seconds):
+            holds = _cut(holds, second, second + 1.0)
     if distractor_image is not None:
         holds = _cut(holds, distractor_image.onset, distractor_image.offset)
         holds.append(distractor_image)
@@ -186,7 +265,16 @@ def plan_clip(
             sorted(target_sounds + ([distractor_sound] if distractor_sound else []), key=onset_of)
         ),
         images=tuple(sorted(holds, key=onset_of)),
+        scene=scene_id,
+        tint=tint,
+        brightness=brightness,
     )
+
+
+def silent_seconds(sounds: list[SoundEvent] | tuple[SoundEvent, ...], seconds: int) -> list[int]:
+    """The whole seconds [s, s + 1) of a clip that no target instance overlaps."""
+    targets = [e for e in sounds if e.kind == "target"]
+    return [s for s in range(seconds) if not any(e.onset < s + 1 and e.offset > s for e in targets)]
 
 
 def onset_of(event: SoundEvent | ImageHold) -> float:

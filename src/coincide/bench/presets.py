@@ -1,17 +1,18 @@
 """Where a benchmark's sources come from: user CSVs, the `avmnist` preset, or the bundled demo.
 
-`avmnist` reads the full datasets from a data folder: spoken digits (FSDD, official split by
-take), handwritten digits (MNIST IDX files, train vs test images) and the ambient classes of the
-ESC-50 subset as backgrounds (split by source recording). `demo` reads the small subset of the same
-three datasets that ships inside the package (`coincide/demo_data`), so it needs nothing else.
-Explicit CSV options replace the matching part of a preset.
+`avmnist` reads the full datasets from a data folder: spoken digits (FSDD, split by speaker),
+handwritten digits (MNIST IDX files: the last 10,000 train images for validation, t10k for test)
+and the ambient classes of the ESC-50 subset as backgrounds (split by source recording). `demo`
+reads the small subset of the same three datasets that ships inside the package
+(`coincide/demo_data`) and splits it by the same rules, so it needs nothing else. Explicit CSV
+options replace the matching part of a preset.
 """
 
 from __future__ import annotations
 
 import gzip
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib.resources import files
 from pathlib import Path
 
@@ -27,9 +28,16 @@ from coincide.bench.sources import (
 from coincide.errors import UserError
 
 PRESETS = ("avmnist", "demo")
-# Default (train, test) clip counts: the demo stays small enough to ingest and train on 2 cores
-# in a few minutes; avmnist is a real benchmark (about 3.7 hours of video).
-PRESET_CLIPS = {"demo": (60, 20), "avmnist": (1000, 333)}
+# Default (train, val, test) clip counts: the demo stays small enough to ingest and train on 2
+# cores in a few minutes; avmnist is a real benchmark (about 4.3 hours of video).
+PRESET_CLIPS = {"demo": (60, 12, 20), "avmnist": (1000, 200, 333)}
+# MNIST train images from this index on validate (the usual 50,000 / 10,000 cut); t10k tests.
+MNIST_VAL_FROM = 50_000
+# The bundled subset holds the first MNIST train images of each digit: the last few validate.
+DEMO_VAL_IMAGES = 6
+# Of the bundled ESC-10 clips, this source recording (rain, the second of two) validates: the
+# subset has six recordings, too few for a quarter each; train keeps rain, sea waves and fire.
+DEMO_VAL_BACKGROUNDS = ("161127",)
 # ESC-50 classes that sound like a scene rather than an event: what a background should be.
 AMBIENT_CLASSES = (
     "rain",
@@ -132,11 +140,28 @@ def resolve_inputs(args: SourceArgs) -> Inputs:
 
 
 def _demo_inputs() -> Inputs:
+    """The bundled subset, re-split three ways by the rules of the full data: FSDD by speaker
+    (its CSV splits by take), MNIST's last `DEMO_VAL_IMAGES` train images of each digit and the
+    `DEMO_VAL_BACKGROUNDS` recording to validation."""
     folder = demo_data_dir()
+    sounds = read_labeled_csv(folder / "sounds.csv", "sound")
+    # The group is speaker_take.
+    speaker_split = speaker_splits({s.group.rsplit("_", 1)[0] for s in sounds})
+    sounds = [replace(s, split=speaker_split[s.group.rsplit("_", 1)[0]]) for s in sounds]
+    images = read_labeled_csv(folder / "images.csv", "image")
+    val_images: set[str] = set()
+    for label in {s.label for s in images}:
+        train = sorted(s.ref for s in images if s.label == label and s.split == "train")
+        val_images.update(train[-DEMO_VAL_IMAGES:])
+    images = [replace(s, split="val") if s.ref in val_images else s for s in images]
+    backgrounds = [
+        replace(s, split="val") if s.group in DEMO_VAL_BACKGROUNDS else s
+        for s in read_background_csv(folder / "backgrounds.csv", "background")
+    ]
     return Inputs(
-        sounds=read_labeled_csv(folder / "sounds.csv", "sound"),
-        images=read_labeled_csv(folder / "images.csv", "image"),
-        backgrounds=read_background_csv(folder / "backgrounds.csv", "background"),
+        sounds=sounds,
+        images=images,
+        backgrounds=backgrounds,
         notices=[
             f"{FSDD_NOTICE} (bundled subset, coincide/demo_data/fsdd)",
             f"{MNIST_NOTICE} (bundled subset, coincide/demo_data/mnist)",
@@ -167,13 +192,27 @@ def _avmnist_inputs(data_dir: Path | None) -> Inputs:
     )
 
 
+def speaker_splits(speakers: set[str]) -> dict[str, str]:
+    """Speaker -> split: ordered by a stable hash of the name, the first speaker is test, the
+    second validation, the rest train (FSDD's six: 1 / 1 / 4), so no voice crosses splits."""
+    if len(speakers) < 3:
+        raise UserError(
+            f"a split by speaker needs at least 3 speakers, found {len(speakers)}; "
+            "give the sounds CSV a split column instead"
+        )
+    order = sorted(speakers, key=lambda s: (zlib.crc32(s.encode()), s))
+    return {s: "test" if k == 0 else "val" if k == 1 else "train" for k, s in enumerate(order)}
+
+
 def fsdd_sources(folder: Path) -> list[Source]:
-    """FSDD recordings with the official split of its metadata.csv (takes 0-4 are test)."""
+    """FSDD recordings split by speaker (`speaker_splits`), not by the official split of its
+    metadata.csv (takes 0-4 test), which hears every speaker in train and test alike."""
     table = pd.read_csv(folder / "metadata.csv", dtype=str)
+    split_of_speaker = speaker_splits(set(table["speaker"]))
     return [
         Source(
             label=row["label"],
-            split=row["split"],
+            split=split_of_speaker[row["speaker"]],
             ref=f"fsdd/{row['filename']}",
             group=f"{row['speaker']}_{row['take']}",
             path=folder / row["filename"],
@@ -196,40 +235,48 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def mnist_sources(folder: Path) -> list[Source]:
-    """MNIST images held in memory: the train images are the train split, t10k the test split."""
+    """MNIST images held in memory: train images up to `MNIST_VAL_FROM` are the train split, the
+    rest of them validation, t10k the test split. Refs name the IDX file and index."""
     sources = []
-    for split, stem in (("train", "train"), ("test", "t10k")):
+    for stem in ("train", "t10k"):
         images = read_idx(folder / f"{stem}-images-idx3-ubyte.gz")
         labels = read_idx(folder / f"{stem}-labels-idx1-ubyte.gz")
-        sources += [
-            Source(
-                label=str(int(label)),
-                split=split,
-                ref=f"mnist:{split}:{index}",
-                group=f"mnist:{split}:{index}",
-                pixels=images[index],
+        file_split = "train" if stem == "train" else "test"
+        for index, label in enumerate(labels):
+            split = "val" if stem == "train" and index >= MNIST_VAL_FROM else file_split
+            sources.append(
+                Source(
+                    label=str(int(label)),
+                    split=split,
+                    ref=f"mnist:{file_split}:{index}",
+                    group=f"mnist:{file_split}:{index}",
+                    pixels=images[index],
+                )
             )
-            for index, label in enumerate(labels)
-        ]
     return sources
 
 
 def esc50_backgrounds(folder: Path, classes: tuple[str, ...] = AMBIENT_CLASSES) -> list[Source]:
     """The ambient clips of an ESC-50 folder, split by source recording (`src_file`).
 
-    Within each class a quarter of the source recordings (rounded down, chosen by a stable hash)
-    goes to test, so a test background recording is never heard in training clips.
+    Within each class, source recordings are ordered by a stable hash: the first quarter (rounded
+    down) goes to test, the next quarter to validation, so a held-out background recording is
+    never heard in training clips (a class with fewer than 4 recordings stays in train).
     """
     table = pd.read_csv(folder / "metadata.csv", dtype=str)
     table = table[table["label"].isin(classes)]
-    test_files: set[str] = set()
+    split_of_file: dict[str, str] = {}
     for _, group in table.groupby("label"):
         recordings = sorted(set(group["src_file"]), key=lambda s: (zlib.crc32(s.encode()), s))
-        test_files.update(recordings[: len(recordings) // 4])
+        quarter = len(recordings) // 4
+        for k, recording in enumerate(recordings):
+            split_of_file[recording] = (
+                "test" if k < quarter else "val" if k < 2 * quarter else "train"
+            )
     return [
         Source(
             label=row["label"],
-            split="test" if row["src_file"] in test_files else "train",
+            split=split_of_file[row["src_file"]],
             ref=f"esc50/{row['filename']}",
             group=row["src_file"],
             path=folder / row["filename"],

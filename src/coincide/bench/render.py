@@ -2,7 +2,8 @@
 
 Sound: background pieces crossfaded and scaled to the clip's level, each instance scaled so that
 its RMS over the background's RMS (whole clip) is its SNR. Pictures: a crop of the clip's texture
-panning slowly, with the held image composited at its drifting position.
+panning slowly, with the held image composited at its drifting position, all under the light of
+the clip's scene (when it has one).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from coincide.bench.plan import ClipPlan, ImageHold
+from coincide.bench.plan import WHITE, ClipPlan, ImageHold
 from coincide.bench.sources import SoundBank, Source, load_image
 from coincide.errors import MediaError, UserError
 
@@ -79,6 +80,9 @@ def render_frames(plan: ClipPlan, material: Material, fps: int, size: int) -> It
     texture = material.textures[plan.texture].astype(np.float32)
     x0, y0, x1, y1 = plan.pan
     sprites = [_sprite(material.images[hold.source], hold, plan.colour) for hold in plan.images]
+    # The scene's light falls on everything in view, background and object alike.
+    lit = plan.tint != WHITE or plan.brightness != 1.0
+    light = plan.brightness * np.asarray(plan.tint, np.float32)
     n_frames = plan.seconds * fps
     for i in range(n_frames):
         t = i / fps
@@ -89,6 +93,8 @@ def render_frames(plan: ClipPlan, material: Material, fps: int, size: int) -> It
         shown = [k for k, hold in enumerate(plan.images) if hold.onset <= t < hold.offset]
         if shown:
             _composite(frame, *sprites[shown[0]], plan.images[shown[0]], t)
+        if lit:
+            frame *= light
         yield np.clip(frame + 0.5, 0, 255).astype(np.uint8)
 
 

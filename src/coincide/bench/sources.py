@@ -1,7 +1,8 @@
 """The raw material of a benchmark: labeled sounds, labeled images and background recordings.
 
-Every source belongs to one split, "train" or "test", so that no recording or image of the test
-clips is ever heard or seen in the training clips. Sources come from CSV files (`read_*_csv`) or
+Every source belongs to one split, "train", "val" or "test", so that no recording or image of the
+validation or test clips is ever heard or seen in the training clips (nor one of the test clips in
+the validation clips). Sources come from CSV files (`read_*_csv`) or
 from the presets in `coincide.bench.presets`; this module also decodes them.
 """
 
@@ -20,10 +21,14 @@ from PIL import Image
 
 from coincide.errors import MediaError, UserError
 
-SPLITS = ("train", "test")
-# Share of the groups (recordings, files) that a CSV without a `split` column sends to the test
-# split; a quarter keeps most material for training while leaving the test pool varied.
+SPLITS = ("train", "val", "test")
+# The id of each split in the random streams. Train and test keep the ids they had before the
+# validation split existed, so their clips are drawn as before.
+SPLIT_IDS = {"train": 0, "test": 1, "val": 2}
+# Shares of the groups (recordings, files) that a CSV without a `split` column sends to the test
+# and validation splits; the rest, 60%, trains while the held-out pools stay varied.
 TEST_SHARE = 0.25
+VAL_SHARE = 0.15
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,10 +126,15 @@ class SoundBank:
         return {"sources": self.sources, "sample_rate": self.sample_rate, "_cache": {}}
 
 
-def split_of(group: str, test_share: float = TEST_SHARE) -> str:
-    """A stable split for a group without an explicit one: a hash, so it never depends on order."""
+def split_of(group: str, test_share: float = TEST_SHARE, val_share: float = VAL_SHARE) -> str:
+    """A stable split for a group without an explicit one: a hash, so it never depends on order.
+
+    The test buckets are those of the two-split rule that came before, so a group that was test
+    stays test; validation takes the next `val_share` of the buckets from train."""
     bucket = zlib.crc32(group.encode("utf-8")) % 1000
-    return "test" if bucket < test_share * 1000 else "train"
+    if bucket < test_share * 1000:
+        return "test"
+    return "val" if bucket < (test_share + val_share) * 1000 else "train"
 
 
 def _read_csv(csv_path: Path, required: tuple[str, ...], what: str) -> pd.DataFrame:
@@ -159,7 +169,7 @@ def _sources_from_table(table: pd.DataFrame, csv_path: Path, what: str) -> list[
         split = fields.get("split", "").strip() or split_of(group)
         if split not in SPLITS:
             raise UserError(
-                f"{what} file {path} in {csv_path} has split {split!r}; use train or test"
+                f"{what} file {path} in {csv_path} has split {split!r}; use train, val or test"
             )
         sources.append(
             Source(
@@ -178,7 +188,7 @@ def read_labeled_csv(csv_path: Path, what: str) -> list[Source]:
     """Sounds or images from a CSV `path,label[,split][,group][,attribution]`.
 
     Paths are absolute or relative to the CSV's folder. Without a `split` column each group (by
-    default each file) goes to train or test by a stable hash of its name, a quarter to test.
+    default each file) goes to train, val or test by a stable hash of its name (60/15/25%).
     """
     table = _read_csv(csv_path, ("path", "label"), what)
     sources = _sources_from_table(table, csv_path, what)
