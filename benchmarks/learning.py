@@ -280,7 +280,7 @@ def _write(out: Path, results: list[dict[str, object]]) -> None:
         lines.append(
             f"| {bench} | {variant} | {row} {ROW_TITLES.get(str(row), '')} | {len(runs)} "
             f"| {_spread([r['window_qbe'] for r in runs])} "
-            f"| {_spread([r['window_qbe_recovery'] for r in runs[:1]], percent=True)} "
+            f"| {_spread([r['window_qbe_recovery'] for r in runs[:1]], digits=0, percent=True)} "
             f"| {_spread([r['clip_qbe'] for r in runs])} | {_spread(raw)} "
             f"| {_spread(margin, digits=2)}x | {_spread([r['best_held_out'] for r in runs])} "
             f"| {_spread([r['steps'] for r in runs], digits=0)} "
