@@ -217,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 overrides = [*VARIANTS[variant], *args.overrides]
                 # One row per table1 call: its CPU time is the row's (a and b are done once).
                 cpu: dict[str, float] = {}
+                # Each call rewrites table1.csv with its own row (and a, b): read it after each.
+                summary: dict[str, dict[str, str]] = {}
                 for row in ["a", *rows]:
                     cpu[row] = coincide(
                         ["reproduce", "table1", "--train-store", str(train_store)]
@@ -224,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                         + ["--config", args.config, "--rows", row, "--seeds", args.seeds]
                         + [arg for o in overrides for arg in ("--set", o)]
                     )
-                summary = {r["row"]: r for r in _read_csv(table / "table1.csv")}
+                    summary.update({r["row"]: r for r in _read_csv(table / "table1.csv")})
                 for row in rows:
                     for seed in seeds:
                         run_dir = table / "runs" / f"{row}-s{seed}"
