@@ -14,7 +14,7 @@ held-out plateau) and b (log-mel) are trained once per benchmark and shared by t
 Every figure is measured on media no gradient saw:
 
 - window QbE: QbE mAP over the test store's windows, pairs of windows of one media left out
-  (`coincide.metrics.qbe_map(..., media=...)`), and its recovery between log-mel (0 %) and the
+  (`coincide.qbe.qbe_map(..., media=...)`), and its recovery between log-mel (0 %) and the
   topline (100 %), as Table 1 computes it;
 - clip QbE: the same on one mean embedding per test clip;
 - raw QbE: clip-level QbE on the FSDD test recordings (takes 0-4 of every speaker and digit, the
@@ -44,7 +44,7 @@ import numpy as np
 
 from coincide.inference import load_model
 from coincide.media.decode import extract_features
-from coincide.metrics import qbe_map
+from coincide.qbe import qbe_map
 
 # Configuration overrides of each variant, on top of --config. `plain` turns every regulariser
 # off (the laptop preset has augmentation, head dropout and weight decay on); `augment` is the

@@ -24,7 +24,8 @@ from coincide.evaluate import (
     split_by_media,
 )
 from coincide.evaluate import run as evaluate_run
-from coincide.metrics import clip_qbe_map, qbe_map, shallow_classifier_map
+from coincide.metrics import shallow_classifier_map
+from coincide.qbe import clip_qbe_map, qbe_map
 from coincide.representations import pool_logmel, write_fixed_representation
 from coincide.store.features import open_store
 from coincide.train.checkpoint import load_models

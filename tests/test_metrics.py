@@ -9,10 +9,6 @@ import pytest
 
 from coincide.errors import UserError
 from coincide.metrics import (
-    clip_embeddings,
-    clip_labels,
-    clip_qbe_average_precision_per_class,
-    clip_qbe_map,
     clip_scores,
     d_prime,
     labels_to_matrix,
@@ -21,11 +17,17 @@ from coincide.metrics import (
     mean_d_prime,
     per_class_average_precision,
     propagated_label_quality,
-    qbe_average_precision_per_class,
-    qbe_map,
     recovery,
     shallow_classifier_map,
     v_measure,
+)
+from coincide.qbe import (
+    clip_embeddings,
+    clip_labels,
+    clip_qbe_average_precision_per_class,
+    clip_qbe_map,
+    qbe_average_precision_per_class,
+    qbe_map,
 )
 
 # ---------------------------------------------------------------------------------------------

@@ -3,14 +3,14 @@
 The unit of evaluation is the 0.96 s window ("segment retrieval" in Table 1); a window carries
 the clip-level labels of its media, and windows of unlabeled media are left out.
 
-- QbE retrieval mAP (`coincide.metrics.qbe_map`) over the labeled windows of the test store,
+- QbE retrieval mAP (`coincide.qbe.qbe_map`) over the labeled windows of the test store,
   with the metric's seeded per-class sample (100 positives + 100 negatives per class) and
   sampling seed `QBE_SEED` for every run, so all rows of a table are scored on the same pairs.
   Three figures: `qbe_map` leaves out every pair of two windows of the same media (they share
   the clip's labels and its recording, so they reward knowing the clip, not the class: one
   random vector per clip scores above chance when they count); `qbe_map_same_media` counts
   them (the earlier definition, kept beside it for comparison); `clip_qbe_map` ranks one mean
-  embedding per media (`coincide.metrics.clip_qbe_map`). A metrics.json without
+  embedding per media (`coincide.qbe.clip_qbe_map`). A metrics.json without
   `qbe_map_same_media` was written before the change, and its `qbe_map` counted same-media
   pairs (`qbe_excludes_same_media`).
 - Shallow classifier mAP (`coincide.metrics.shallow_classifier_map`): one 512-unit hidden layer
@@ -42,11 +42,8 @@ import torch
 from torch import nn
 
 from coincide.errors import UserError
-from coincide.metrics import (
-    clip_qbe_average_precision_per_class,
-    qbe_average_precision_per_class,
-    shallow_classifier_map,
-)
+from coincide.metrics import shallow_classifier_map
+from coincide.qbe import clip_qbe_average_precision_per_class, qbe_average_precision_per_class
 from coincide.representations import (
     EncoderRepresentation,
     Representation,

@@ -21,10 +21,8 @@ best weights, so the next stage starts from what generalized, not from what memo
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +37,6 @@ from coincide.data.batches import PairBatches, batch_loader
 from coincide.data.pairs import (
     BatchSampler,
     PairBatch,
-    SamplerState,
     WindowTable,
     rank_share,
     split_media,
@@ -49,20 +46,29 @@ from coincide.evaluate import TrainingProbe
 from coincide.store.features import FeatureStore, open_store
 from coincide.train.checkpoint import (
     BEST_CHECKPOINT,
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
     CHECKPOINTS_DIR,
     LAST_CHECKPOINT,
     build_models,
     load_checkpoint,
     read_best_info,
     save_checkpoint,
-    write_best_info,
 )
 from coincide.train.monitor import ClusterWatch, Monitor, Throughput
-from coincide.train.objective import StageObjective, stage_pair_kinds, stage_parts
+from coincide.train.objective import StageObjective, stage_parts
 from coincide.train.optim import build_optimizer, learning_rate, tune_device
 from coincide.train.plateau import Plateau
+from coincide.train.position import (
+    STATE_FILE,
+    Position,
+    TrainingState,
+    check_resumable,
+    check_stages,
+    checkpoint_payload,
+    restore_best,
+    resume,
+    save_best,
+    write_state,
+)
 from coincide.train.report import finite_or_none, plot_stage, stage_summaries
 from coincide.train.validation import (
     HeldOut,
@@ -76,7 +82,6 @@ from coincide.train.validation import (
 from coincide.triplets import stage_sampler, stage_validation_batches
 
 CONFIG_FILE = "config.yaml"
-STATE_FILE = "state.json"
 
 
 def run(
@@ -129,34 +134,6 @@ def train(
         dist.cleanup()
 
 
-@dataclass
-class Position:
-    """Where training is: global optimizer steps, current stage and its progress."""
-
-    step: int = 0
-    stage_index: int = 0
-    stage_step: int = 0
-    next_batch: int = 0
-    plateau: dict[str, Any] | None = None
-    finished: list[dict[str, Any]] = field(default_factory=list)
-
-    @classmethod
-    def from_checkpoint(cls, ckpt: dict[str, Any]) -> Position:
-        position = cls(
-            step=int(ckpt["step"]),
-            stage_index=int(ckpt["stage_index"]),
-            stage_step=int(ckpt["stage_step"]),
-            next_batch=SamplerState(**ckpt["sampler"]).next_batch,
-            plateau=ckpt["plateau"],
-            finished=list(ckpt["finished"]),
-        )
-        if ckpt["stage_finished"]:  # saved at a stage end: continue with the next stage
-            position.stage_index += 1
-            position.stage_step = position.next_batch = 0
-            position.plateau = None
-        return position
-
-
 class _Run:
     """One training run; `train()` reads top to bottom."""
 
@@ -203,7 +180,7 @@ class _Run:
         self.table = WindowTable(self.store.index)
         self.audio_only = not bool(self.table.has_frame.any())
         self.stages = cfg.curriculum.stages_for(self.audio_only)
-        self._check_stages()
+        check_stages(self.stages, self.audio_only, self.store_path)
         if cfg.data.batch_size % self.world:
             raise UserError(
                 f"data.batch_size {cfg.data.batch_size} does not split over {self.world} "
@@ -224,13 +201,10 @@ class _Run:
         position = Position()
         if self.last_path.exists():
             ckpt = load_checkpoint(self.last_path)
-            self._check_resumable(ckpt)
-            self.models.load_state_dict(ckpt["models"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
-            torch.set_rng_state(ckpt["rng"]["torch"])
-            if self.cuda and "cuda" in ckpt["rng"]:
-                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
-            position = Position.from_checkpoint(ckpt)
+            check_resumable(
+                ckpt, self.cfg, self.stages, self.audio_only, self.models, self.last_path
+            )
+            position = resume(ckpt, self.models, self.optimizer, self.device, self.cuda)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.run_dir / CONFIG_FILE)
@@ -500,17 +474,10 @@ class _Run:
         return converged
 
     def _restore_best(self, stage_index: int, step: int) -> int | None:
-        """Load the stage's best held-out weights (if they are not the current ones); returns
-        their step, or None when nothing was restored."""
-        info = read_best_info(self.run_dir) if self.best_path.is_file() else None
-        if info is None or int(info["stage_index"]) != stage_index or info["step"] == step:
-            return None
-        state = self.best_state
-        if state is None:  # resumed after the best measurement: read it back
-            state = load_checkpoint(self.best_path)["models"]
-        self.models.load_state_dict(state)
+        """Back to the stage's best held-out weights; their step, or None (see restore_best)."""
+        restored = restore_best(self.run_dir, self.models, self.best_state, stage_index, step)
         self.best_state = None
-        return int(info["step"])
+        return restored
 
     def _probe(self, step: int) -> None:
         """QbE mAP of the audio encoder on the --eval-store subset (rank 0 only)."""
@@ -582,110 +549,22 @@ class _Run:
         self._write_state(pos, extra=[record] if record else [])
 
     def _save_best(self, pos: Position, plateau: Plateau, held: HeldOut) -> None:
-        """best.pt (rank 0): the checkpoint format without the optimizer state (nothing resumes
-        from it), then best.json saying what it is."""
-        if not self.main:
-            return
-        payload = self._payload(pos, plateau, finished=False, record=None)
-        payload["optimizer"] = {}
-        save_checkpoint(payload, self.best_path)
-        info = {
-            "stage": self.stages[pos.stage_index].name,
-            "stage_index": pos.stage_index,
-            "step": pos.step,
-            "stage_step": pos.stage_step,
-            "value": held.criterion,
-            "losses": held.losses,
-            "auc": held.auc,
-        }
-        write_best_info(self.run_dir, info)
+        """best.pt and best.json (rank 0), see `coincide.train.position.save_best`."""
+        if self.main:
+            payload = self._payload(pos, plateau, finished=False, record=None)
+            save_best(self.run_dir, payload, held)
 
     def _payload(
         self, pos: Position, plateau: Plateau, finished: bool, record: dict[str, Any] | None
     ) -> dict[str, Any]:
-        stage = self.stages[pos.stage_index]
-        rng = {"torch": torch.get_rng_state()}
-        if self.cuda:
-            rng["cuda"] = torch.cuda.get_rng_state(self.device)
-        payload = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "config": self.cfg.to_dict(),
-            "parts": list(self.models.keys()),
-            "models": self.models.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "step": pos.step,
-            "stage_index": pos.stage_index,
-            "stage": stage.name,
-            "stage_step": pos.stage_step,
-            "stage_finished": finished,
-            "sampler": SamplerState(self.cfg.seed, pos.stage_index, pos.next_batch).to_dict(),
-            "plateau": plateau.state_dict(),
-            "rng": rng,
-            "finished": pos.finished + ([record] if record else []),
-        }
-        return payload
+        state = TrainingState(self.models, self.optimizer, self.stages, pos, plateau)
+        return checkpoint_payload(self.cfg, state, finished, record, self.device, self.cuda)
 
     def _write_state(self, pos: Position, extra: list[dict[str, Any]] | None = None) -> None:
-        if not self.main:
-            return
-        finished = pos.finished + (extra or [])
-        state = {
-            "stages": [s.name for s in self.stages],
-            "audio_only": self.audio_only,
-            "finished_stages": [r["name"] for r in finished],
-            "finished": finished,
-            "step": pos.step,
-            "done": len(finished) == len(self.stages),
-        }
-        if not state["done"]:
-            state["stage"] = self.stages[min(pos.stage_index, len(self.stages) - 1)].name
-            state["stage_step"] = pos.stage_step
-        tmp = self.run_dir / f".{STATE_FILE}.tmp"
-        tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
-        tmp.replace(self.run_dir / STATE_FILE)
+        if self.main:
+            write_state(self.run_dir, self.stages, self.audio_only, pos, extra)
 
     # ---------------------------------------------------------------------------------------
-    def _check_stages(self) -> None:
-        """Every stage's losses exist, and the store has what they need."""
-        for stage in self.stages:
-            kinds = stage_pair_kinds(stage)  # raises for an unknown loss name
-            if self.audio_only and "av" in kinds:
-                raise UserError(
-                    f"stage '{stage.name}' needs frames (loss av) but store {self.store_path} "
-                    "has none; remove av from curriculum.audio_only_stages."
-                )
-
-    def _check_resumable(self, ckpt: dict[str, Any]) -> None:
-        """The run folder's checkpoint must come from the same models, seed and stages."""
-        saved = ckpt["config"]
-        now = self.cfg.to_dict()
-        checks = {
-            "model": (saved["model"], now["model"]),
-            "clustering.K": (saved["clustering"]["K"], now["clustering"]["K"]),
-            "clustering.scale": (saved["clustering"]["scale"], now["clustering"]["scale"]),
-            "seed": (saved["seed"], now["seed"]),
-            "the stages": (
-                [s["name"] for s in self._saved_stages(saved)],
-                [s.name for s in self.stages],
-            ),
-        }
-        for key, (before, after) in checks.items():
-            if before != after:
-                raise UserError(
-                    f"{self.last_path} was trained with another {key} ({before} vs {after} "
-                    "now); resume with the run's own config (omit --config and --set) or "
-                    "use a new --run folder."
-                )
-        if list(self.models.keys()) != list(ckpt["parts"]):
-            raise UserError(
-                f"{self.last_path} holds model parts {ckpt['parts']}, this curriculum needs "
-                f"{list(self.models.keys())}; use a new --run folder."
-            )
-
-    def _saved_stages(self, saved: dict[str, Any]) -> list[dict[str, Any]]:
-        curriculum = saved["curriculum"]
-        return curriculum["audio_only_stages"] if self.audio_only else curriculum["stages"]
 
     def _announce(self, pos: Position) -> None:
         names = " -> ".join(s.name for s in self.stages)
