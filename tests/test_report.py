@@ -22,10 +22,12 @@ from typer.testing import CliRunner
 from coincide import cluster, evaluate
 from coincide.cli import app
 from coincide.consolidation_tables import run_table3
+from coincide.embedding_map import NO_LABEL, first_labels, project_2d
 from coincide.errors import UserError
 from coincide.finetune import FinetuneConfig
-from coincide.report import NO_LABEL, first_labels, markdown_to_html, project_2d, write_report
+from coincide.markdown_html import markdown_to_html
 from coincide.report import run as report
+from coincide.report import write_report
 from coincide.train.loop import run as train
 
 sys.path.insert(0, str(Path(__file__).parent))

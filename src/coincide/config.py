@@ -34,7 +34,6 @@ the recipe and the curriculum's defaults. Loss terms are named as in `coincide.t
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +43,13 @@ from typing import Any, Literal
 
 import yaml
 
+from coincide.config_tree import (
+    apply_override,
+    as_fraction,
+    build_dataclass,
+    deep_merge,
+    unknown_message,
+)
 from coincide.data.augment import AugmentConfig
 from coincide.errors import UserError
 from coincide.models.encoders import EncoderConfig
@@ -381,69 +387,6 @@ def load_config(
     return config_from_dict(tree)
 
 
-def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
-    """`base` with `update` merged in: mappings merge key by key, anything else is replaced."""
-    merged = dict(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def apply_override(tree: dict[str, Any], override: str) -> None:
-    """Apply one `dotted.key=value` override to the raw config tree, in place.
-
-    The value is parsed as YAML. Keys are checked later against the dataclasses, except that a
-    path through a value that is not a mapping or list is an error here.
-    """
-    key, sep, raw_value = override.partition("=")
-    key = key.strip()
-    if not sep or not key:
-        raise UserError(f"--set {override!r} is not of the form key.sub=value; fix the flag.")
-    try:
-        value = yaml.safe_load(raw_value)
-    except yaml.YAMLError as err:
-        raise UserError(f"--set {key}: cannot parse value {raw_value!r} as YAML ({err}).") from err
-    parts = key.split(".")
-    node: Any = tree
-    for depth, part in enumerate(parts[:-1]):
-        node = _child_for_write(node, part, ".".join(parts[: depth + 1]))
-    _assign(node, parts[-1], value, key)
-
-
-def _child_for_write(node: Any, part: str, where: str) -> Any:
-    if isinstance(node, list):
-        index = _list_index(node, part, where)
-        if isinstance(node[index], str):  # a stage given by its recipe name grows into a mapping
-            node[index] = {"name": node[index]}
-        return node[index]
-    if isinstance(node, dict):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict | list):
-            raise UserError(f"config key '{where}' is a value, not a section; fix the --set key.")
-        return child
-    raise UserError(f"config key '{where}' cannot be followed by more keys; fix the --set key.")
-
-
-def _assign(node: Any, part: str, value: Any, key: str) -> None:
-    if isinstance(node, list):
-        node[_list_index(node, part, key)] = value
-    else:
-        node[part] = value
-
-
-def _list_index(node: list[Any], part: str, where: str) -> int:
-    if not part.isdigit() or int(part) >= len(node):
-        raise UserError(
-            f"config key '{where}' needs a list position below {len(node)}; fix the --set key."
-        )
-    return int(part)
-
-
 # ---------------------------------------------------------------------------------------------
 # Typed construction
 
@@ -458,7 +401,7 @@ def config_from_dict(tree: Mapping[str, Any]) -> Config:
     partial = {**tree, "curriculum": _resolve_curriculum(curriculum)}
     unknown = set(partial) - config_fields
     if unknown:
-        raise UserError(_unknown_message(sorted(unknown)[0], Config))
+        raise UserError(unknown_message(sorted(unknown)[0], Config))
     return typing.cast(Config, build_dataclass(Config, partial, ""))
 
 
@@ -470,8 +413,8 @@ def _resolve_curriculum(raw: Any) -> dict[str, Any]:
     for key in ("alpha", "beta", "max_steps", "plateau"):
         if key not in raw:
             raise UserError(f"config key 'curriculum.{key}' is missing; add it to the config.")
-    alpha = _as_fraction("curriculum.alpha", raw["alpha"])
-    beta = _as_fraction("curriculum.beta", raw["beta"])
+    alpha = as_fraction("curriculum.alpha", raw["alpha"])
+    beta = as_fraction("curriculum.beta", raw["beta"])
     if not isinstance(raw["plateau"], dict):
         raise UserError("config key 'curriculum.plateau' must be a mapping; fix the config.")
     for list_key in ("stages", "audio_only_stages"):
@@ -509,102 +452,6 @@ def _resolve_stage(
         raise UserError(f"config key '{where}.plateau' must be a mapping; fix the config.")
     stage["plateau"] = {**curriculum["plateau"], **plateau}
     return stage
-
-
-def build_dataclass(cls: type, data: Any, where: str) -> Any:
-    """Instantiate dataclass `cls` from a mapping, recursively, checking keys and types.
-
-    `where` is the dotted path of `data` in the config, used in error messages.
-    """
-    if not isinstance(data, Mapping):
-        raise UserError(f"config key '{where}' must be a mapping; fix the config.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [key for key in data if key not in fields]
-    if unknown:
-        raise UserError(_unknown_message(_join(where, str(unknown[0])), cls))
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        path = _join(where, name)
-        if name in data:
-            kwargs[name] = _coerce(hints[name], data[name], path)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise UserError(f"config key '{path}' is missing; add it to the config.")
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return build_dataclass(typing.cast(type, hint), value, where)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            return _coerce(arg, value, where)
-    if origin is Literal:
-        # By type too: 1 == True, and YAML 1 is not the `true` a key may ask for.
-        if not any(value == arg and type(value) is type(arg) for arg in args):
-            raise UserError(
-                f"config key '{where}' is {value!r}; use one of {', '.join(map(str, args))}."
-            )
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"config key '{where}' must be a list; fix the config.")
-        return [_coerce(args[0], item, f"{where}.{i}") for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise UserError(f"config key '{where}' must be a mapping; fix the config.")
-        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"config key '{where}' is {value!r}; use true or false.")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config key '{where}' is {value!r}; use a whole number.")
-        return value
-    if hint is float:
-        return _as_float(where, value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise UserError(f"config key '{where}' is {value!r}; use a string.")
-        return value
-    raise TypeError(f"config field {where} has an unsupported type {hint!r}")
-
-
-def _as_float(where: str, value: Any) -> float:
-    # YAML 1.1 reads "1e-4" (no dot) as a string; accept it as the number it obviously is.
-    if isinstance(value, bool):
-        raise UserError(f"config key '{where}' is {value!r}; use a number.")
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise UserError(f"config key '{where}' is {value!r}; use a number.")
-
-
-def _as_fraction(where: str, value: Any) -> float:
-    number = _as_float(where, value)
-    if not 0.0 <= number <= 1.0:
-        raise UserError(f"config key '{where}' is {number}; use a value in [0, 1].")
-    return number
-
-
-def _unknown_message(key: str, cls: type) -> str:
-    known = ", ".join(f.name for f in dataclasses.fields(cls))
-    return f"config key '{key}' is unknown; known keys here: {known}."
-
-
-def _join(where: str, name: str) -> str:
-    return f"{where}.{name}" if where else name
 
 
 def _positive(name: str, value: float) -> None:

@@ -24,10 +24,8 @@ from __future__ import annotations
 import html
 import re
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, cast
 from urllib.parse import quote
 
 import numpy as np
@@ -35,6 +33,13 @@ import pandas as pd
 
 from coincide.cluster import SIZES_FILE, SUMMARY_FILE
 from coincide.embed_store import default_device
+from coincide.embedding_map import (
+    PROJECTIONS,
+    Projection,
+    first_labels,
+    plot_map,
+    project_2d,
+)
 from coincide.errors import UserError
 from coincide.evaluate import (
     CURVE_FILE,
@@ -44,6 +49,8 @@ from coincide.evaluate import (
     read_curve,
     read_metrics,
 )
+from coincide.markdown_html import NUM_CLASS, markdown_to_html
+from coincide.plots import literal, pyplot
 from coincide.predict import atomic_output, printable
 from coincide.representations import embed_positions
 from coincide.store.features import open_store
@@ -52,14 +59,9 @@ from coincide.train.checkpoint import BEST_CHECKPOINT, CHECKPOINTS_DIR, LAST_CHE
 from coincide.train.loop import STATE_FILE
 from coincide.train.report import PLOTS_DIR, plot_stage, read_log
 
-Projection = Literal["pca", "tsne"]
-PROJECTIONS: tuple[str, ...] = ("pca", "tsne")
-
 REPORT_FILE = "report.html"
 DEFAULT_MAP_WINDOWS = 3000
-NO_LABEL = "(no label)"
 
-NUM_CLASS = ' class="num"'  # right-aligned table cells (see PAGE_STYLE)
 
 # RUN/clusters/: where `coincide cluster` keeps one folder per store (cluster.store_clusters_dir).
 _CLUSTERS_DIR = "clusters"
@@ -148,24 +150,6 @@ class Pictures:
                     old.unlink()
 
 
-@contextmanager
-def _pyplot() -> Iterator[Any]:
-    """matplotlib.pyplot on the Agg backend (files only)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    yield plt
-
-
-def _literal(text: str) -> str:
-    """Text for matplotlib as it is: a class called `$x$` is a name, not math, and one called
-    `_x` stays in the legend (matplotlib hides labels that start with `_`)."""
-    text = text.replace("$", r"\$")
-    return f" {text}" if text.startswith("_") else text
-
-
 # ---------------------------------------------------------------------------------------------
 # 1. Training
 
@@ -233,7 +217,7 @@ def _qbe_curve(run: Path, pictures: Pictures) -> str:
     steps = [row["step"] for row in curve]
     maps = [row["qbe_map"] for row in curve]
     path = pictures.path("training_qbe_curve.png")
-    with _pyplot() as plt:
+    with pyplot() as plt:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.plot(steps, maps, "o-")
         ax.set_xlabel("step")
@@ -323,7 +307,7 @@ def _plot_sizes(sizes: np.ndarray, title: str, path: Path) -> None:
     """Cluster sizes sorted largest first against their rank, log y."""
     from matplotlib.ticker import MaxNLocator
 
-    with _pyplot() as plt:
+    with pyplot() as plt:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         # One artist for any K (a bar per cluster would be slow for K = 10,000); the baseline
         # sits under the smallest possible size, 1, so the log axis can draw it.
@@ -334,7 +318,7 @@ def _plot_sizes(sizes: np.ndarray, title: str, path: Path) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("cluster rank (largest first)")
         ax.set_ylabel("windows in cluster")
-        ax.set_title(_literal(title))
+        ax.set_title(literal(title))
         ax.grid(axis="y", which="both", alpha=0.3)
         fig.tight_layout()
         fig.savefig(path, dpi=100)
@@ -377,83 +361,6 @@ def clusters_section(run: Path, pictures: Pictures) -> str:
 # 3. Embeddings
 
 
-def project_2d(embeddings: np.ndarray, projection: Projection = "pca", seed: int = 0) -> np.ndarray:
-    """Map `(n, d)` embeddings to `(n, 2)` points for a picture.
-
-    The embeddings are length-normalised first: f(x) is compared by cosine similarity
-    everywhere else (p_clust, QbE), so directions, not lengths, are what the map should show.
-    `pca`: the two leading principal components (under a second for 3000 windows). `tsne`:
-    t-SNE (scikit-learn, PCA start, perplexity at most 30), which keeps neighbourhoods but
-    takes about a minute for 3000 windows on 2 cores.
-    """
-    if projection not in PROJECTIONS:
-        raise UserError(f"--map {projection} is unknown; use one of {', '.join(PROJECTIONS)}.")
-    unit = np.asarray(embeddings, dtype=np.float64)
-    unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
-    n = len(unit)
-    if n < 3:
-        raise UserError(f"a 2-D map needs at least 3 windows, the sample has {n}.")
-    if projection == "pca":
-        from sklearn.decomposition import PCA
-
-        points = PCA(n_components=min(2, unit.shape[1]), random_state=seed).fit_transform(unit)
-        if points.shape[1] == 1:  # a 1-D embedding: draw it on a line
-            points = np.column_stack([points[:, 0], np.zeros(n)])
-        return points
-    from sklearn.manifold import TSNE
-
-    perplexity = min(30.0, (n - 1) / 3)
-    return TSNE(n_components=2, init="pca", perplexity=perplexity, random_state=seed).fit_transform(
-        unit
-    )
-
-
-def first_labels(window_labels: list[list[str]]) -> list[str]:
-    """The first label of each window's clip, NO_LABEL for a window without labels."""
-    return [str(labels[0]) if len(labels) else NO_LABEL for labels in window_labels]
-
-
-def _plot_map(points: np.ndarray, classes: list[str], title: str, path: Path) -> list[str]:
-    """Scatter the points coloured by class (unlabeled in grey, underneath); returns the
-    classes in legend order."""
-    names = sorted(set(classes) - {NO_LABEL})
-    classes_arr = np.asarray(classes, dtype=object)
-    markers = "o^sDv<>P"
-    with _pyplot() as plt:
-        colours = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
-        period = 10 if len(names) <= 10 else 20
-        columns = 1 + len(names) // 25
-        fig, ax = plt.subplots(figsize=(6.5 + 1.8 * columns, 5.5))
-        unlabeled = classes_arr == NO_LABEL
-        if unlabeled.any():
-            ax.scatter(*points[unlabeled].T, s=5, color="#bbbbbb", label=NO_LABEL)
-        for i, name in enumerate(names):
-            mine = classes_arr == name
-            ax.scatter(
-                *points[mine].T,
-                s=8,
-                color=colours(i % period),
-                marker=markers[(i // period) % len(markers)],
-                alpha=0.8,
-                label=_literal(name),
-            )
-        ax.set_title(_literal(title))
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.legend(
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            fontsize="small",
-            ncol=columns,
-            markerscale=2,
-            frameon=False,
-        )
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-    return ([NO_LABEL] if unlabeled.any() else []) + names
-
-
 def embeddings_section(
     run: Path,
     store_path: Path | None,
@@ -494,7 +401,7 @@ def embeddings_section(
     method = "PCA" if projection == "pca" else "t-SNE"
     path = pictures.path(f"embeddings_{projection}.png")
     title = f"{method} of f(x): {len(positions)} windows of {Path(store_path).name}"
-    legend = _plot_map(points, classes, title, path)
+    legend = plot_map(points, classes, title, path)
     counts = pd.Series(classes).value_counts()
     rows = [[name, int(counts[name])] for name in legend]
     return "\n".join(
@@ -511,81 +418,6 @@ def embeddings_section(
 
 # ---------------------------------------------------------------------------------------------
 # 4. Table 3
-
-_TABLE_SEPARATOR = re.compile(r"^\|?\s*:?-+:?\s*(\|\s*:?-+:?\s*)*\|?$")
-_IMAGE = re.compile(r"^!\[(?P<alt>[^\]]*)\]\((?P<src>[^)\s]+)\)$")
-
-
-def _inline(text: str) -> str:
-    """Escaped text with `code` spans as <code>."""
-    pieces = text.split("`")
-    return "".join(
-        f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(pieces)
-    )
-
-
-def _cells(line: str) -> list[str]:
-    return [cell.strip() for cell in line.strip().strip("|").split("|")]
-
-
-def _markdown_table(lines: list[str]) -> str:
-    """A pipe table (header, alignment row, body) as HTML; `---:` columns right-aligned."""
-    header = _cells(lines[0])
-    body = lines[1:]
-    right: set[int] = set()
-    if body and _TABLE_SEPARATOR.match(body[0].strip()):
-        right = {i for i, spec in enumerate(_cells(body[0])) if spec.endswith(":")}
-        body = body[1:]
-
-    def row(tag: str, cells: list[str]) -> str:
-        return (
-            "<tr>"
-            + "".join(
-                f"<{tag}{NUM_CLASS if i in right else ''}>{_inline(c)}</{tag}>"
-                for i, c in enumerate(cells)
-            )
-            + "</tr>"
-        )
-
-    return "\n".join(
-        ["<table>", row("th", header), *(row("td", _cells(b)) for b in body), "</table>"]
-    )
-
-
-def markdown_to_html(text: str, image: Callable[[str, str], str]) -> str:
-    """The markdown that `coincide reproduce` writes (headings, paragraphs, pipe tables, one
-    image per line) as HTML; every piece of text is escaped.
-
-    Args:
-        text: the markdown.
-        image: called with `(src, alt)` for an image line; returns its HTML.
-    """
-    blocks: list[list[str]] = [[]]
-    for line in text.splitlines():
-        if line.strip():
-            blocks[-1].append(line.rstrip())
-        elif blocks[-1]:
-            blocks.append([])
-    parts = []
-    for block in (b for b in blocks if b):
-        if all(line.lstrip().startswith("|") for line in block):
-            parts.append(_markdown_table(block))
-            continue
-        paragraph: list[str] = []
-        for line in [*block, ""]:
-            heading = re.match(r"^(#{1,6})\s+(.*)$", line)
-            picture = _IMAGE.match(line.strip())
-            if (heading or picture or not line) and paragraph:
-                parts.append(f"<p>{_inline(' '.join(paragraph))}</p>")
-                paragraph = []
-            if heading:
-                level = min(len(heading.group(1)) + 2, 6)  # below the page's own h1/h2
-                parts.append(f"<h{level}>{_inline(heading.group(2))}</h{level}>")
-            elif picture:
-                parts.append(image(picture.group("src"), picture.group("alt")))
-            elif line:
-                paragraph.append(line.strip())
-    return "\n".join(parts)
 
 
 def table3_section(run: Path, table3_dir: Path | None, pictures: Pictures) -> str:
