@@ -81,12 +81,11 @@ class _CoincidenceTerm(LossTerm):
     ) -> torch.Tensor:
         # Held-out evaluation (eval mode) always uses all pairs: a fixed, deterministic measure,
         # and keeps the logits for the held-out AUC (coincide.train.validation).
-        if not self.training:
+        if not self.training or self.negatives == "all":
             logits = head.pairwise_logits(anchor, partners)
-            self.stats = {"pair_logits": logits.detach()}
+            if not self.training:
+                self.stats = {"pair_logits": logits.detach()}
             return self.all_pairs(logits, positive_offset=offset)
-        if self.negatives == "all":
-            return self.all_pairs(head.pairwise_logits(anchor, partners), positive_offset=offset)
         # One random negative per positive: partner pi(offset + i) != offset + i.
         rows = torch.arange(anchor.shape[0], device=anchor.device) + offset
         derangement = random_negative_indices(partners.shape[0]).to(anchor.device)
