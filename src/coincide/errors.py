@@ -10,3 +10,11 @@ class UserError(Exception):
 
 class MediaError(Exception):
     """A media file that cannot be ingested; the message says why (one short clause)."""
+
+
+def short_reason(err: BaseException, limit: int = 160) -> str:
+    """The first line of an exception's message (or its type name), cut to `limit` characters:
+    for quoting a library's error inside a one-sentence UserError."""
+    lines = str(err).strip().splitlines()
+    reason = lines[0].strip() if lines else type(err).__name__
+    return reason if len(reason) <= limit else reason[: limit - 1] + "…"

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from coincide.embed_store import DEFAULT_BATCH_SIZE, default_device, score_windows
-from coincide.errors import UserError
+from coincide.errors import UserError, short_reason
 from coincide.losses import ClassificationLoss
 from coincide.metrics import clip_scores, labels_to_matrix, mean_average_precision, mean_d_prime
 from coincide.models.encoders import Encoder, EncoderConfig, build_encoder
@@ -183,6 +183,11 @@ def _autocast(device: torch.device, amp: str) -> AbstractContextManager[object]:
 # Checkpoints
 
 
+FINETUNE_KEYS = frozenset(
+    {"model", "optimizer", "step", "config", "encoder_config", "head_config", "classes"}
+)
+
+
 def _save_atomic(payload: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     torch.save(payload, tmp)
@@ -195,9 +200,27 @@ def _write_json(path: Path, payload: Any) -> None:
     os.replace(tmp, path)
 
 
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """The payload of a fine-tuning checkpoint, read with `weights_only=True`: tensors, numbers,
+    strings and containers only, so a planted pickle in a run folder cannot run code. A file
+    that is damaged, foreign or not a fine-tuning checkpoint is a UserError naming it."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged or foreign file
+        raise UserError(
+            f"cannot read fine-tuning checkpoint {path} ({short_reason(err)}); it is damaged or "
+            "not a coincide checkpoint: delete it and fine-tune again."
+        ) from err
+    if not isinstance(payload, dict) or not set(payload) >= FINETUNE_KEYS:
+        raise UserError(
+            f"{path} is not a coincide fine-tuning checkpoint; delete it and fine-tune again."
+        )
+    return payload
+
+
 def load_classifier(path: Path, device: torch.device | None = None) -> Classifier:
     """Rebuild a fine-tuned classifier (f and p_class) from its checkpoint alone."""
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    payload = read_checkpoint(path)
     encoder = build_encoder(EncoderConfig(**payload["encoder_config"]))
     head = ClassifierHead(**payload["head_config"])
     model = Classifier(encoder, head, list(payload["classes"]))
@@ -254,7 +277,7 @@ def train_classifier(
     checkpoint_path = out_dir / CHECKPOINT_FILE
     step = 0
     if checkpoint_path.is_file():
-        payload = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        payload = read_checkpoint(checkpoint_path)
         if payload["config"] != settings:
             raise UserError(
                 f"{checkpoint_path} was made with other fine-tuning settings; "

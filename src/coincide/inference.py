@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from coincide.embed_store import default_device
-from coincide.errors import UserError
+from coincide.errors import UserError, short_reason
 from coincide.media.frontend import (
     SAMPLE_RATE,
     WINDOW_SAMPLES,
@@ -332,7 +332,9 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> So
     try:
         payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a damaged or foreign file
-        raise UserError(f"cannot read {checkpoint} ({err}); give a coincide checkpoint.") from err
+        raise UserError(
+            f"cannot read {checkpoint} ({short_reason(err)}); give a coincide checkpoint."
+        ) from err
     where = {"source": checkpoint, "home": _run_folder_of(checkpoint)}
     identity = _file_identity(checkpoint)
     if isinstance(payload, dict) and {"classes", "encoder_config", "head_config"} <= set(payload):

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from coincide.config import Config, config_from_dict
-from coincide.errors import UserError
+from coincide.errors import UserError, short_reason
 from coincide.models.encoders import build_encoder
 from coincide.models.heads import ClusterHead, CoincidenceHead
 from coincide.store.layout import read_json_or_none
@@ -93,7 +93,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for a damaged or foreign file
         raise UserError(
-            f"cannot read checkpoint {path} ({err}); it is damaged or not one."
+            f"cannot read checkpoint {path} ({short_reason(err)}); it is damaged or not one."
         ) from err
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise UserError(
