@@ -10,8 +10,10 @@ import pickle
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 import coincide
+from coincide.cli import app
 from coincide.errors import UserError
 from coincide.store import NoFrameError
 from coincide.store.layout import CHUNKS_DIR, TEMP_PREFIX
@@ -192,6 +194,10 @@ def test_empty_store_reads_as_empty(tmp_path):
     store = coincide.open_store(tmp_path / "s")
     assert len(store) == 0 and store.chunk_ids() == [] and len(store.index) == 0
     assert store.logmel[:].shape == (0, 64, 96)
+    assert len(store.media) == 0 and list(store.media["first_window"]) == []
+    result = CliRunner().invoke(app, ["info", str(tmp_path / "s")])
+    assert result.exit_code == 0 and result.exception is None, result.output
+    assert "0" in result.output
 
 
 def test_labels_merge_as_a_union_and_show_in_the_index(store_path):

@@ -96,8 +96,13 @@ def read_stored_media(root: Path) -> pd.DataFrame:
             {
                 "media_id": pd.Series([], dtype=str),
                 "media_path": pd.Series([], dtype=str),
+                "duration_s": pd.Series([], dtype=np.float64),
+                "n_windows": pd.Series([], dtype=np.int64),
+                "n_frames": pd.Series([], dtype=np.int64),
+                "has_video": pd.Series([], dtype=bool),
                 "size": pd.Series([], dtype=np.int64),
                 "mtime_ns": pd.Series([], dtype=np.int64),
+                "first_row": pd.Series([], dtype=np.int64),
                 "chunk": pd.Series([], dtype=np.int64),
             }
         )
