@@ -119,3 +119,14 @@ def test_a_run_without_classifier_exports_its_encoder(tiny: TinyRun, tmp_path: P
     (tmp_path / "file").write_text("x", encoding="utf-8")
     with pytest.raises(UserError, match="is a file"):
         run_export(tiny.run, tmp_path / "file", onnx=False, console=quiet())
+
+
+def test_a_class_name_with_a_newline_is_refused(tiny: TinyRun, tmp_path: Path) -> None:
+    # A checkpoint from before labels were checked: labels.txt would get one line too many.
+    from coincide.export import export_model
+
+    model = load_model(tiny.run, device="cpu")
+    model.classes = ["fire", "noi\nse", "speech", "tone"]
+    with pytest.raises(UserError, match="control character"):
+        export_model(model, tmp_path / "out", onnx=False)
+    assert not (tmp_path / "out").exists()

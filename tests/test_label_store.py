@@ -205,13 +205,17 @@ def test_answers_are_checked(open_store, clock):
         store.answer(session_id, 2, 10, ["dog"], "label", "ana")
     with pytest.raises(ValueError, match="window 10"):
         store.answer(session_id, 1, 11, ["dog"], "label", "ana")
+    # One class name per line in an export's labels.txt: a newline would shift every line.
+    for bad in ["dog\nbark", "tab\there", "nul\x00", "line\u2028sep", "cr\r"]:
+        with pytest.raises(UserError, match="control character"):
+            store.answer(session_id, 1, 10, [bad], "label", "ana")
     assert store.history(session_id) == []
     # A label repeated in one answer is kept once, in the order given.
     given = store.answer(session_id, 1, 10, ["dog", "bark", "dog"], "label", "ana")
     assert given.labels == ("dog", "bark")
 
 
-LABELS_VERBATIM = ["<img src=x onerror=alert(1)>", "Amsel 🐦 café", "鳥の声", "a;b,c \"q\" 'x'\n2"]
+LABELS_VERBATIM = ["<img src=x onerror=alert(1)>", "Amsel 🐦 café", "鳥の声", "a;b,c \"q\" 'x' 2"]
 
 
 def test_labels_are_stored_verbatim(open_store, clock):

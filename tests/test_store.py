@@ -248,3 +248,13 @@ def test_labels_csv_without_the_columns_is_a_user_error(tmp_path):
         read_labels_csv(csv)
     with pytest.raises(UserError, match="cannot read the labels file"):
         read_labels_csv(tmp_path / "nope.csv")
+
+
+def test_labels_with_control_characters_are_refused(tmp_path, store_path):
+    csv = tmp_path / "labels.csv"
+    csv.write_text('path,label\na.wav,dog\nb.wav,"two\nlines"\n', encoding="utf-8")
+    with pytest.raises(UserError, match="line 3 contains the control character"):
+        read_labels_csv(csv)
+    with pytest.raises(UserError, match="control character"):
+        merge_labels(store_path, {"a": ["tab\tbed"]})
+    assert read_labels(store_path) == {}

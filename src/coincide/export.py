@@ -134,7 +134,10 @@ def export_model(model: SoundModel, out: Path, onnx: bool = True) -> dict[str, A
     from safetensors.torch import save
 
     from coincide.ingest import frontend_parameters
+    from coincide.store.media_labels import check_label
 
+    for name in model.classes:  # one per line in labels.txt: a newline would shift them all
+        check_label(name, f"the classifier of {model.source}")
     out.mkdir(parents=True, exist_ok=True)
     # Bytes written by open() get the user's usual file mode (safetensors' own writer makes the
     # file private), and the rename makes the write atomic.

@@ -39,6 +39,7 @@ from typing import Any, Literal, Self, get_args
 import pandas as pd
 
 from coincide.errors import UserError
+from coincide.store.media_labels import check_label
 
 AnswerKind = Literal["label", "skip", "unsure", "mixed"]
 RequestState = Literal["pending", "answered"]
@@ -110,6 +111,7 @@ def _checked_answer(labels: Sequence[str], kind: str, annotator: str) -> tuple[s
     for label in labels:
         if not isinstance(label, str) or not label.strip():
             raise UserError(f"label {label!r} is empty or not text; type a label or skip.")
+        check_label(label, "the answer")
     # Labels are a set kept in the order given; the text itself is stored exactly as typed.
     unique = tuple(dict.fromkeys(labels))
     if kind == "label" and not unique:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,28 @@ from pathlib import Path
 from coincide.errors import UserError
 from coincide.store.layout import LABELS_FILE, write_json_atomic
 from coincide.store.media_id import media_id_of
+
+
+def unprintable(label: str) -> str | None:
+    """The first character of `label` that would break a one-label-per-line file (a control
+    character such as a newline or tab, or a Unicode line or paragraph separator), or None."""
+    for char in label:
+        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
+            return char
+    return None
+
+
+def check_label(label: str, where: str) -> str:
+    """`label` if it is a usable class name; else a UserError saying which character is wrong
+    and `where` it came from. Class names end up one per line (export's labels.txt, CSVs), so
+    control characters and line separators are refused rather than quoted."""
+    char = unprintable(label)
+    if char is not None:
+        raise UserError(
+            f"the label {label!r} from {where} contains the control character {char!r}; "
+            "class names must be printable text on one line."
+        )
+    return label
 
 
 def read_labels(root: Path) -> dict[str, list[str]]:
@@ -37,6 +60,9 @@ def merge_labels(root: Path, new: Mapping[str, Iterable[str]]) -> int:
     """
     saved = {media_id: set(labels) for media_id, labels in read_labels(root).items()}
     added = 0
+    for labels in new.values():
+        for label in labels:
+            check_label(label, "the labels to save")
     for media_id, labels in new.items():
         have = saved.setdefault(media_id, set())
         fresh = set(labels) - have
@@ -81,6 +107,7 @@ def read_labels_csv(csv_path: Path) -> LabelsCsv:
                 if not path_text or not label:
                     parsed.blank_lines.append(line)
                     continue
+                check_label(label, f"{csv_path} line {line}")
                 parsed.rows.append(((base / Path(path_text).expanduser()).resolve(), label))
     except OSError as err:
         raise UserError(f"cannot read the labels file {csv_path} ({err.strerror}).") from err
