@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import struct
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ import coincide
 from coincide.cli import app, main
 from coincide.errors import UserError
 from coincide.media.decode import extract_features
+from coincide.store.media_id import media_id_of
 from coincide.store.writer import store_lock
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -130,6 +132,50 @@ def test_parallel_workers_give_the_same_store(library, tmp_path):
     assert store_content(tmp_path / "one") == store_content(tmp_path / "two")
 
 
+def write_float_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
+    """A mono 32-bit float WAV (format 3, IEEE float), which the wave module cannot write."""
+    data = np.asarray(samples, "<f4").tobytes()
+    fmt = struct.pack("<HHIIHH", 3, 1, rate, rate * 4, 4, 32)
+    riff = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+    riff += b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(riff)) + riff)
+    return path
+
+
+def test_a_file_that_changes_while_read_is_skipped_then_stored_whole(
+    library, tmp_path, monkeypatch
+):
+    """A file still being copied must not be stored under the hash of its old bytes."""
+    import coincide.media.decode as decode
+
+    media = tmp_path / "media"
+    media.mkdir()
+    stable = mediagen.write_audio(media / "stable.flac", "flac", seconds=2.0)
+    growing = shutil.copy(library / "tone.wav", media / "copying.wav")
+    whole = (library / "sub dir" / "LOUD.FLAC").read_bytes()
+    real = decode.extract_features
+
+    def copy_finishes_meanwhile(path, *args, **kwargs):
+        features = real(path, *args, **kwargs)
+        if Path(path).name == "copying.wav" and not finished:
+            Path(path).write_bytes(whole)  # the copy overwrites it with other content
+            finished.append(True)
+        return features
+
+    finished: list[bool] = []
+    monkeypatch.setattr(decode, "extract_features", copy_finishes_meanwhile)
+    store_path = tmp_path / "store"
+    first = ingest(media, "--store", store_path, "--workers", "1")
+    assert first.exit_code == 0, first.output
+    assert "changed while it was read" in first.output
+    assert list(coincide.open_store(store_path).media["media_path"]) == [str(stable.resolve())]
+    second = ingest(media, "--store", store_path, "--workers", "1")
+    assert second.exit_code == 0, second.output
+    store = coincide.open_store(store_path)
+    ids = dict(zip(store.media["media_path"], store.media["media_id"], strict=True))
+    assert ids[str(Path(growing).resolve())] == media_id_of(Path(growing))  # the whole file
+
+
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory, library) -> tuple[Path, dict[str, str | None]]:
     """A folder of problem files; value: a reason that must be given, or None for "ingested or
@@ -154,6 +200,9 @@ def bad_inputs(tmp_path_factory, library) -> tuple[Path, dict[str, str | None]]:
     os.mkfifo(root / "pipe.wav")
     # A name that is not UTF-8 (Latin-1 "café"): it cannot be written to the index as text.
     shutil.copy(library / "tone.wav", os.path.join(os.fsencode(root), b"caf\xe9.wav"))
+    tone = np.sin(np.arange(48000, dtype=np.float32) / 10) * 0.3
+    tone[20000:20100] = np.nan  # a float WAV can carry NaN: it would poison training
+    write_float_wav(root / "nan.wav", tone)
     locked = shutil.copy(library / "sub dir" / "LOUD.FLAC", root / "locked.flac")
     os.chmod(locked, 0)
     expected = {
@@ -166,6 +215,7 @@ def bad_inputs(tmp_path_factory, library) -> tuple[Path, dict[str, str | None]]:
         "truncated.mkv": None,
         "dangling.flac": "cannot read",
         "pipe.wav": "not a regular file",
+        "nan.wav": "non-finite values (NaN or inf) at 1.00 s",
         # root reads any file, so the locked file is only unreadable for other users
         "locked.flac": "" if os.geteuid() == 0 else "cannot read",
     }

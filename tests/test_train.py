@@ -313,6 +313,22 @@ def test_a_non_finite_loss_stops_with_one_sentence_and_keeps_the_last_checkpoint
     assert all(torch.isfinite(t).all() for t in saved["models"].values() if t.is_floating_point())
 
 
+def test_a_store_with_non_finite_features_is_named_at_train_start(tmp_path):
+    # A store written before ingest checked for NaN: training must name it and its media.
+    path = make_store(tmp_path / "store")
+    chunk = sorted((path / "chunks").iterdir())[1]
+    logmel = np.load(chunk / "logmel.npy", mmap_mode="r+")
+    logmel[3, 5, 7] = np.nan
+    logmel.flush()
+    del logmel
+    store = open_store(path)
+    (bad,) = store.non_finite_media()
+    assert bad == store.index["media_path"].iloc[int(store.chunk_range(1).start) + 3]
+    with pytest.raises(UserError, match=r"non-finite features .* from 1 media \(/media/m"):
+        train(load_config(["small"], TINY), path, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def test_learning_rate_warms_up_then_holds_or_decays():
     constant = load_config(["small"], ["optim.lr=0.01", "optim.warmup_steps=4"]).optim
     assert [learning_rate(constant, 100, s) for s in (0, 1, 3, 50)] == pytest.approx(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import av
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -139,6 +140,16 @@ def _init_worker(known_ids: frozenset[str]) -> None:
     torch.set_num_threads(1)
 
 
+def _identity(file_stat: os.stat_result) -> tuple[int, int, int, int]:
+    return (file_stat.st_dev, file_stat.st_ino, file_stat.st_size, file_stat.st_mtime_ns)
+
+
+def _first_non_finite(logmel: np.ndarray) -> int | None:
+    """The first window holding a NaN or an infinity (a float WAV can carry them), or None."""
+    finite = np.isfinite(logmel.reshape(len(logmel), -1)).all(axis=1)
+    return None if finite.all() else int(np.flatnonzero(~finite)[0])
+
+
 def examine(path: str, known_ids: frozenset[str] | None = None) -> Outcome:
     """Hash one file and, unless its content is already stored, decode its features."""
     from coincide.media.decode import extract_features
@@ -165,6 +176,23 @@ def examine(path: str, known_ids: frozenset[str] | None = None) -> Outcome:
         return Skipped(path, f"decoder error: {err}")
     if len(features) == 0:
         return Skipped(path, "no audio window decoded")
+    # Hash and features must come from the same bytes: a file being copied, re-encoded or
+    # truncated while it was read would be stored under the hash of content it no longer has,
+    # and the finished file refused later as a duplicate. Re-check it after decoding.
+    try:
+        changed = _identity(os.stat(path)) != _identity(file_stat) or media_id_of(Path(path)) != (
+            media_id
+        )
+    except OSError:
+        changed = True
+    if changed:
+        return Skipped(path, "changed while it was read; run ingest again once it is complete")
+    bad = _first_non_finite(features.logmel)
+    if bad is not None:
+        return Skipped(
+            path,
+            f"its audio decodes to non-finite values (NaN or inf) at {features.time_s[bad]:.2f} s",
+        )
     record = MediaRecord(
         media_id=media_id,
         media_path=path,

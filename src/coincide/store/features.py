@@ -184,6 +184,21 @@ class FeatureStore:
         window_range = self.chunk_range(chunk_id)
         return self._frame_row[window_range.start : window_range.stop].copy()
 
+    def non_finite_media(self) -> list[str]:
+        """Paths of the media whose log-mel windows hold a NaN or an infinity (ingest refuses
+        them now; a store written before that check may have some). Reads every chunk once,
+        a few thousand windows at a time."""
+        bad: set[str] = set()
+        for pos in range(len(self._chunk_ids)):
+            array = self._map(pos, LOGMEL_FILE)
+            start = int(self._chunk_starts[pos])
+            for lo in range(0, len(array), 4096):
+                block = np.asarray(array[lo : lo + 4096])
+                rows = np.flatnonzero(~np.isfinite(block.reshape(len(block), -1)).all(axis=1))
+                bad.update(self._windows["media_id"].iloc[start + lo + rows])
+        paths = self._media.set_index("media_id")["media_path"]
+        return sorted(str(paths.get(media_id, media_id)) for media_id in bad)
+
     def _map(self, chunk_pos: int, name: str) -> np.ndarray:
         key = (chunk_pos, name)
         if key not in self._maps:

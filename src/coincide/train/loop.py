@@ -84,6 +84,18 @@ from coincide.triplets import stage_sampler, stage_validation_batches
 CONFIG_FILE = "config.yaml"
 
 
+def check_finite(store: FeatureStore) -> None:
+    """Refuse a store with NaN or inf in its features, naming the store and the media: one such
+    window turns every loss non-finite, and the failure would look like a learning-rate one."""
+    bad = store.non_finite_media()
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise UserError(
+            f"store {store.root} holds non-finite features (NaN or inf) from {len(bad)} media "
+            f"({shown}); ingest into a new store, which skips such files."
+        )
+
+
 def run(
     store_path: Path,
     run_dir: Path,
@@ -177,6 +189,7 @@ class _Run:
             raise UserError(
                 f"store {self.store_path} holds no windows; ingest media into it first."
             )
+        check_finite(self.store)
         self.table = WindowTable(self.store.index)
         self.audio_only = not bool(self.table.has_frame.any())
         self.stages = cfg.curriculum.stages_for(self.audio_only)
