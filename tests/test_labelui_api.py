@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -588,6 +589,50 @@ def test_a_killed_server_loses_nothing_and_a_new_one_resumes(setup):
     assert campaign.release_stale_claims() == 1
     assert claim(client, "new-tab")["cluster_id"] == 4
     labels.close()
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM", "SIGHUP"])
+def test_a_page_stopped_by_a_signal_writes_the_labels_and_finetune_sees_stale_ones(setup, stop):
+    """A closed terminal (SIGHUP) or a service stop (SIGTERM) ends the page as Ctrl+C does: the
+    propagated labels are written. Answers given after that make them stale for finetune."""
+    from coincide.label import check_propagated_current, labels_dir
+
+    command = [sys.executable, "-m", "coincide.cli", "label", str(setup.run), "--store"]
+    command += [str(setup.store), "--budget", "3", "--session", "people", "--serve"]
+    command += ["--port", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        for line in process.stdout:
+            if line.startswith("open http://"):
+                port = int(line.split(":")[2].split("/")[0])
+                break
+        request = http_post(port, "/api/next", {"claimant": "tab-a"})["request"]
+        answer = {"cluster_id": request["cluster_id"], "window": request["window"]}
+        answer.update(claimant="tab-a", kind="label", labels=["dog"], annotator="ann")
+        http_post(port, "/api/answer", answer)
+        process.send_signal(getattr(signal, stop))
+        _out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert "stopped; 1 of 3 clusters answered" in err
+    folder = labels_dir(setup.run, "people")
+    propagated = pd.read_parquet(folder / "propagated.parquet")
+    members = np.flatnonzero(np.equal(ASSIGNMENT, request["cluster_id"]))
+    assert sorted(propagated["window_index"]) == list(members)
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    check_propagated_current(setup.run, "people", summary)  # current: no error
+
+    # An answer the propagated file does not know about (a page killed before writing it).
+    with SQLiteLabelStore(setup.db) as labels:
+        session = labels.get_session("people")
+        pending = [r for r in labels.requests(session.id) if r.state != "answered"][0]
+        labels.answer(session.id, pending.cluster_id, pending.window_index, ["cat"], "label", "x")
+    with pytest.raises(UserError, match="changed after its labels were propagated"):
+        check_propagated_current(setup.run, "people", summary)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -510,7 +510,7 @@ def run(
 ) -> dict[str, Any]:
     """The `coincide finetune` command: read the labels, train, evaluate, write."""
     from coincide.cluster import default_checkpoint
-    from coincide.label import oracle_window_labels, read_propagated
+    from coincide.label import check_propagated_current, oracle_window_labels, read_propagated
     from coincide.store.features import open_store
 
     cfg = cfg or FinetuneConfig()
@@ -538,6 +538,7 @@ def run(
                 f"session {session!r} holds {summary.get('strategy')} labels but --strategy "
                 f"{strategy} trains on {wanted} labels; pass --session with a {wanted} session."
             )
+        check_propagated_current(run_dir, session, summary)
         labeled = LabeledWindows.from_frame(propagated)
         extra = {"session": session, "budget": summary.get("requests")}
         if int(labeled.windows.max(initial=-1)) >= len(store):

@@ -417,6 +417,43 @@ def session_labels(
     return propagate_answers(answers, None if session.strategy == "random" else members)
 
 
+def answers_fingerprint(label_store: LabelStore, session: Session, budget: int) -> str:
+    """A digest of the answers that propagate to the session's first `budget` requests
+    (every answer of them, undone ones included): it changes with any new, re-given or undone
+    answer. summary.json keeps it, so finetune can tell stale propagated labels."""
+    asked = {r.cluster_id for r in label_store.requests(session.id)[:budget]}
+    rows = [
+        [a.id, a.cluster_id, a.window_index, list(a.labels), a.kind, a.undone]
+        for a in label_store.answers(session.id)
+        if a.cluster_id in asked
+    ]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def check_propagated_current(run_dir: Path, name: str, summary: dict[str, Any]) -> None:
+    """Refuse propagated labels that no longer match the session's answers in the label store
+    (a labeling page stopped before it wrote them, answers given or undone since)."""
+    db = Path(summary.get("label_store") or Path(run_dir) / "labels.sqlite")
+    budget = int(summary.get("requests") or 0)
+    again = f"--session {name} --budget {budget}` to propagate them again (it asks nothing new)"
+    if "answers_fingerprint" not in summary or not db.is_file():
+        raise UserError(
+            f"cannot check the propagated labels of session {name!r} against its answers "
+            f"(no fingerprint, or no label store {db}); run `coincide label {run_dir} --store "
+            f"STORE {again}."
+        )
+    with SQLiteLabelStore(db) as label_store:
+        session = label_store.get_session(name)
+        current = answers_fingerprint(label_store, session, budget) if session else None
+    if current != summary["answers_fingerprint"]:
+        store = session.store if session else "STORE"
+        raise UserError(
+            f"the answers of session {name!r} in {db} changed after its labels were propagated "
+            f"(a labeling page stopped before writing them?); run `coincide label {run_dir} "
+            f"--store {store} {again}."
+        )
+
+
 def label_quality(
     propagated: pd.DataFrame, window_labels: Sequence[Sequence[str]]
 ) -> tuple[float, float]:
@@ -574,6 +611,7 @@ def run(
             )
         requests = label_store.requests(session.id)[: len(requests)]
         propagated = session_labels(label_store, session, len(requests), members)
+        fingerprint = answers_fingerprint(label_store, session, len(requests))
         asked_clusters = {r.cluster_id for r in requests}
         kinds = Counter(
             a.kind for a in label_store.answers(session.id) if a.cluster_id in asked_clusters
@@ -592,6 +630,8 @@ def run(
         "answers_by_kind": dict(kinds),
         "labeled_windows": len(propagated),
         "classes": sorted({c for labels in propagated["labels"] for c in labels}),
+        "label_store": str(db_path.resolve()),
+        "answers_fingerprint": fingerprint,
     }
     if window_labels is not None and any(window_labels):
         precision, recall = label_quality(propagated, window_labels)

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
+import signal
 import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from coincide.errors import UserError
 from coincide.labelui.app import create_app
@@ -168,13 +170,32 @@ class LabelingServer:
         self._thread: threading.Thread | None = None
 
     def run(self) -> None:
-        """Serve until Ctrl+C or SIGTERM; `close()` then releases the label store."""
+        """Serve until Ctrl+C, SIGTERM or SIGHUP; `close()` then releases the label store.
+
+        Each of them ends the page the same way, so that the caller (`coincide label`) goes on
+        to write the propagated labels: a closed terminal (SIGHUP) or a service manager or
+        container stop (SIGTERM) used to kill the process before it did.
+        """
+        stopping = (signal.SIGTERM, signal.SIGHUP)
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self._server.should_exit = True
+
+        # uvicorn handles SIGINT and SIGTERM itself while it runs, then re-raises the signal
+        # to the handler that was there before: ours, which only asks it to stop.
+        previous = (
+            {sig: signal.signal(sig, stop) for sig in stopping}
+            if threading.current_thread() is threading.main_thread()
+            else {}
+        )
         try:
             self._server.run(sockets=[self._socket])
         except KeyboardInterrupt:
-            # Ctrl+C is how the page is stopped: uvicorn shut down cleanly, then re-raised the
-            # signal. Returning lets the caller (`coincide label`) write the propagated labels.
+            # Ctrl+C: uvicorn shut down cleanly, then re-raised the signal.
             return
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Serve from a background thread; returns once the page accepts connections."""
