@@ -15,7 +15,12 @@ import numpy as np
 import pytest
 
 from coincide.errors import UserError
-from coincide.store.labels import InMemoryLabelStore, LabelStore, SQLiteLabelStore
+from coincide.store.labels import (
+    AnswerConflict,
+    InMemoryLabelStore,
+    LabelStore,
+    SQLiteLabelStore,
+)
 
 
 class FakeClock:
@@ -133,6 +138,58 @@ def test_answer_round_trip(open_store, clock):
         (9, "skip", ()),
     ]
     assert store.progress(session_id) == (3, 3)
+
+
+def test_a_claimant_answers_only_a_pending_request_it_may_hold(open_store, clock):
+    store = open_store(clock)
+    session_id = _session(store)
+    store.add_requests(session_id, [(1, 10), (2, 20)])
+    clock.now = 100.0
+    assert store.claim_next(session_id, "tab-a", lease_s=60).cluster_id == 1
+    with pytest.raises(AnswerConflict, match="open in another tab"):
+        store.answer(session_id, 1, 10, ["cat"], "label", "bo", claimant="tab-b")
+    store.answer(session_id, 1, 10, ["dog"], "label", "ana", claimant="tab-a")
+    with pytest.raises(AnswerConflict, match="already answered"):
+        store.answer(session_id, 1, 10, ["cat"], "label", "bo", claimant="tab-b")
+    clock.now = 200.0
+    assert store.claim_next(session_id, "tab-a", lease_s=60).cluster_id == 2
+    clock.now = 300.0  # tab-a's lease ran out: another tab may answer
+    store.answer(session_id, 2, 20, ["rain"], "label", "bo", claimant="tab-b")
+    assert [(a.cluster_id, a.labels) for a in store.history(session_id)] == [
+        (1, ("dog",)),
+        (2, ("rain",)),
+    ]
+
+
+def test_two_servers_on_one_label_store_cannot_both_answer_a_cluster(tmp_path):
+    """Each thread is a server with its own connection; all answer cluster c at once."""
+    path = tmp_path / "labels.sqlite"
+    with SQLiteLabelStore(path) as first:
+        session_id = _session(first)
+        first.add_requests(session_id, [(c, 10 * c) for c in range(20)])
+    servers = [SQLiteLabelStore(path) for _ in range(4)]
+    outcomes: dict[int, list[str]] = {c: [] for c in range(20)}
+    for c in range(20):
+        barrier = threading.Barrier(len(servers))
+
+        def answer(k: int, store: SQLiteLabelStore, c: int = c, barrier=barrier) -> None:
+            barrier.wait()
+            try:
+                store.answer(session_id, c, 10 * c, [f"label{k}"], "label", f"a{k}", f"tab{k}")
+                outcomes[c].append("ok")
+            except AnswerConflict:
+                outcomes[c].append("conflict")
+
+        threads = [threading.Thread(target=answer, args=(k, s)) for k, s in enumerate(servers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    for store in servers:
+        store.close()
+    assert all(sorted(o) == ["conflict"] * 3 + ["ok"] for o in outcomes.values()), outcomes
+    with SQLiteLabelStore(path) as store:
+        assert len(store.history(session_id)) == 20
 
 
 def test_reanswering_keeps_history_and_the_latest_wins(open_store, clock):

@@ -26,7 +26,14 @@ import numpy as np
 from coincide.errors import UserError
 from coincide.labelui.clips import ClipSpan, clip_span
 from coincide.store.features import FeatureStore
-from coincide.store.labels import Answer, AnswerKind, LabelStore, Request, Session
+from coincide.store.labels import (
+    Answer,
+    AnswerConflict,
+    AnswerKind,
+    LabelStore,
+    Request,
+    Session,
+)
 
 
 class NotFound(Exception):
@@ -344,21 +351,14 @@ class Campaign:
                     f"cluster {cluster_id} is shown through window {request.window_index}, "
                     f"not {window}; reload the page."
                 )
-            if request.state == "answered":
-                raise Conflict(
-                    f"cluster {cluster_id} is already answered; undo that answer to change it."
+            # The label store checks the claim and inserts in one transaction: another server
+            # on the same label store may have answered or claimed the cluster meanwhile.
+            try:
+                return self.labels.answer(
+                    self.session.id, cluster_id, window, list(labels), kind, annotator, claimant
                 )
-            now = datetime.fromtimestamp(time.time(), UTC)
-            held_elsewhere = (
-                request.claimed_by not in (None, claimant)
-                and request.lease_expires is not None
-                and request.lease_expires > now
-            )
-            if held_elsewhere:
-                raise Conflict(f"cluster {cluster_id} is open in another tab; reload the page.")
-            return self.labels.answer(
-                self.session.id, cluster_id, window, list(labels), kind, annotator
-            )
+            except AnswerConflict as err:
+                raise Conflict(str(err)) from err
 
     def undo(self, claimant: str, annotator: str) -> Answer | None:
         """Take back `annotator`'s latest answer in the session; the tab's held cluster is

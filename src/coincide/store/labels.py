@@ -100,6 +100,11 @@ def _timestamp(seconds: float) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
 
+class AnswerConflict(Exception):
+    """An answer refused because the request changed hands: it is answered already, or leased
+    to another claimant (another tab, or another server on the same label store)."""
+
+
 def _checked_answer(labels: Sequence[str], kind: str, annotator: str) -> tuple[str, ...]:
     """The labels to store, after checking they fit the answer kind."""
     if kind not in ANSWER_KINDS:
@@ -119,6 +124,23 @@ def _checked_answer(labels: Sequence[str], kind: str, annotator: str) -> tuple[s
     if kind == "skip" and unique:
         raise UserError("a skipped cluster carries no labels; answer 'label' to give labels.")
     return unique
+
+
+def _check_claim(
+    cluster_id: int,
+    answered: bool,
+    claimed_by: str | None,
+    lease_expires: float | None,
+    claimant: str,
+    now: float,
+) -> None:
+    """AnswerConflict unless `claimant` may answer the request (see `LabelStore.answer`)."""
+    if answered:
+        raise AnswerConflict(
+            f"cluster {cluster_id} is already answered; undo that answer to change it."
+        )
+    if claimed_by not in (None, claimant) and lease_expires is not None and lease_expires > now:
+        raise AnswerConflict(f"cluster {cluster_id} is open in another tab; reload the page.")
 
 
 def _checked_pairs(items: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -192,10 +214,16 @@ class LabelStore(ABC):
         labels: Sequence[str],
         kind: AnswerKind,
         annotator: str,
+        claimant: str | None = None,
     ) -> Answer:
         """Record an answer to the session's request for `cluster_id` (whose member must be
         `window_index`), committed before returning; it supersedes earlier answers to the same
-        request, which stay in the history. Releases the request's claim."""
+        request, which stay in the history. Releases the request's claim.
+
+        With `claimant` (a labeling page's tab), the answer is only taken for a pending request
+        that no other claimant holds under an unexpired lease, checked in the same transaction
+        as the insert, so two servers on one label store cannot both answer a cluster;
+        AnswerConflict otherwise."""
 
     @abstractmethod
     def undo_last(self, session_id: int, annotator: str | None = None) -> Answer | None:
@@ -546,22 +574,34 @@ class SQLiteLabelStore(LabelStore):
         labels: Sequence[str],
         kind: AnswerKind,
         annotator: str,
+        claimant: str | None = None,
     ) -> Answer:
         stored_labels = _checked_answer(labels, kind, annotator)
         cluster_id, window_index = int(cluster_id), int(window_index)
         with self._write() as db:
             self._require_session(db, session_id)
             row = db.execute(
-                "SELECT window_index FROM requests WHERE session_id = ? AND cluster_id = ?",
+                f"SELECT {_REQUEST_COLUMNS} FROM requests r "
+                "WHERE r.session_id = ? AND r.cluster_id = ?",
                 (session_id, cluster_id),
             ).fetchone()
             if row is None:
                 raise ValueError(f"cluster {cluster_id} was not requested in session {session_id}")
-            if row[0] != window_index:
+            if row["window_index"] != window_index:
                 raise ValueError(
-                    f"cluster {cluster_id} is shown through window {row[0]}, not {window_index}"
+                    f"cluster {cluster_id} is shown through window {row['window_index']}, "
+                    f"not {window_index}"
                 )
             answered_at = self._clock()
+            if claimant is not None:
+                _check_claim(
+                    cluster_id,
+                    bool(row["answered"]),
+                    row["claimed_by"],
+                    row["lease_expires"],
+                    claimant,
+                    answered_at,
+                )
             cursor = db.execute(
                 "INSERT INTO answers (session_id, cluster_id, window_index, labels, kind, "
                 "annotator, answered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -770,6 +810,7 @@ class InMemoryLabelStore(LabelStore):
         labels: Sequence[str],
         kind: AnswerKind,
         annotator: str,
+        claimant: str | None = None,
     ) -> Answer:
         stored_labels = _checked_answer(labels, kind, annotator)
         cluster_id, window_index = int(cluster_id), int(window_index)
@@ -781,6 +822,16 @@ class InMemoryLabelStore(LabelStore):
                 raise ValueError(
                     f"cluster {cluster_id} is shown through window {slot.window_index}, "
                     f"not {window_index}"
+                )
+            if claimant is not None:
+                answered = cluster_id in self._answered(session_id)
+                _check_claim(
+                    cluster_id,
+                    answered,
+                    slot.claimed_by,
+                    slot.lease_expires,
+                    claimant,
+                    self._clock(),
                 )
             answer = Answer(
                 id=len(self._answers) + 1,
