@@ -12,6 +12,7 @@ import os
 import shutil
 import signal
 import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -410,3 +411,57 @@ def test_resume_after_kill_9_gives_the_uninterrupted_store(tmp_path):
     again = ingest(*args, "--store", store_path)
     assert "0 ingested" in again.output
     assert store_content(store_path) == store_content(reference)
+
+
+def _descendants(pid: int) -> set[int]:
+    """Pids of every process below `pid` (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat_file.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_kill_9_of_a_parallel_ingest_takes_its_workers_with_it(tmp_path):
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(40):
+        mediagen.write_audio(folder / f"clip {i:02d}.wav", "wav", seconds=3)
+    command = [sys.executable, "-m", "coincide.cli", "ingest", str(folder), "--store"]
+    command += [str(tmp_path / "store"), "--workers", "2", "--chunk-windows", "2"]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        workers: set[int] = set()
+        # The forkserver and its two workers, once the first chunk shows they are at work.
+        while time.monotonic() < deadline and child.poll() is None:
+            workers = _descendants(child.pid)
+            if len(workers) >= 3 and (tmp_path / "store" / "chunks" / "000000").exists():
+                break
+            time.sleep(0.05)
+        assert child.poll() is None and len(workers) >= 3, "ingest ended before the kill"
+    finally:
+        child.kill()
+        child.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_running(pid) for pid in workers):
+        time.sleep(0.1)
+    left = [pid for pid in workers if _running(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"{len(left)} worker processes outlived the killed ingest"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -130,14 +131,41 @@ Outcome = Decoded | AlreadyStored | Skipped
 _known_ids: frozenset[str] = frozenset()
 
 
-def _init_worker(known_ids: frozenset[str]) -> None:
-    """Worker setup: the stored media ids (to skip before decoding) and one torch thread, since
-    parallelism comes from the processes."""
+def _init_worker(known_ids: frozenset[str], parent: int | None = None) -> None:
+    """Worker setup: the stored media ids (to skip before decoding), one torch thread (the
+    parallelism comes from the processes) and, given the ingesting process's pid, a watchdog
+    that ends this worker when that process is gone."""
     global _known_ids
     _known_ids = known_ids
     import torch
 
     torch.set_num_threads(1)
+    if parent is not None:
+        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user (a reused pid): treat as alive
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(pid, 0) has answered
+
+
+def _exit_with(parent: int, every_s: float = 1.0) -> None:
+    """Poll the ingesting process; exit when it is gone. Workers are children of the
+    forkserver, not of the ingesting process, so nothing else ends them after a kill -9
+    (each holds a decoder and torch, 0.5-1 GB)."""
+    while _alive(parent):
+        time.sleep(every_s)
+    os._exit(1)
 
 
 def _identity(file_stat: os.stat_result) -> tuple[int, int, int, int]:
@@ -227,7 +255,7 @@ def _outcomes(paths: list[str], known_ids: frozenset[str], workers: int) -> Iter
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["coincide.media.decode", "librosa.filters"])
     with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(known_ids,)
+        workers, mp_context=context, initializer=_init_worker, initargs=(known_ids, os.getpid())
     ) as pool:
         pending: deque[Future[Outcome]] = deque()
         queue = iter(paths)
