@@ -1,13 +1,20 @@
-"""A planted pickle in a run folder never runs: every checkpoint loads with weights_only=True.
+"""Checkpoints that must not be trusted: planted pickles and flipped bits.
 
-Each checkpoint path of a run (the curriculum's last.pt and best.pt, a fine-tuning's
-checkpoint.pt) is replaced by a pickle that creates a marker file when it is unpickled; every
-command that reads that path must refuse it with one sentence and leave no marker.
+A planted pickle never runs: every checkpoint loads with weights_only=True. Each checkpoint path
+of a run (the curriculum's last.pt and best.pt, a fine-tuning's checkpoint.pt) is replaced by a
+pickle that creates a marker file when it is unpickled; every command that reads that path must
+refuse it with one sentence and leave no marker.
+
+A flipped bit is caught: torch.load reads a checkpoint whose tensor bytes changed without a
+word, so each checkpoint carries a checksum of its contents, checked on load; training resumes
+from the checkpoint before a damaged last.pt.
 """
 
 from __future__ import annotations
 
 import shutil
+import struct
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,11 +22,15 @@ import torch
 from typer.testing import CliRunner
 
 from coincide.cli import app
+from coincide.config import load_config
 from coincide.errors import UserError
 from coincide.finetune import FinetuneConfig, LabeledWindows, load_classifier, train_classifier
 from coincide.models.encoders import EncoderConfig, build_encoder
 from coincide.store.features import open_store
+from coincide.train.checkpoint import load_checkpoint
+from coincide.train.loop import train
 from inference_helpers import TinyRun, make_tiny_run
+from test_train import TINY, make_store
 
 torch.set_num_threads(1)
 
@@ -126,3 +137,50 @@ def test_commands_refuse_a_planted_curriculum_checkpoint(
         "embed": ["embed", run, tiny.media, "--out", tmp_path / "e.parquet", "--device", "cpu"],
     }[command]
     assert_refused(invoke(*args), marker, path)
+
+
+def flip_a_tensor_bit(path: Path) -> None:
+    """Flip one bit in the middle of the largest tensor stored in a torch checkpoint (a zip of
+    uncompressed members), leaving the archive itself intact."""
+    with zipfile.ZipFile(path) as archive:
+        members = [i for i in archive.infolist() if "/data/" in i.filename]
+        info = max(members, key=lambda i: i.file_size)
+    raw = bytearray(path.read_bytes())
+    header = info.header_offset
+    name_len, extra_len = struct.unpack("<HH", raw[header + 26 : header + 30])
+    raw[header + 30 + name_len + extra_len + info.file_size // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("kind", ["best.pt", "finetune"])
+def test_a_bit_flipped_checkpoint_is_refused(trapped: tuple[Path, Path], tiny: TinyRun, kind):
+    run, _marker = trapped
+    path = run / "checkpoints" / "best.pt"
+    if kind == "finetune":
+        path = run / "finetune" / "all" / "checkpoint.pt"
+    else:
+        shutil.rmtree(run / "finetune")
+        shutil.copy(run / "checkpoints" / "last.pt", path)
+    flip_a_tensor_bit(path)
+    torch.load(path, weights_only=True)  # torch itself does not notice
+    result = invoke("embed", run, tiny.media, "--out", run / "e.parquet", "--device", "cpu")
+    assert isinstance(result.exception, UserError), result.exception
+    assert f"checkpoint {path} is damaged" in str(result.exception)
+
+
+def test_training_resumes_from_the_checkpoint_before_a_damaged_last_pt(tmp_path, capsys):
+    store = make_store(tmp_path / "store")
+    cfg = load_config(["small"], [*TINY, "log.checkpoint_every=1"])
+    run = tmp_path / "run"
+    train(cfg, store, run)
+    last = run / "checkpoints" / "last.pt"
+    assert load_checkpoint(run / "checkpoints" / "last.prev.pt")["step"] == 11
+    flip_a_tensor_bit(last)
+    with pytest.raises(UserError, match="is damaged"):
+        load_checkpoint(last)
+    capsys.readouterr()
+    train(cfg, store, run)
+    out, err = capsys.readouterr()
+    assert f"warning: checkpoint {last} is damaged" in err
+    assert f"resuming from {run / 'checkpoints' / 'last.prev.pt'}: step 11" in out
+    assert load_checkpoint(last)["step"] == 12  # written again, intact

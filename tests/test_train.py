@@ -109,6 +109,7 @@ def test_the_curriculum_trains_every_stage_and_writes_the_run(store, tmp_path):
     assert checkpoints == [
         "best.json",
         "best.pt",
+        "last.prev.pt",  # the one last.pt replaced: resuming falls back to it if last is damaged
         "last.pt",
         "stage1_av.pt",
         "stage2_coin.pt",

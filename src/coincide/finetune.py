@@ -47,6 +47,7 @@ from coincide.metrics import clip_scores, labels_to_matrix, mean_average_precisi
 from coincide.models.encoders import Encoder, EncoderConfig, build_encoder
 from coincide.models.heads import ClassifierHead
 from coincide.store.features import FeatureStore
+from coincide.train.checkpoint import CHECKSUM_KEY, payload_checksum, verify_checksum
 
 Strategy = Literal["cluster", "random-scratch", "random-pretrained", "all"]
 STRATEGIES: tuple[str, ...] = ("cluster", "random-scratch", "random-pretrained", "all")
@@ -190,7 +191,7 @@ FINETUNE_KEYS = frozenset(
 
 def _save_atomic(payload: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
+    torch.save({**payload, CHECKSUM_KEY: payload_checksum(payload)}, tmp)
     os.replace(tmp, path)
 
 
@@ -215,6 +216,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError(
             f"{path} is not a coincide fine-tuning checkpoint; delete it and fine-tune again."
         )
+    verify_checksum(payload, path)
     return payload
 
 

@@ -339,6 +339,9 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> So
     identity = _file_identity(checkpoint)
     if isinstance(payload, dict) and {"classes", "encoder_config", "head_config"} <= set(payload):
         # A fine-tuning checkpoint: the state of finetune.Classifier, `encoder.*` and `head.*`.
+        from coincide.train.checkpoint import verify_checksum
+
+        verify_checksum(payload, checkpoint)
         encoder = build_encoder(EncoderConfig(**payload["encoder_config"]))
         encoder.load_state_dict(_with_prefix(payload["model"], "encoder."))
         head = ClassifierHead(**payload["head_config"])

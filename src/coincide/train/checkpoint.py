@@ -14,9 +14,12 @@ A checkpoint is one dict:
     plateau                the plateau rule's state
     rng                    torch CPU (and CUDA) generator states
     finished               [{name, steps, stopped, best_val}] of the finished stages
+    checksum               BLAKE2b of everything above (`payload_checksum`), checked on load
 
 Writes are atomic (temp file in the same folder, fsync, os.replace): a run killed at any moment
-leaves the previous checkpoint or the new one, never half of one. bf16 autocast needs no loss
+leaves the previous checkpoint or the new one, never half of one. A checkpoint whose contents no
+longer match its checksum (a flipped bit) is refused; training keeps the last.pt it replaces as
+last.prev.pt and resumes from that when last.pt is damaged. bf16 autocast needs no loss
 scaler, so there is none to save.
 
 A run folder keeps two of them in RUN/checkpoints/: `last.pt`, where training is (resuming reads
@@ -29,6 +32,7 @@ worse on unseen media than its best ones.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -51,6 +55,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 BEST_INFO = "best.json"
+CHECKSUM_KEY = "checksum"
 # f, g, p_AA, p_AV, p_clust: the names of the parts in a run's ModuleDict.
 MODEL_PARTS = ("audio", "image", "aa_head", "av_head", "cluster_head")
 
@@ -73,15 +78,82 @@ def build_models(cfg: Config, parts: Iterable[str]) -> nn.ModuleDict:
     return nn.ModuleDict({name: builders[name]() for name in MODEL_PARTS if name in wanted})
 
 
-def save_checkpoint(payload: dict[str, Any], path: Path) -> None:
-    """Write a checkpoint dict atomically (temp file + fsync + rename)."""
+def payload_checksum(payload: Any) -> str:
+    """A BLAKE2b digest of a checkpoint's contents: every tensor's dtype, shape and bytes, and
+    every other value's repr, walked in key order (the "checksum" entry itself left out)."""
+    digest = hashlib.blake2b(digest_size=16)
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"T{tensor.dtype}{tuple(value.shape)}".encode())
+            digest.update(memoryview(tensor.view(torch.uint8).numpy()))
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=repr):
+                if key != CHECKSUM_KEY:
+                    digest.update(repr(key).encode())
+                    feed(value[key])
+            digest.update(b"}")
+        elif isinstance(value, list | tuple):
+            digest.update(b"[")
+            for item in value:
+                feed(item)
+            digest.update(b"]")
+        else:
+            digest.update(repr(value).encode())
+
+    feed(payload)
+    return digest.hexdigest()
+
+
+def verify_checksum(payload: dict[str, Any], path: Path) -> None:
+    """UserError when a checkpoint's contents do not match the checksum saved in it (a flipped
+    bit on disk or in a copy); a checkpoint from before checksums passes."""
+    saved = payload.get(CHECKSUM_KEY)
+    if saved is not None and saved != payload_checksum(payload):
+        raise UserError(
+            f"checkpoint {path} is damaged: its contents do not match the checksum saved with "
+            "it; use another copy or train again."
+        )
+
+
+def previous_checkpoint(path: Path) -> Path:
+    """Where `save_checkpoint(..., keep_previous=True)` keeps the checkpoint it replaced."""
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def save_checkpoint(payload: dict[str, Any], path: Path, keep_previous: bool = False) -> None:
+    """Write a checkpoint dict with its checksum atomically (temp file + fsync + rename).
+    `keep_previous` first moves the checkpoint it replaces to `previous_checkpoint(path)`, which
+    `load_resumable` falls back to when `path` turns out damaged."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    payload = {**payload, CHECKSUM_KEY: payload_checksum(payload)}
     with open(tmp, "wb") as f:
         torch.save(payload, f)
         f.flush()
         os.fsync(f.fileno())
+    if keep_previous and path.exists():
+        os.replace(path, previous_checkpoint(path))
     os.replace(tmp, path)
+
+
+def load_resumable(path: Path) -> tuple[dict[str, Any], Path] | None:
+    """The checkpoint to resume from and its file: `path`, or when it is damaged or missing,
+    the one it replaced (`previous_checkpoint`), with a warning on stderr; None when there is
+    neither."""
+    previous = previous_checkpoint(path)
+    if path.exists():
+        try:
+            return load_checkpoint(path), path
+        except UserError as err:
+            if not previous.exists():
+                raise
+            print(f"warning: {err} Resuming from the one before it, {previous}.", file=sys.stderr)
+    elif not previous.exists():
+        return None
+    return load_checkpoint(previous), previous
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -104,6 +176,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             f"{path} has checkpoint version {payload.get('version')}, this coincide reads "
             f"{CHECKPOINT_VERSION}; retrain with this version."
         )
+    verify_checksum(payload, path)
     return payload
 
 

@@ -50,6 +50,7 @@ from coincide.train.checkpoint import (
     LAST_CHECKPOINT,
     build_models,
     load_checkpoint,
+    load_resumable,
     read_best_info,
     save_checkpoint,
 )
@@ -212,10 +213,12 @@ class _Run:
 
         # -- resume from the run folder ------------------------------------------------------
         position = Position()
-        if self.last_path.exists():
-            ckpt = load_checkpoint(self.last_path)
+        resumable = load_resumable(self.last_path)
+        self.resumed_from = self.last_path
+        if resumable is not None:
+            ckpt, self.resumed_from = resumable
             check_resumable(
-                ckpt, self.cfg, self.stages, self.audio_only, self.models, self.last_path
+                ckpt, self.cfg, self.stages, self.audio_only, self.models, self.resumed_from
             )
             position = resume(ckpt, self.models, self.optimizer, self.device, self.cuda)
         if self.main:
@@ -558,7 +561,7 @@ class _Run:
         stage = self.stages[pos.stage_index]
         if finished:
             save_checkpoint(payload, self.ckpt_dir / f"stage{pos.stage_index + 1}_{stage.name}.pt")
-        save_checkpoint(payload, self.last_path)
+        save_checkpoint(payload, self.last_path, keep_previous=True)
         self._write_state(pos, extra=[record] if record else [])
 
     def _save_best(self, pos: Position, plateau: Plateau, held: HeldOut) -> None:
@@ -594,7 +597,7 @@ class _Run:
             if pos.stage_index < len(self.stages):
                 stage = self.stages[pos.stage_index].name
                 self._say(
-                    f"resuming from {self.last_path}: step {pos.step}, stage '{stage}' "
+                    f"resuming from {self.resumed_from}: step {pos.step}, stage '{stage}' "
                     f"at stage step {pos.stage_step}"
                 )
             else:
