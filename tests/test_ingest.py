@@ -465,3 +465,40 @@ def test_kill_9_of_a_parallel_ingest_takes_its_workers_with_it(tmp_path):
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"{len(left)} worker processes outlived the killed ingest"
+
+
+def _run_limited(command: list[str], max_file_bytes: int) -> subprocess.CompletedProcess:
+    """Run the console script with every file it writes capped at `max_file_bytes`
+    (RLIMIT_FSIZE: a write past it fails with EFBIG, as a full disk fails with ENOSPC)."""
+    import resource
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
+    return subprocess.run(
+        [sys.executable, "-c", "from coincide.cli import main; main()", *command],
+        capture_output=True,
+        text=True,
+        env=env,
+        preexec_fn=limit,
+        timeout=300,
+    )
+
+
+def test_a_full_disk_during_ingest_is_one_sentence_and_the_run_resumes(library, tmp_path):
+    store_path = tmp_path / "store"
+    reference = tmp_path / "reference"
+    # Chunks of 6 windows (about 150 KB of log-mel each) under a 100 KB cap: the first chunk
+    # fails, after the store header was written.
+    args = ["ingest", str(library), "--chunk-windows", "6"]
+    failed = _run_limited([*args, "--store", str(store_path)], 100_000)
+    assert failed.returncode == 2, failed.stderr
+    assert "Traceback" not in failed.stderr
+    message = " ".join(failed.stderr.split())
+    assert message.startswith("error: out of disk space"), message
+    assert "run the same command again" in message
+    assert not list((store_path / "chunks").glob(".tmp-*")), "a partial chunk was left"
+    assert ingest(*args[1:], "--store", store_path).exit_code == 0
+    assert ingest(*args[1:], "--store", reference).exit_code == 0
+    assert store_content(store_path) == store_content(reference)

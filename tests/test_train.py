@@ -330,6 +330,29 @@ def test_a_store_with_non_finite_features_is_named_at_train_start(tmp_path):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_full_disk_stops_training_with_one_sentence_and_it_resumes(store, tmp_path):
+    import resource
+
+    def limit() -> None:  # every file capped at 60 KB: the first last.pt (about 85 KB) fails
+        resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
+
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "coincide.cli", "train", str(store), "--run", str(run_dir)]
+    command += ["--config", "small"]
+    for override in [*TINY, "log.checkpoint_every=1"]:
+        command += ["--set", override]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=env, timeout=300, preexec_fn=limit
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert " ".join(result.stderr.split()).startswith("error: out of disk space"), result.stderr
+    assert not list((run_dir / "checkpoints").glob(".*tmp*")), "a partial checkpoint was left"
+    train(load_config(["small"], [*TINY, "log.checkpoint_every=1"]), store, run_dir)
+    assert json.loads((run_dir / "state.json").read_text())["done"]
+
+
 def test_learning_rate_warms_up_then_holds_or_decays():
     constant = load_config(["small"], ["optim.lr=0.01", "optim.warmup_steps=4"]).optim
     assert [learning_rate(constant, 100, s) for s in (0, 1, 3, 50)] == pytest.approx(

@@ -5,6 +5,8 @@ Nothing else lives here: options are parsed, then handed to the stage module.
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -518,6 +520,10 @@ def report(
     run_report(run, store, table3, out, projection, map_windows, seed)
 
 
+# A full disk, a full quota, or a file over the size limit (RLIMIT_FSIZE: Python ignores SIGXFSZ).
+DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
 def main() -> None:
     """Entry point of the console script: user errors end in one sentence and exit code 2."""
     try:
@@ -528,6 +534,18 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.secho("interrupted; run the same command again to resume.", err=True)
         sys.exit(130)
+    except OSError as err:
+        if err.errno not in DISK_FULL:
+            raise
+        where = f" writing {err.filename}" if err.filename else ""
+        typer.secho(
+            f"error: out of disk space{where} ({os.strerror(err.errno)}); what was finished is "
+            "kept and partial files were removed: free some space and run the same command "
+            "again.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -236,7 +236,12 @@ class StoreWriter:
         final = self.root / CHUNKS_DIR / chunk_name(chunk_id)
         tmp = self.root / CHUNKS_DIR / f"{TEMP_PREFIX}{chunk_name(chunk_id)}-{os.getpid()}"
         tmp.mkdir()
-        self._write_chunk(tmp, self._buffer)
+        try:
+            self._write_chunk(tmp, self._buffer)
+        except BaseException:
+            # A full disk (or any failure) must not leave a half-written chunk filling it.
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         os.rename(tmp, final)
         _fsync_dir(final.parent)
         self._next_chunk += 1

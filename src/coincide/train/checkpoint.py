@@ -130,10 +130,14 @@ def save_checkpoint(payload: dict[str, Any], path: Path, keep_previous: bool = F
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     payload = {**payload, CHECKSUM_KEY: payload_checksum(payload)}
-    with open(tmp, "wb") as f:
-        torch.save(payload, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep a partial checkpoint
+        raise
     if keep_previous and path.exists():
         os.replace(path, previous_checkpoint(path))
     os.replace(tmp, path)
