@@ -121,6 +121,8 @@ def test_unknown_keys_are_user_errors_naming_the_key(override, named):
         ("model.audio.arch=transformer", "transformer"),
         ("model.audio.embed_dim=64", "embed_dim"),
         ("optim.lr=-1", "optim.lr"),
+        ("optim.lr=nan", "optim.lr' is 'nan'; use a finite number"),
+        ("optim.weight_decay=.inf", "optim.weight_decay' is inf; use a finite number"),
         ("optim.compile=maybe", "optim.compile"),
         ("optim.compile=1", "optim.compile"),
         ("curriculum.stages.5.max_steps=1", "curriculum.stages.5"),

@@ -502,3 +502,60 @@ def test_a_full_disk_during_ingest_is_one_sentence_and_the_run_resumes(library, 
     assert ingest(*args[1:], "--store", store_path).exit_code == 0
     assert ingest(*args[1:], "--store", reference).exit_code == 0
     assert store_content(store_path) == store_content(reference)
+
+
+def test_symlinked_folders_are_followed_once_and_unreadable_ones_are_reported(
+    library, tmp_path, monkeypatch
+):
+    from coincide.ingest import find_media
+
+    root = tmp_path / "root"
+    (root / "own").mkdir(parents=True)
+    shutil.copy(library / "tone.wav", root / "own" / "a.wav")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(library / "sub dir" / "LOUD.FLAC", elsewhere / "b.flac")
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (root / "own" / "loop").symlink_to(root, target_is_directory=True)  # must not recurse forever
+    (root / "locked").mkdir()
+    shutil.copy(library / "tone.wav", root / "locked" / "c.wav")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # root reads every folder: pretend this one is not ours
+        if Path(path) == root / "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    skipped: list[tuple[str, str]] = []
+    found = find_media([root], on_skip=lambda folder, why: skipped.append((folder, why)))
+    assert found == sorted([(root / "own" / "a.wav").resolve(), (elsewhere / "b.flac").resolve()])
+    assert skipped == [(str(root / "locked"), "folder cannot be read: Permission denied")]
+    result = ingest(root, "--store", tmp_path / "store")
+    assert result.exit_code == 0, result.output
+    assert f"skipped {root / 'locked'}: folder cannot be read" in result.output
+    report = json.loads((tmp_path / "store" / "ingest_report.json").read_text())
+    assert [entry["path"] for entry in report["skipped"]] == [str(root / "locked")]
+
+
+def test_a_store_folder_without_permission_is_one_sentence(tmp_path, monkeypatch, capsys):
+    # Root may write anywhere, so the refusal the file system gives other users is simulated.
+    import coincide.store.writer as writer
+
+    def denied(root: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(root))
+
+    monkeypatch.setattr(writer, "_prepare_root", denied)
+    mediagen.write_audio(tmp_path / "a.wav", "wav", seconds=2)
+    store = tmp_path / "theirs" / "store"
+    monkeypatch.setattr(
+        sys, "argv", ["coincide", "ingest", str(tmp_path / "a.wav"), "--store", str(store)]
+    )
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    assert exit_info.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert err == (
+        f"error: permission denied on {store}; choose a folder you can write to, or fix its "
+        "permissions."
+    )

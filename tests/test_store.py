@@ -248,6 +248,9 @@ def test_labels_csv_without_the_columns_is_a_user_error(tmp_path):
         read_labels_csv(csv)
     with pytest.raises(UserError, match="cannot read the labels file"):
         read_labels_csv(tmp_path / "nope.csv")
+    csv.write_text("path,label,label\na.wav,dog,bark\n")
+    with pytest.raises(UserError, match="names the column 'label' twice"):
+        read_labels_csv(csv)
 
 
 def test_labels_with_control_characters_are_refused(tmp_path, store_path):

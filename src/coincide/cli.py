@@ -534,6 +534,15 @@ def main() -> None:
     except KeyboardInterrupt:
         typer.secho("interrupted; run the same command again to resume.", err=True)
         sys.exit(130)
+    except PermissionError as err:
+        where = f" on {err.filename}" if err.filename else ""
+        typer.secho(
+            f"error: permission denied{where}; choose a folder you can write to, or fix its "
+            "permissions.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        sys.exit(2)
     except OSError as err:
         if err.errno not in DISK_FULL:
             raise

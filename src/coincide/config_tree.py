@@ -5,7 +5,9 @@ mistake one sentence naming the key. Generic: the schema itself is `coincide.con
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -149,14 +151,18 @@ def as_float(where: str, value: Any) -> float:
     # YAML 1.1 reads "1e-4" (no dot) as a string; accept it as the number it obviously is.
     if isinstance(value, bool):
         raise UserError(f"config key '{where}' is {value!r}; use a number.")
+    number: float | None = None
     if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    raise UserError(f"config key '{where}' is {value!r}; use a number.")
+        number = float(value)
+    elif isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            number = float(value)
+    if number is None:
+        raise UserError(f"config key '{where}' is {value!r}; use a number.")
+    if not math.isfinite(number):
+        # No setting means anything by nan or inf; they only fail later, deep in torch.
+        raise UserError(f"config key '{where}' is {value!r}; use a finite number.")
+    return number
 
 
 def as_fraction(where: str, value: Any) -> float:

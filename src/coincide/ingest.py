@@ -15,10 +15,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import stat
+import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,13 +66,24 @@ def _media_extensions() -> set[str]:
     return {ext.lower() for ext in MEDIA_EXTENSIONS}
 
 
-def find_media(paths: Sequence[Path], exclude: Path | None = None) -> list[Path]:
+def find_media(
+    paths: Sequence[Path],
+    exclude: Path | None = None,
+    on_skip: Callable[[str, str], None] | None = None,
+) -> list[Path]:
     """Media files named by `paths` (files, or folders searched recursively), sorted, resolved.
 
     A file named explicitly is taken whatever its extension; inside folders only files with a
     media extension (case-insensitive) are, and the folder `exclude` (the store) is not searched.
-    Each file appears once even if named twice.
+    Symlinked folders are followed (each real folder searched once, so a link loop ends). A
+    folder that cannot be read is reported through `on_skip(folder, reason)` (by default a line
+    on stderr), never skipped silently. Each file appears once even if named twice.
     """
+    if on_skip is None:
+
+        def on_skip(folder: str, reason: str) -> None:
+            print(f"skipped {folder}: {reason}", file=sys.stderr)
+
     excluded = _resolve(Path(exclude)) if exclude is not None else None
     extensions = _media_extensions()
     missing = [p for p in paths if not os.path.lexists(p)]
@@ -84,8 +96,19 @@ def find_media(paths: Sequence[Path], exclude: Path | None = None) -> list[Path]
         if not Path(path).is_dir():
             found.add(Path(path).absolute())
             continue
-        for folder, dirs, files in os.walk(path):
-            dirs[:] = [d for d in dirs if _resolve(Path(folder, d)) != excluded]
+        seen: set[Path] = {_resolve(Path(path))}
+
+        def unreadable(err: OSError) -> None:
+            on_skip(_shown(Path(err.filename)), f"folder cannot be read: {err.strerror or err}")
+
+        for folder, dirs, files in os.walk(path, onerror=unreadable, followlinks=True):
+            kept = []
+            for d in dirs:
+                real = _resolve(Path(folder, d))
+                if real != excluded and real not in seen:
+                    seen.add(real)
+                    kept.append(d)
+            dirs[:] = kept
             for name in files:
                 if os.path.splitext(name)[1].lower() in extensions:
                     found.add(Path(folder, name).absolute())
@@ -373,7 +396,8 @@ def run(
 
     # Find the files and read the labels first: a typo fails before any work.
     labels = read_labels_csv(labels_csv) if labels_csv is not None else None
-    files = find_media(paths, exclude=store)
+    unreadable: list[tuple[str, str]] = []
+    files = find_media(paths, exclude=store, on_skip=lambda f, why: unreadable.append((f, why)))
     if not files:
         names = ", ".join(sorted(_media_extensions()))
         shown = " ".join(_shown(p) for p in paths)
@@ -394,6 +418,8 @@ def run(
                 strict=True,
             )
         }
+        for folder, reason in unreadable:
+            _say(console, tally.skip(folder, reason))
         todo, sizes = [], {}
         for path in map(str, files):
             try:

@@ -94,6 +94,12 @@ def read_labels_csv(csv_path: Path) -> LabelsCsv:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = [c.strip() for c in (reader.fieldnames or [])]
+            repeated = sorted({c for c in columns if columns.count(c) > 1})
+            if repeated:
+                raise UserError(
+                    f"{csv_path} names the column {repeated[0]!r} twice, so one of them would be "
+                    "dropped; write one `path,label` row per label instead."
+                )
             if "path" not in columns or "label" not in columns:
                 raise UserError(
                     f"{csv_path} has columns {columns} but needs `path` and `label`; "
