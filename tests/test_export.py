@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,7 @@ def test_the_folder_holds_weights_config_and_labels(tiny: TinyRun, exported: Pat
         "hidden": 0,
     }
     assert config["frontend"]["n_mels"] == 64 and config["frontend"]["sample_rate"] == 16000
-    assert config["onnx"]["min_samples"] == MIN_SAMPLES
+    assert config["onnx"]["min_samples"] == 1 and config["onnx"]["padded_to"] == MIN_SAMPLES
     labels = (exported / "labels.txt").read_text(encoding="utf-8").splitlines()
     assert labels == model.classes
     tensors = load_file(str(exported / "model.safetensors"))
@@ -77,16 +78,28 @@ def test_onnx_runtime_agrees_with_pytorch_on_real_recordings(
 ) -> None:
     model = load_model(tiny.run, device="cpu")
     waveform = decode_audio(DATA / name)
-    # The graph needs one full window of samples; PyTorch pads shorter audio the same way.
-    padded = np.pad(waveform, (0, max(0, MIN_SAMPLES - len(waveform))))
     session = onnxruntime.InferenceSession(
         str(exported / "model.onnx"), providers=["CPUExecutionProvider"]
     )
-    scores, embeddings = session.run(["scores", "embeddings"], {"waveform": padded[None]})
+    scores, embeddings = session.run(["scores", "embeddings"], {"waveform": waveform[None]})
     window_scores, _, _ = model.predict(waveform, 16000)
     assert scores.shape == (1, *window_scores.shape)
     np.testing.assert_allclose(scores[0], window_scores, atol=1e-4, rtol=0)
     np.testing.assert_allclose(embeddings[0], model.embed(waveform, 16000), atol=1e-4, rtol=0)
+
+
+def test_onnx_pads_audio_shorter_than_one_window_as_predict_does(
+    tiny: TinyRun, exported: Path
+) -> None:
+    model = load_model(tiny.run, device="cpu")
+    short = decode_audio(DATA / "9_theo_16.wav")[: MIN_SAMPLES // 2]
+    session = onnxruntime.InferenceSession(
+        str(exported / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    scores, embeddings = session.run(["scores", "embeddings"], {"waveform": short[None]})
+    assert scores.shape == (1, 1, 4)  # was (1, 0, 4): no window at all
+    np.testing.assert_allclose(scores[0], model.predict(short).window_scores, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(embeddings[0], model.embed(short), atol=1e-4, rtol=0)
 
 
 def test_onnx_takes_a_batch_of_waveforms(tiny: TinyRun, exported: Path) -> None:
@@ -129,4 +142,16 @@ def test_a_class_name_with_a_newline_is_refused(tiny: TinyRun, tmp_path: Path) -
     model.classes = ["fire", "noi\nse", "speech", "tone"]
     with pytest.raises(UserError, match="control character"):
         export_model(model, tmp_path / "out", onnx=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_without_the_onnx_packages_nothing_is_written(
+    tiny: TinyRun, tmp_path: Path, monkeypatch
+) -> None:
+    from coincide.export import export_model
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript -> ImportError
+    model = load_model(tiny.run, device="cpu")
+    with pytest.raises(UserError, match="pass --no-onnx"):
+        export_model(model, tmp_path / "out", onnx=True)
     assert not (tmp_path / "out").exists()

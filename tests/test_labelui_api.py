@@ -547,6 +547,14 @@ uvicorn.Server(config).run(sockets=[sock])
 """
 
 
+def test_a_deeply_nested_body_is_a_400_not_a_500(client):
+    deep = "[" * 30_000 + "]" * 30_000
+    response = client.post(
+        "/api/answer", content=deep, headers={"Content-Type": "application/json"}
+    )
+    assert_json_error(response, 400, "nested too deeply")
+
+
 def http_post(port: int, path: str, payload: dict) -> dict:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}",

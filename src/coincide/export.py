@@ -7,8 +7,9 @@ Written to the output folder:
     labels.txt          one class name per line, in output order
     model.onnx          waveform to scores in one graph: log-mel frontend + f + p_class
 
-The ONNX graph takes `waveform` (batch, samples), float32 mono 16 kHz audio of at least
-`MIN_SAMPLES` samples (0.975 s, one window), and returns `scores` (batch, n_windows, C) (softmax,
+The ONNX graph takes `waveform` (batch, samples), float32 mono 16 kHz audio of any length
+(shorter than `MIN_SAMPLES`, 0.975 s or one window, it is zero-padded to one window, as
+`coincide predict` does), and returns `scores` (batch, n_windows, C) (softmax,
 or a sigmoid per class for a multi-label classifier) and `embeddings` (batch, n_windows, d), one
 window per second as in `coincide predict`. The STFT is part of the graph (ONNX STFT, opset 18)
 through torch's dynamo-based exporter (`torch.onnx.export(dynamo=True)`, which needs the
@@ -67,6 +68,10 @@ class WaveformModel(nn.Module):
         self.classifier = model.classifier
 
     def forward(self, waveform: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        # Shorter than one window: zero-padded to one, as the frontend does in Python. Written
+        # without a branch on the length, which the exporter would fix at trace time.
+        padded = torch.cat([waveform, waveform.new_zeros(waveform.shape[0], MIN_SAMPLES)], -1)
+        waveform = padded[:, : torch.sym_max(waveform.shape[-1], MIN_SAMPLES)]
         windows = self.frontend(waveform)  # (batch, n_windows, mel, frames)
         batch, n_windows, mel, frames = windows.shape
         embeddings = self.encoder(windows.reshape(batch * n_windows, 1, mel, frames))
@@ -81,8 +86,8 @@ def output_names(model: SoundModel) -> list[str]:
     return ["embeddings"] if model.classifier is None else ["scores", "embeddings"]
 
 
-def export_onnx(model: SoundModel, path: Path) -> None:
-    """Write the waveform -> scores graph of `model` to `path` (one file, weights inside)."""
+def require_onnx() -> None:
+    """UserError unless the packages of the ONNX export are installed."""
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter's translator)
     except ImportError as err:
@@ -90,10 +95,15 @@ def export_onnx(model: SoundModel, path: Path) -> None:
             "ONNX export needs the onnx and onnxscript packages; `pip install onnx onnxscript` "
             "or pass --no-onnx."
         ) from err
+
+
+def export_onnx(model: SoundModel, path: Path) -> None:
+    """Write the waveform -> scores graph of `model` to `path` (one file, weights inside)."""
+    require_onnx()
     graph = WaveformModel(model).cpu().eval()
     example = torch.zeros(2, EXAMPLE_SAMPLES)
     batch = torch.export.Dim("batch")
-    samples = torch.export.Dim("samples", min=MIN_SAMPLES)
+    samples = torch.export.Dim("samples", min=1)
     torch.onnx.export(
         graph,
         (example,),
@@ -138,6 +148,8 @@ def export_model(model: SoundModel, out: Path, onnx: bool = True) -> dict[str, A
 
     for name in model.classes:  # one per line in labels.txt: a newline would shift them all
         check_label(name, f"the classifier of {model.source}")
+    if onnx:
+        require_onnx()  # before anything is written: no half-exported folder
     out.mkdir(parents=True, exist_ok=True)
     # Bytes written by open() get the user's usual file mode (safetensors' own writer makes the
     # file private), and the rename makes the write atomic.
@@ -161,7 +173,8 @@ def export_model(model: SoundModel, out: Path, onnx: bool = True) -> dict[str, A
                 for name in output_names(model)
             },
             "sample_rate": 16000,
-            "min_samples": MIN_SAMPLES,
+            "min_samples": 1,
+            "padded_to": MIN_SAMPLES,
             "window": "window j covers samples [16000 j, 16000 j + 15600)",
         }
     config = {

@@ -169,6 +169,8 @@ async def _json_body(request: Request) -> dict[str, Any]:
         payload = json.loads(body)
     except ValueError as err:
         raise ApiError(400, f"request body is not valid JSON ({err}).") from err
+    except RecursionError as err:  # [[[[...]]]] 30,000 deep: no answer is nested like that
+        raise ApiError(400, "request body is nested too deeply to be an answer.") from err
     if not isinstance(payload, dict):
         raise ApiError(400, "request body must be a JSON object.")
     return payload
