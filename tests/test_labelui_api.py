@@ -547,6 +547,16 @@ uvicorn.Server(config).run(sockets=[sock])
 """
 
 
+def test_the_listening_socket_lets_asyncio_turn_off_nagle():
+    # asyncio sets TCP_NODELAY on accepted connections only when the socket's proto is TCP;
+    # with proto 0 every response waited ~40 ms for a delayed ACK (benchmarks/label_server.py).
+    sock = server._listening_socket("127.0.0.1", 0)
+    try:
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
+
+
 def test_a_deeply_nested_body_is_a_400_not_a_500(client):
     deep = "[" * 30_000 + "]" * 30_000
     response = client.post(

@@ -94,7 +94,9 @@ def open_campaign(
 def _listening_socket(host: str, port: int) -> socket.socket:
     try:
         family = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)[0][0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: asyncio turns on TCP_NODELAY only for sockets that say so,
+        # and without it every response waits ~40 ms for the client's delayed ACK (Nagle).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     except OSError as err:
         raise UserError(f"cannot listen on host {host!r} ({err}); pass another --host.") from err
     try:
