@@ -339,6 +339,12 @@ def test_labels_at_ingest_and_later(library, tmp_path):
     assert by_path[str((library / "sub dir" / "LOUD.FLAC").resolve())] == ["loud"]
     assert by_path[str((library / "clip one.mp4").resolve())] == ["car", "engine"]
 
+    # A CSV none of whose rows names a stored file is an error, not a silent "0 labels".
+    stray = write_labels(tmp_path / "more" / "stray.csv", [("/nowhere/x.wav", "x")])
+    none = CliRunner().invoke(app, ["add-labels", str(store_path), str(stray)])
+    assert isinstance(none.exception, UserError)
+    assert "none of the 1 rows" in str(none.exception)
+
     info = CliRunner().invoke(app, ["info", str(store_path)])
     assert info.exit_code == 0, info.output
     lines = {line.strip("│ ").split("│")[0].strip(): line for line in info.output.splitlines()}

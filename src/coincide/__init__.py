@@ -2,18 +2,20 @@
 
 from typing import Any
 
-from coincide.store.features import open_store
-
 __version__ = "0.1.0"
 
 __all__ = ["load_model", "open_store"]
 
 
 def __getattr__(name: str) -> Any:
-    # `coincide.load_model` imports torch and the models on first use, not with the package:
-    # the command line imports `coincide` for every subcommand, most of which need no network.
+    # Imported on first use, not with the package: the command line imports `coincide` for
+    # every subcommand, and `coincide --help` should not wait for pandas, pyarrow or torch.
     if name == "load_model":
         from coincide.inference import load_model
 
         return load_model
+    if name == "open_store":
+        from coincide.store.features import open_store
+
+        return open_store
     raise AttributeError(f"module 'coincide' has no attribute {name!r}")

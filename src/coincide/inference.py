@@ -82,7 +82,13 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     """`"auto"` / None -> `default_device()`; otherwise the named device (UserError when absent)."""
     if name is None or name == "auto":
         return default_device()
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        visible = "cuda" if torch.cuda.is_available() else "no GPU is visible"
+        raise UserError(
+            f"--device {name} is not a device name; use auto, cpu or cuda ({visible})."
+        ) from err
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name} asks for a GPU but none is visible; use --device cpu.")
     return device

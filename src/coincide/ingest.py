@@ -505,8 +505,9 @@ def run(
 
 def _attach_labels(
     store: Path, labels: LabelsCsv, in_store: dict[str, str], console: Console
-) -> None:
-    """Match a labels CSV to the store's media and merge the labels (caller holds the lock)."""
+) -> int:
+    """Match a labels CSV to the store's media and merge the labels (caller holds the lock);
+    returns how many media the CSV matched."""
     stored = read_stored_media(store)
     known_paths = dict(zip(stored["media_path"], stored["media_id"], strict=True))
     known_paths.update(in_store)
@@ -532,6 +533,7 @@ def _attach_labels(
             f"labels: {len(labels.blank_lines)} rows without a path or label ignored "
             f"(lines {lines})",
         )
+    return len(match.labels)
 
 
 def add_labels(store: Path, labels_csv: Path, console: Console | None = None) -> None:
@@ -543,7 +545,12 @@ def add_labels(store: Path, labels_csv: Path, console: Console | None = None) ->
     read_header(store)
     labels = read_labels_csv(labels_csv)
     with store_lock(store):
-        _attach_labels(store, labels, {}, console)
+        matched = _attach_labels(store, labels, {}, console)
+    if labels.rows and not matched:
+        raise UserError(
+            f"none of the {len(labels.rows)} rows of {_shown(labels_csv)} names a file in "
+            f"{_shown(store)}; give the paths the media were ingested from (or copies of them)."
+        )
 
 
 def info(store: Path, console: Console | None = None) -> None:
