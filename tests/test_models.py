@@ -74,6 +74,23 @@ def test_audio_input_is_standardised_by_running_statistics() -> None:
     assert float(normalised.std()) == pytest.approx(1.0, abs=1e-2)
 
 
+def test_window_input_norms_remove_a_bands_level_before_the_batchnorm() -> None:
+    torch.manual_seed(0)
+    sound = torch.randn(4, 1, 64, 96)
+    colour = torch.linspace(-3.0, 3.0, 64).view(1, 1, 64, 1)  # a channel or place colour
+    cmn = build_encoder(EncoderConfig(arch="tiny", input_norm="cmn")).input_norm[0]
+    floor = build_encoder(EncoderConfig(arch="tiny", input_norm="floor")).input_norm[0]
+    # Both are blind to a constant per-band offset: the same output with or without it.
+    torch.testing.assert_close(cmn(sound + colour), cmn(sound))
+    torch.testing.assert_close(floor(sound + colour), floor(sound))
+    assert cmn(sound).mean(dim=-1).abs().max() < 1e-5
+    quietest = torch.topk(floor(sound), 10, dim=-1, largest=False).values  # 10 of 96 frames
+    assert quietest.mean(dim=-1).abs().max() < 1e-5
+    assert isinstance(build_encoder(EncoderConfig(arch="tiny")).input_norm, torch.nn.BatchNorm2d)
+    with pytest.raises(UserError, match="input_norm 'pcen' is unknown"):
+        EncoderConfig(arch="tiny", input_norm="pcen")
+
+
 def test_images_to_tensor_converts_uint8_nhwc_to_unit_float_nchw() -> None:
     frames = np.arange(2 * 4 * 5 * 3, dtype=np.uint8).reshape(2, 4, 5, 3)
     images = images_to_tensor(frames)

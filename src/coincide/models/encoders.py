@@ -32,6 +32,8 @@ from torchvision.models.resnet import BasicBlock
 from coincide.errors import UserError
 
 ARCHS = ("resnet50", "vgg", "small", "tiny")
+AUDIO_NORMS = ("batch", "cmn", "floor")
+FLOOR_SHARE = 0.1  # "floor": the quietest tenth of a window's frames estimate its background
 MODALITIES = ("audio", "image")
 _DEFAULT_CHANNELS = {"audio": 1, "image": 3}
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,12 +50,20 @@ class EncoderConfig:
     modality: "audio" (log-mel windows) or "image" (RGB frames); picks the input normalisation.
     in_channels: input channels; None means the modality's own (1 for audio, 3 for image).
     embed_dim: d, the size of the embedding layer.
+    input_norm: how an audio window is normalised before the backbone. "batch" (the paper's
+        setting): one BatchNorm without affine parameters over all log-mel values. "cmn": first
+        subtract each mel band's mean over the window's frames (cepstral mean normalisation), so a
+        stationary background or channel colour no longer sets the input. "floor": first subtract
+        each band's background level, the mean of its quietest tenth of frames (log-domain
+        spectral subtraction: what is left is how far a sound rises above the background). Image
+        encoders ignore it.
     """
 
     arch: str = "resnet50"
     modality: str = "audio"
     in_channels: int | None = None
     embed_dim: int = 128
+    input_norm: str = "batch"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -63,6 +73,11 @@ class EncoderConfig:
         if self.modality not in MODALITIES:
             raise UserError(
                 f"Encoder modality '{self.modality}' is unknown; use 'audio' or 'image'."
+            )
+        if self.input_norm not in AUDIO_NORMS:
+            raise UserError(
+                f"Encoder input_norm '{self.input_norm}' is unknown; use one of "
+                f"{', '.join(AUDIO_NORMS)}."
             )
         if self.in_channels is None:
             self.in_channels = _DEFAULT_CHANNELS[self.modality]
@@ -85,13 +100,31 @@ class _FixedNorm(nn.Module):
         return (x - self.mean) / self.std
 
 
+class _WindowNorm(nn.Module):
+    """Subtract each mel band's level over the window's frames: its mean ("cmn") or the mean of
+    its quietest `FLOOR_SHARE` of frames ("floor"). Input and output `(batch, ch, mel, time)`."""
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "cmn":
+            return x - x.mean(dim=-1, keepdim=True)
+        k = max(1, int(round(FLOOR_SHARE * x.shape[-1])))
+        quietest = torch.topk(x, k, dim=-1, largest=False).values
+        return x - quietest.mean(dim=-1, keepdim=True)
+
+
 def _input_norm(cfg: EncoderConfig) -> nn.Module:
     if cfg.modality == "image" and cfg.in_channels == 3:
         return _FixedNorm(_IMAGENET_MEAN, _IMAGENET_STD)
     if cfg.modality == "image":
         # No published statistics for other channel counts: centre [0, 1] pixels on 0.
         return _FixedNorm((0.5,) * cfg.in_channels, (0.25,) * cfg.in_channels)
-    return nn.BatchNorm2d(cfg.in_channels, affine=False)
+    if cfg.input_norm == "batch":
+        return nn.BatchNorm2d(cfg.in_channels, affine=False)
+    return nn.Sequential(_WindowNorm(cfg.input_norm), nn.BatchNorm2d(cfg.in_channels, affine=False))
 
 
 def _resnet50_backbone(in_channels: int) -> tuple[nn.Module, int]:
