@@ -244,6 +244,46 @@ def test_undo_by_annotator_leaves_other_annotators_answers(open_store, clock):
     assert store.undo_last(session_id, annotator="ana") is None
 
 
+def test_undo_by_owner_takes_back_only_that_pages_answers(open_store, clock):
+    # Two people typing the same name on two pages: each page undoes only what it gave.
+    store = open_store(clock)
+    session_id = _session(store)
+    store.add_requests(session_id, [(1, 10), (2, 20), (3, 30)])
+    mine = store.answer(session_id, 1, 10, ["dog"], "label", "ana", owner="owner-a")
+    store.answer(session_id, 2, 20, ["cat"], "label", "ana", owner="owner-b")
+    store.answer(session_id, 3, 30, ["owl"], "label", "ana")  # from the CLI: no owner
+    assert mine.given_by is not None and mine.given_by != "owner-a"  # a digest, not the key
+    assert store.undo_last(session_id, annotator="ana", owner="owner-a").id == mine.id
+    assert store.undo_last(session_id, annotator="ana", owner="owner-a") is None
+    assert store.undo_last(session_id, annotator="ana", owner="owner-c") is None
+    assert [a.cluster_id for a in store.answers(session_id)] == [2, 3]
+    # Without an owner (the CLI), the latest answer goes, whoever gave it.
+    assert store.undo_last(session_id, annotator="ana").cluster_id == 3
+
+
+def test_a_version_1_label_store_is_upgraded_without_losing_answers(tmp_path, clock):
+    path = tmp_path / "labels.sqlite"
+    store = SQLiteLabelStore(path, clock=clock)
+    session_id = _session(store)
+    store.add_requests(session_id, [(1, 10), (2, 20)])
+    kept = store.answer(session_id, 1, 10, ["dog"], "label", "ana")
+    store.close()
+    # Make it the file an older coincide wrote: no given_by column, schema version 1.
+    db = sqlite3.connect(path)
+    db.execute("ALTER TABLE answers DROP COLUMN given_by")
+    db.execute("PRAGMA user_version=1")
+    db.commit()
+    db.close()
+    store = SQLiteLabelStore(path, clock=clock)
+    assert [(a.id, a.labels, a.given_by) for a in store.answers(session_id)] == [
+        (kept.id, ("dog",), None)
+    ]
+    store.answer(session_id, 2, 20, ["cat"], "label", "ben", owner="owner-b")
+    assert store.undo_last(session_id, owner="owner-b").cluster_id == 2
+    store.close()
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+
+
 def test_answers_are_checked(open_store, clock):
     store = open_store(clock)
     session_id = _session(store)

@@ -215,11 +215,19 @@ def claim(client: TestClient, claimant: str) -> dict | None:
 
 
 def give(
-    client: TestClient, claimant: str, request: dict, kind="label", labels=("dog",), who="ann"
+    client: TestClient,
+    claimant: str,
+    request: dict,
+    kind="label",
+    labels=("dog",),
+    who="ann",
+    owner=None,
 ):
+    extra = {} if owner is None else {"owner": owner}
     return client.post(
         "/api/answer",
         json={
+            **extra,
             "claimant": claimant,
             "cluster_id": request["cluster_id"],
             "window": request["window"],
@@ -520,6 +528,27 @@ def test_undo_reopens_the_cluster_for_this_tab(setup):
     nothing = client.post("/api/undo", json={"claimant": "tab-a", "annotator": "carol"})
     assert nothing.json()["undone"] is None
     assert_json_error(client.post("/api/undo", json={"claimant": "tab-a"}), 400, "annotator")
+    labels.close()
+
+
+def test_undo_takes_back_only_answers_this_page_gave(setup):
+    # Anyone can type "alice" in the name field: the browser's owner key decides whose answers
+    # a page may take back.
+    client, _campaign, labels = open_app(setup)
+    first = claim(client, "tab-a")
+    assert give(client, "tab-a", first, who="alice", owner="owner-alice").status_code == 200
+    undo = {"claimant": "tab-m", "annotator": "alice", "owner": "owner-mallory"}
+    assert client.post("/api/undo", json=undo).json()["undone"] is None
+    # Without an owner, a page owns its answers by its claimant: another tab cannot undo them.
+    assert (
+        client.post("/api/undo", json={"claimant": "tab-m", "annotator": "alice"}).json()["undone"]
+        is None
+    )
+    mine = {"claimant": "tab-b", "annotator": "alice", "owner": "owner-alice"}
+    body = client.post("/api/undo", json=mine).json()  # another tab of alice's browser: yes
+    assert body["undone"]["cluster_id"] == first["cluster_id"]
+    bad = {"claimant": "tab-a", "annotator": "alice", "owner": "no spaces"}
+    assert_json_error(client.post("/api/undo", json=bad), 400, "owner")
     labels.close()
 
 

@@ -14,7 +14,7 @@ details for a bug; never an HTML traceback):
     GET  /api/windows/{w}/frame.png         the window's video frame (404 without one)
     GET  /api/windows/{w}/filmstrip.png     the frames of the clip's windows, the window outlined
     POST /api/answer      {claimant, cluster_id, window, kind, labels, annotator}
-    POST /api/undo        {claimant, annotator}   take back the annotator's latest answer
+    POST /api/undo        {claimant, annotator, owner?}   take back this page's latest answer
     GET  /api/answers?limit=20              the latest current answers, newest first
 
 Safety: media are addressed only by window ids, and only windows of the session's clusters are
@@ -197,6 +197,17 @@ def _claimant(payload: dict[str, Any]) -> str:
     if not isinstance(claimant, str) or not _CLAIMANT.match(claimant):
         raise ApiError(400, "field 'claimant' must be 1-64 letters, digits, '-' or '_'.")
     return claimant
+
+
+def _owner(payload: dict[str, Any]) -> str | None:
+    """The page's private key (kept in the browser across tabs); answers given with it can be
+    undone only with it. Optional: a client without one owns its answers by its claimant."""
+    owner = payload.get("owner")
+    if owner is None:
+        return None
+    if not isinstance(owner, str) or not _CLAIMANT.match(owner):
+        raise ApiError(400, "field 'owner' must be 1-64 letters, digits, '-' or '_'.")
+    return owner
 
 
 def _annotator(payload: dict[str, Any]) -> str:
@@ -417,9 +428,10 @@ def create_app(
             raise ApiError(400, f"field 'kind' must be one of {', '.join(ANSWER_KINDS)}.")
         labels = _labels(payload)
         annotator = _annotator(payload)
+        owner = _owner(payload)
 
         def work() -> dict[str, Any]:
-            given = campaign.answer(claimant, cluster_id, window, kind, labels, annotator)
+            given = campaign.answer(claimant, cluster_id, window, kind, labels, annotator, owner)
             return {
                 "answer": _answer_json(given, campaign),
                 "progress": asdict(campaign.progress()),
@@ -431,9 +443,10 @@ def create_app(
         payload = await _json_body(request)
         claimant = _claimant(payload)
         annotator = _annotator(payload)
+        owner = _owner(payload)
 
         def work() -> dict[str, Any]:
-            undone = campaign.undo(claimant, annotator)
+            undone = campaign.undo(claimant, annotator, owner)
             return {
                 "undone": None if undone is None else _answer_json(undone, campaign),
                 "progress": asdict(campaign.progress()),

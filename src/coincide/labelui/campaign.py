@@ -342,8 +342,10 @@ class Campaign:
         kind: AnswerKind,
         labels: Sequence[str],
         annotator: str,
+        owner: str | None = None,
     ) -> Answer:
-        """Record an answer through the label store (committed when this returns)."""
+        """Record an answer through the label store (committed when this returns). `owner` is
+        the page's private key (the claimant when None): only it can undo the answer."""
         with self._lock:
             request = self.request_of(cluster_id)
             if request.window_index != window:
@@ -355,16 +357,25 @@ class Campaign:
             # on the same label store may have answered or claimed the cluster meanwhile.
             try:
                 return self.labels.answer(
-                    self.session.id, cluster_id, window, list(labels), kind, annotator, claimant
+                    self.session.id,
+                    cluster_id,
+                    window,
+                    list(labels),
+                    kind,
+                    annotator,
+                    claimant,
+                    owner=owner or claimant,
                 )
             except AnswerConflict as err:
                 raise Conflict(str(err)) from err
 
-    def undo(self, claimant: str, annotator: str) -> Answer | None:
-        """Take back `annotator`'s latest answer in the session; the tab's held cluster is
-        released so that its next `claim` gets the reopened cluster (the earliest pending)."""
+    def undo(self, claimant: str, annotator: str, owner: str | None = None) -> Answer | None:
+        """Take back `annotator`'s latest answer in the session that was given with `owner`'s
+        key (the claimant's when None): a page can undo only its own answers, not those of
+        another person who typed the same name. The tab's held cluster is released so that its
+        next `claim` gets the reopened cluster (the earliest pending)."""
         with self._lock:
-            undone = self.labels.undo_last(self.session.id, annotator)
+            undone = self.labels.undo_last(self.session.id, annotator, owner=owner or claimant)
             if undone is not None:
                 self._release(claimant)
             return undone

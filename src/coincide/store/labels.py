@@ -23,6 +23,7 @@ and `InMemoryLabelStore` (for tests and simulations).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import sqlite3
 import threading
@@ -46,7 +47,16 @@ RequestState = Literal["pending", "answered"]
 ANSWER_KINDS: tuple[str, ...] = get_args(AnswerKind)
 Clock = Callable[[], float]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Version 1 had no answers.given_by; opening such a file adds the column (its answers keep
+# NULL: nobody's in particular, so only an undo that names no owner takes them back).
+_MIGRATIONS = {1: ("ALTER TABLE answers ADD COLUMN given_by TEXT",)}
+
+
+def owner_digest(owner: str) -> str:
+    """What the label store keeps of an answer's owner (a labeling page's private browser key):
+    a digest, so that the file does not hold the key that lets one undo those answers."""
+    return hashlib.sha256(owner.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True)
@@ -94,6 +104,7 @@ class Answer:
     annotator: str
     answered_at: datetime
     undone: bool
+    given_by: str | None = None  # owner_digest of the page that gave it; None from the CLI
 
 
 def _timestamp(seconds: float) -> datetime:
@@ -215,6 +226,7 @@ class LabelStore(ABC):
         kind: AnswerKind,
         annotator: str,
         claimant: str | None = None,
+        owner: str | None = None,
     ) -> Answer:
         """Record an answer to the session's request for `cluster_id` (whose member must be
         `window_index`), committed before returning; it supersedes earlier answers to the same
@@ -223,12 +235,16 @@ class LabelStore(ABC):
         With `claimant` (a labeling page's tab), the answer is only taken for a pending request
         that no other claimant holds under an unexpired lease, checked in the same transaction
         as the insert, so two servers on one label store cannot both answer a cluster;
-        AnswerConflict otherwise."""
+        AnswerConflict otherwise. `owner` (a page's private key) is kept as a digest so that
+        only that page can undo the answer (see `undo_last`)."""
 
     @abstractmethod
-    def undo_last(self, session_id: int, annotator: str | None = None) -> Answer | None:
-        """Mark the session's latest answer that is not undone (by `annotator`, when given)
-        as undone, and return it; None when there is nothing to undo."""
+    def undo_last(
+        self, session_id: int, annotator: str | None = None, owner: str | None = None
+    ) -> Answer | None:
+        """Mark the session's latest answer that is not undone (by `annotator`, and given
+        with `owner`'s key, when given) as undone, and return it; None when there is nothing
+        to undo."""
 
     @abstractmethod
     def answers(self, session_id: int) -> list[Answer]:
@@ -329,6 +345,7 @@ CREATE TABLE IF NOT EXISTS answers (
     annotator TEXT NOT NULL,
     answered_at REAL NOT NULL,
     undone INTEGER NOT NULL DEFAULT 0,
+    given_by TEXT,
     FOREIGN KEY (session_id, cluster_id) REFERENCES requests(session_id, cluster_id)
 );
 CREATE INDEX IF NOT EXISTS answers_by_request ON answers(session_id, cluster_id, undone);
@@ -342,7 +359,7 @@ _REQUEST_COLUMNS = """
 
 _ANSWER_COLUMNS = (
     "a.id, a.session_id, a.cluster_id, a.window_index, a.labels, a.kind, a.annotator, "
-    "a.answered_at, a.undone"
+    "a.answered_at, a.undone, a.given_by"
 )
 
 
@@ -369,6 +386,7 @@ def _answer_from_row(row: sqlite3.Row) -> Answer:
         annotator=row["annotator"],
         answered_at=_timestamp(row["answered_at"]),
         undone=bool(row["undone"]),
+        given_by=row["given_by"],
     )
 
 
@@ -435,6 +453,10 @@ class SQLiteLabelStore(LabelStore):
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            elif version in _MIGRATIONS:
+                for statement in _MIGRATIONS[version]:
+                    db.execute(statement)
                 db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise UserError(
@@ -575,7 +597,9 @@ class SQLiteLabelStore(LabelStore):
         kind: AnswerKind,
         annotator: str,
         claimant: str | None = None,
+        owner: str | None = None,
     ) -> Answer:
+        given_by = None if owner is None else owner_digest(owner)
         stored_labels = _checked_answer(labels, kind, annotator)
         cluster_id, window_index = int(cluster_id), int(window_index)
         with self._write() as db:
@@ -604,7 +628,7 @@ class SQLiteLabelStore(LabelStore):
                 )
             cursor = db.execute(
                 "INSERT INTO answers (session_id, cluster_id, window_index, labels, kind, "
-                "annotator, answered_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "annotator, answered_at, given_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     session_id,
                     cluster_id,
@@ -613,6 +637,7 @@ class SQLiteLabelStore(LabelStore):
                     kind,
                     annotator,
                     answered_at,
+                    given_by,
                 ),
             )
             db.execute(
@@ -630,9 +655,12 @@ class SQLiteLabelStore(LabelStore):
             annotator=annotator,
             answered_at=_timestamp(answered_at),
             undone=False,
+            given_by=given_by,
         )
 
-    def undo_last(self, session_id: int, annotator: str | None = None) -> Answer | None:
+    def undo_last(
+        self, session_id: int, annotator: str | None = None, owner: str | None = None
+    ) -> Answer | None:
         with self._write() as db:
             self._require_session(db, session_id)
             query = (
@@ -642,6 +670,9 @@ class SQLiteLabelStore(LabelStore):
             if annotator is not None:
                 query += " AND a.annotator = ?"
                 args += (annotator,)
+            if owner is not None:
+                query += " AND a.given_by = ?"
+                args += (owner_digest(owner),)
             row = db.execute(query + " ORDER BY a.id DESC LIMIT 1", args).fetchone()
             if row is None:
                 return None
@@ -811,7 +842,9 @@ class InMemoryLabelStore(LabelStore):
         kind: AnswerKind,
         annotator: str,
         claimant: str | None = None,
+        owner: str | None = None,
     ) -> Answer:
+        given_by = None if owner is None else owner_digest(owner)
         stored_labels = _checked_answer(labels, kind, annotator)
         cluster_id, window_index = int(cluster_id), int(window_index)
         with self._lock:
@@ -843,12 +876,16 @@ class InMemoryLabelStore(LabelStore):
                 annotator=annotator,
                 answered_at=_timestamp(self._clock()),
                 undone=False,
+                given_by=given_by,
             )
             self._answers.append(answer)
             slot.claimed_by, slot.lease_expires = None, None
             return answer
 
-    def undo_last(self, session_id: int, annotator: str | None = None) -> Answer | None:
+    def undo_last(
+        self, session_id: int, annotator: str | None = None, owner: str | None = None
+    ) -> Answer | None:
+        digest = None if owner is None else owner_digest(owner)
         with self._lock:
             self._slots_of(session_id)
             for k in range(len(self._answers) - 1, -1, -1):
@@ -856,6 +893,8 @@ class InMemoryLabelStore(LabelStore):
                 if candidate.session_id != session_id or candidate.undone:
                     continue
                 if annotator is not None and candidate.annotator != annotator:
+                    continue
+                if digest is not None and candidate.given_by != digest:
                     continue
                 self._answers[k] = replace(candidate, undone=True)
                 return self._answers[k]

@@ -19,8 +19,21 @@ function tabClaimant() {
   return id;
 }
 
+// One owner per browser: answers given with it can be undone only with it, from any of this
+// browser's tabs; another person typing the same name cannot take them back.
+function browserOwner() {
+  let id = localStorage.getItem("coincide-owner");
+  if (!id) {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    id = "owner-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    localStorage.setItem("coincide-owner", id);
+  }
+  return id;
+}
+
 const state = {
   claimant: tabClaimant(),
+  owner: browserOwner(),
   request: null, // the cluster being answered: {cluster_id, window, cluster_size, member, ...}
   shown: null, // the member whose audio and pictures are shown (the request's, or another)
   labels: [], // labels of the answer being written
@@ -296,6 +309,7 @@ function answer(kind) {
       kind: kind,
       labels: kind === "skip" ? [] : state.labels,
       annotator: annotator,
+      owner: state.owner,
     });
     const given = payload.answer;
     const what = given.labels.length ? given.kind + ": " + given.labels.join(", ") : given.kind;
@@ -311,7 +325,11 @@ function undo() {
   return guarded(async () => {
     const annotator = annotatorName();
     if (!annotator) return;
-    const payload = await api("/api/undo", { claimant: state.claimant, annotator: annotator });
+    const payload = await api("/api/undo", {
+      claimant: state.claimant,
+      annotator: annotator,
+      owner: state.owner,
+    });
     showProgress(payload.progress);
     if (!payload.undone) {
       say("Nothing of yours to undo.", "error");
