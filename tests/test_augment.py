@@ -27,6 +27,7 @@ from coincide.data.augment import (
     apply_gain,
     augment_images,
     background_gain,
+    draw_filter,
     fill_bands,
     jitter_colours,
     magnitude,
@@ -108,9 +109,11 @@ SWITCHES = {
     "freq_masks": ({"freq_masks": 2, "freq_mask_width": 4}, {"audio", "aa_audio"}),
     "time_masks": ({"time_masks": 2, "time_mask_width": 5}, {"audio", "aa_audio"}),
     "mix": ({"mix_prob": 1.0, "mix_snr_db": [0.0, 5.0]}, {"audio", "aa_audio"}),
+    "filter": ({"filter_db": 6.0, "filter_bands": 3}, {"audio", "aa_audio"}),
     "crop_scale": ({"crop_scale": [0.3, 0.6]}, {"av_frames"}),
     "jitter": ({"jitter": 0.4}, {"av_frames"}),
     "rotate_deg": ({"rotate_deg": 20.0}, {"av_frames"}),
+    "grayscale": ({"grayscale": 1.0}, {"av_frames"}),
     "hflip": ({"hflip": True}, {"av_frames"}),
 }
 
@@ -155,6 +158,8 @@ def test_switches_are_validated_with_the_key_named(store, table):
         ({"mix_snr_db": [20.0, 10.0]}, "augment.audio.mix_snr_db"),
         ({"mix_prob": 1.5}, "augment.audio.mix_prob"),
         ({"gain_db": -1.0}, "augment.audio.gain_db"),
+        ({"filter_db": -1.0}, "augment.audio.filter_db"),
+        ({"filter_bands": 1}, "augment.audio.filter_bands"),
     ]:
         with pytest.raises(UserError, match=key):
             AudioAugmentConfig(**bad)
@@ -243,6 +248,24 @@ def test_gain_is_a_constant_shift_above_the_floor_and_none_on_it(store, table):
         torch.testing.assert_close(diff, diff.mean().expand_as(diff), atol=5e-3, rtol=0)
     floor = batch["audio"] == FLOOR
     torch.testing.assert_close(augmented[floor], batch["audio"][floor])
+
+
+def test_the_equaliser_is_piecewise_linear_in_db_and_a_gain_per_band():
+    gains = draw_filter(np.random.default_rng(0), 50, 3, 6.0, MEL)
+    assert gains.shape == (50, MEL) and np.abs(gains).max() <= 6.0
+    assert np.ptp(gains, axis=1).min() > 0  # never one flat gain for the whole window
+    # Linear between the points 0, (MEL - 1) / 2 and MEL - 1: second differences vanish there.
+    half = (MEL - 1) / 2
+    for side in (np.arange(0, int(half)), np.arange(int(np.ceil(half)), MEL)):
+        np.testing.assert_allclose(np.diff(gains[:, side], n=2, axis=1), 0.0, atol=1e-9)
+    # Applied per band: band f of every frame gets the same gain, the floor stays the floor.
+    x = torch.full((2, 1, MEL, FRAMES), FLOOR)
+    x[:, :, 4:] = 3.0
+    out = apply_gain(x, gains[:2], C)
+    a = torch.from_numpy(10 ** (gains[:2] / 20)).float().view(2, 1, MEL, 1)
+    torch.testing.assert_close(out, torch.log(a * (x.exp() - C).clamp(min=0) + C))
+    torch.testing.assert_close(out[:, :, :4], x[:, :, :4])
+    assert (out[:, :, 4:] == out[:, :, 4:, :1]).all()  # constant over time
 
 
 def test_masks_fill_exactly_the_drawn_bands_with_the_window_mean():
@@ -352,6 +375,21 @@ def test_jitter_scales_a_grey_frame_within_its_strength():
     assert (level >= math.floor(100 * (1 - strength))).all()
     assert (level <= math.ceil(100 * (1 + strength))).all()
     assert len(set(level.tolist())) > 1
+
+
+def test_grayscale_turns_about_its_share_of_frames_into_their_luma():
+    rng = np.random.default_rng(5)
+    frames = torch.from_numpy(rng.integers(0, 256, (400, 4, 4, 3), dtype=np.uint8))
+    out = augment_images(frames, ImageAugmentConfig(grayscale=0.3), np.random.default_rng(1))
+    gray = (out[..., 0] == out[..., 1]).all(dim=(1, 2)) & (out[..., 1] == out[..., 2]).all(
+        dim=(1, 2)
+    )
+    assert 0.22 < gray.float().mean() < 0.38
+    luma = TF.rgb_to_grayscale(frames[gray].permute(0, 3, 1, 2), num_output_channels=3)
+    assert torch.equal(out[gray], luma.permute(0, 2, 3, 1))
+    assert torch.equal(out[~gray], frames[~gray])  # the rest as they were
+    never = augment_images(frames, ImageAugmentConfig(grayscale=0.0), np.random.default_rng(1))
+    assert torch.equal(never, frames)
 
 
 def test_jitter_is_torchvisions_three_adjustments_where_nothing_clips():
@@ -533,3 +571,15 @@ def test_build_models_gives_the_heads_the_configured_dropout():
     models = build_models(cfg, ["aa_head", "av_head"])
     assert models["aa_head"].dropout.p == models["av_head"].dropout.p == 0.3
     assert build_models(load_config(["small"]), ["av_head"])["av_head"].dropout.p == 0.0
+
+
+def test_build_models_gives_the_configured_coincidence_head():
+    from coincide.models.heads import CosineCoincidenceHead
+
+    cfg = load_config(["small"], ["model.coincidence_head=cosine"])
+    models = build_models(cfg, ["aa_head", "av_head"])
+    assert isinstance(models["aa_head"], CosineCoincidenceHead)
+    assert isinstance(models["av_head"], CosineCoincidenceHead)
+    assert isinstance(build_models(load_config(["small"]), ["aa_head"])["aa_head"], CoincidenceHead)
+    with pytest.raises(UserError, match="model.coincidence_head"):
+        load_config(["small"], ["model.coincidence_head=dot"])

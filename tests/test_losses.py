@@ -112,6 +112,54 @@ def test_coincidence_loss_rejects_positives_outside_the_matrix() -> None:
         CoincidenceLoss()(torch.zeros(3, 6), positive_offset=4)
 
 
+def hard_negative_loss_reference(logits: np.ndarray, beta: float, offset: int = 0) -> float:
+    """The hardness-weighted loss with loops: w_ij = (B_g - 1) e^(beta l_ij) / sum_k e^(beta l_ik)
+    over the row's negatives j, k != offset + i."""
+    b_local, b_global = logits.shape
+    positives = negatives = 0.0
+    for i in range(b_local):
+        others = [j for j in range(b_global) if j != offset + i]
+        norm = sum(math.exp(beta * logits[i, k]) for k in others)
+        positives += math.log(sigmoid(logits[i, offset + i]))
+        for j in others:
+            w = (b_global - 1) * math.exp(beta * logits[i, j]) / norm
+            negatives += w * math.log(1.0 - sigmoid(logits[i, j]))
+    return -positives / b_local - negatives / (b_local * (b_global - 1))
+
+
+@pytest.mark.parametrize(("beta", "offset"), [(0.5, 0), (2.0, 0), (1.0, 3)])
+def test_hard_negatives_weight_each_row_by_a_softmax_of_its_logits(beta, offset) -> None:
+    rng = np.random.default_rng(int(beta * 10) + offset)
+    logits = rng.normal(0.0, 2.0, size=(3, 6))
+    loss = CoincidenceLoss(hardness=beta)(torch.from_numpy(logits), positive_offset=offset)
+    assert loss.item() == pytest.approx(hard_negative_loss_reference(logits, beta, offset), 1e-6)
+
+
+def test_hard_negatives_of_zero_are_equation_1_and_the_weights_carry_no_gradient() -> None:
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.normal(0.0, 2.0, size=(5, 5))).requires_grad_()
+    torch.testing.assert_close(CoincidenceLoss(0.0)(logits), CoincidenceLoss()(logits))
+    # Equal logits: every weight is 1, so any beta gives equation 1.
+    flat = torch.full((4, 4), -1.5)
+    torch.testing.assert_close(CoincidenceLoss(3.0)(flat), CoincidenceLoss()(flat))
+    # The gradient on a negative logit is its weight times equation 1's gradient there.
+    beta = 1.5
+    (plain,) = torch.autograd.grad(CoincidenceLoss()(logits), logits)
+    (hard,) = torch.autograd.grad(CoincidenceLoss(beta)(logits), logits)
+    with torch.no_grad():
+        off = ~torch.eye(5, dtype=torch.bool)
+        scores = (beta * logits).masked_fill(~off, -math.inf)
+        weights = torch.softmax(scores, dim=1) * 4
+    torch.testing.assert_close(hard[off], (weights * plain)[off])
+    torch.testing.assert_close(hard.diagonal(), plain.diagonal())
+    # The hardest negative of a row gets the most of the row's gradient.
+    row = hard[0].clone()
+    row[0] = 0
+    assert int(row.argmax()) == int(logits[0].detach().masked_fill(~off[0], -math.inf).argmax())
+    with pytest.raises(ValueError, match="hardness"):
+        CoincidenceLoss(hardness=-1.0)
+
+
 def test_random_negative_loss_matches_its_equation() -> None:
     rng = np.random.default_rng(0)
     positive, negative = rng.normal(0, 3, size=7), rng.normal(0, 3, size=7)

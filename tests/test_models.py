@@ -13,6 +13,7 @@ from coincide.models import (
     ClassifierHead,
     ClusterHead,
     CoincidenceHead,
+    CosineCoincidenceHead,
     EncoderConfig,
     build_encoder,
     images_to_tensor,
@@ -171,6 +172,22 @@ def test_coincidence_head_is_one_hidden_layer_of_512() -> None:
     assert head.hidden.in_features == 256 and head.hidden.out_features == 512
     assert head.output.out_features == 1
     assert head(torch.randn(3, 128), torch.randn(3, 128)).shape == (3,)
+
+
+def test_cosine_head_is_a_learned_scale_and_bias_on_the_cosine() -> None:
+    torch.manual_seed(0)
+    head = CosineCoincidenceHead(init_scale=10.0, init_bias=-10.0).double()
+    e1 = torch.randn(5, 8, dtype=torch.float64, requires_grad=True)
+    e2 = torch.randn(7, 8, dtype=torch.float64)
+    pairs = head.pairwise_logits(e1, e2)
+    cosine = F.cosine_similarity(e1[:, None], e2[None], dim=-1)
+    torch.testing.assert_close(pairs, 10.0 * cosine - 10.0)
+    torch.testing.assert_close(head(e1[:5], e2[:5]), pairs.diagonal())
+    # The length of an embedding does not matter, only its direction.
+    torch.testing.assert_close(head.pairwise_logits(3.0 * e1, e2), pairs)
+    # Scale, bias and both embeddings get gradients.
+    pairs.sum().backward()
+    assert e1.grad is not None and head.log_scale.grad is not None and head.bias.grad is not None
 
 
 # --- cluster and classifier heads -----------------------------------------------------------------

@@ -416,3 +416,31 @@ def test_aa_batchnorm_sets_which_windows_share_batch_statistics(mode):
     expected = alone if mode == "per_branch" else together
     torch.testing.assert_close(emb.anchor, expected)
     assert not torch.allclose(alone, together)
+
+
+def test_hard_negatives_weight_training_but_the_held_out_loss_stays_equation_1():
+    from coincide.losses import CoincidenceLoss
+    from coincide.train.checkpoint import build_models
+    from coincide.train.objective import StageObjective
+
+    cfg = load_config(["small"], [*TINY, "curriculum.hard_negatives=2.0"])
+    stage = cfg.curriculum.audio_only_stages[0]  # aa
+    models = build_models(cfg, ["audio", "aa_head"])
+    with torch.no_grad():  # spread the fresh head's logits, which all start near 0
+        models["aa_head"].output.weight.mul_(300.0)
+    objective = StageObjective(cfg, stage, models)
+    torch.manual_seed(0)
+    batch = {"audio": torch.randn(6, 1, MEL, FRAMES), "aa_audio": torch.randn(6, 1, MEL, FRAMES)}
+    objective.eval()
+    with torch.no_grad():
+        held_out = objective(batch, collective=False)["aa"]
+        emb = objective.embed(batch, collective=False)
+        logits = models["aa_head"].pairwise_logits(emb.anchor, emb.aa)
+    torch.testing.assert_close(held_out, CoincidenceLoss()(logits))
+    assert not torch.allclose(held_out, CoincidenceLoss(2.0)(logits))
+    # In training mode the term is the weighted loss (dropout is 0 in `small`, so the logits of
+    # an eval-mode head are the training logits; BatchNorm is kept in eval mode for that).
+    objective.terms.train()
+    with torch.no_grad():
+        trained = objective(batch, collective=False)["aa"]
+    torch.testing.assert_close(trained, CoincidenceLoss(2.0)(logits))

@@ -77,12 +77,15 @@ class ModelConfig:
     The cluster head's size is in `ClusteringConfig`.
     head_dropout: dropout probability on the coincidence heads' hidden layer while training
         (0 = the paper's heads; a regulariser for small stores).
+    coincidence_head: "mlp" (the paper's p_AA / p_AV on [e1, e2]) or "cosine" (a learned scale
+        and bias on cos(e1, e2); `coincidence_hidden` and `head_dropout` then do nothing).
     """
 
     audio: EncoderConfig
     image: EncoderConfig
     coincidence_hidden: int
     head_dropout: float = 0.0
+    coincidence_head: Literal["mlp", "cosine"] = "mlp"
 
     def __post_init__(self) -> None:
         if self.audio.modality != "audio" or self.image.modality != "image":
@@ -204,6 +207,9 @@ class CurriculumConfig:
         over both (one BatchNorm batch, the cheaper pass); "per_branch": one pass each, so no
         BatchNorm statistic mixes a window with its partner (the leak MoCo's shuffled BN
         guards against: coincidence solved from batch statistics).
+    hard_negatives: beta of the importance weights on the all-pairs negatives
+        (`coincide.losses.CoincidenceLoss`): 0 is the paper's uniform mean; beta > 0 weights each
+        anchor's negatives by softmax(beta * logit), the hardest most.
     """
 
     alpha: float
@@ -215,6 +221,10 @@ class CurriculumConfig:
     audio_only_stages: list[StageConfig]
     restore_best: bool = True
     aa_batchnorm: Literal["shared", "per_branch"] = "shared"
+    hard_negatives: float = 0.0
+
+    def __post_init__(self) -> None:
+        _non_negative("curriculum.hard_negatives", self.hard_negatives)
 
     def stages_for(self, audio_only: bool) -> list[StageConfig]:
         """The stages a store trains: `audio_only_stages` when it has no frames."""

@@ -8,6 +8,7 @@ float32, so bf16 logits from autocast are fine.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -37,7 +38,21 @@ class CoincidenceLoss(nn.Module):
               - (1/(B_local (B_global - 1))) sum_{i in r, j != i} log(1 - p_ij)
     and the mean of L_r over ranks equals L on the global batch exactly (B = world * B_local).
     DistributedDataParallel averages gradients over ranks, so it optimises that mean.
+
+    `hardness` beta > 0 (not in the paper; 0 is equation 1) weights the negatives of each row by
+    w_ij = (B_global - 1) softmax_j(beta l_ij) over that row's negatives, computed without
+    gradient, so the row's negative weights still sum to B_global - 1 (the loss keeps its scale
+    and its balance) but the negatives the head finds hardest count most: the importance
+    weights of Robinson et al. (ICLR 2021), "Contrastive learning with hard negative samples".
+    When one cue (a place, a device) already tells most pairs apart, the negatives that share
+    it are the hard ones, and this turns the gradient toward what else tells them apart.
     """
+
+    def __init__(self, hardness: float = 0.0) -> None:
+        super().__init__()
+        if not (hardness >= 0.0 and math.isfinite(hardness)):
+            raise ValueError(f"hardness must be a finite number >= 0, got {hardness}")
+        self.hardness = hardness
 
     def forward(self, logits: torch.Tensor, positive_offset: int = 0) -> torch.Tensor:
         """logits `(B_local, B_global)`, positives at (i, positive_offset + i) -> scalar."""
@@ -58,8 +73,13 @@ class CoincidenceLoss(nn.Module):
         is_positive[rows, columns] = True
         # log(1 - sigmoid(l)) = logsigmoid(-l): exact for any logit, no log(0).
         positive_term = -F.logsigmoid(logits[rows, columns]).mean()
-        negative_sum = F.logsigmoid(-logits).masked_fill(is_positive, 0.0).sum()
-        negative_term = -negative_sum / (b_local * (b_global - 1))
+        negative_losses = F.logsigmoid(-logits).masked_fill(is_positive, 0.0)
+        if self.hardness > 0.0:
+            with torch.no_grad():
+                scores = (self.hardness * logits).masked_fill(is_positive, -math.inf)
+                weights = torch.softmax(scores, dim=1) * (b_global - 1)
+            negative_losses = negative_losses * weights
+        negative_term = -negative_losses.sum() / (b_local * (b_global - 1))
         return positive_term + negative_term
 
 

@@ -23,6 +23,11 @@ in this order:
 - `gain_db` G: a gain uniform in [-G, G] dB, the same for the whole window: m becomes a m,
   a = 10^(gain / 20), so x = log(m + c) becomes log(a m + c), a shift of log(a) where the sound
   is well above the offset c and none on the floor.
+- `filter_db` E, `filter_bands` K: a random equaliser (FilterAugment's linear type, Nam et al.
+  2022): gains uniform in [-E, E] dB at K points spread evenly over the mel axis, interpolated
+  linearly between them, applied to the magnitudes like `gain_db` but per mel band. Two views
+  of one media then differ in spectral colour, so a coincidence that rests on the colour of a
+  place or a microphone alone gets harder, while a sound's shape across bands survives.
 - `freq_masks`, `freq_mask_width` F and `time_masks`, `time_mask_width` T: SpecAugment's masks
   (Park et al. 2019): each mask fills a band of w mel bins (frames), w uniform in [0, F] ([0, T])
   at a uniform position, with the window's mean, the zero of features normalised per window.
@@ -32,7 +37,9 @@ ops, in this order: `rotate_deg` R (an angle uniform in [-R, R] degrees, bilinea
 black), `crop_scale` [lo, hi] (a crop of area fraction uniform in [lo, hi] and aspect ratio
 log-uniform in [3/4, 4/3], resized back to H x W), `jitter` j (brightness, contrast and
 saturation factors uniform in [1 - j, 1 + j], torchvision's three adjustments applied as the
-one linear map they make together), `hflip` (mirror with probability 1/2; off by default,
+one linear map they make together), `grayscale` p (with probability p the frame becomes its
+luma in all three channels, SimCLR's random grayscale: the colour of the light stops being a
+cue), `hflip` (mirror with probability 1/2; off by default,
 since mirrored text and digits change meaning).
 
 Every view draws its own parameters (x1 and x2 of one pair are augmented independently). The
@@ -73,6 +80,7 @@ class AudioAugmentConfig:
     time_shift: max |shift| in frames (< the window's frames). gain_db: max |gain| in dB.
     freq_masks / time_masks: masks per window; freq_mask_width / time_mask_width: max width.
     mix_prob: probability of mixing in another media's window; mix_snr_db: its SNR range [lo, hi].
+    filter_db: max |gain| in dB of the random equaliser; filter_bands: its points over the mel axis.
     """
 
     time_shift: int = 0
@@ -83,8 +91,15 @@ class AudioAugmentConfig:
     time_mask_width: int = 0
     mix_prob: float = 0.0
     mix_snr_db: list[float] = field(default_factory=lambda: [10.0, 20.0])
+    filter_db: float = 0.0
+    filter_bands: int = 4
 
     def __post_init__(self) -> None:
+        if self.filter_bands < 2:
+            raise UserError(
+                f"augment.audio.filter_bands is {self.filter_bands}; use at least 2 points."
+            )
+        _non_negative("augment.audio.filter_db", self.filter_db)
         for name in ("time_shift", "freq_masks", "freq_mask_width", "time_masks"):
             _non_negative(f"augment.audio.{name}", getattr(self, name))
         _non_negative("augment.audio.time_mask_width", self.time_mask_width)
@@ -96,7 +111,7 @@ class AudioAugmentConfig:
     @property
     def enabled(self) -> bool:
         masks = self.freq_masks * self.freq_mask_width + self.time_masks * self.time_mask_width
-        return bool(self.time_shift or self.gain_db or masks or self.mix_prob)
+        return bool(self.time_shift or self.gain_db or masks or self.mix_prob or self.filter_db)
 
 
 @dataclass
@@ -105,12 +120,14 @@ class ImageAugmentConfig:
 
     crop_scale: [lo, hi] area fraction of the random resized crop ([1, 1] = off);
     jitter: brightness / contrast / saturation strength in [0, 1) (0 = off);
-    rotate_deg: max |angle| in degrees (0 = off); hflip: random horizontal mirror.
+    rotate_deg: max |angle| in degrees (0 = off); grayscale: probability of a gray frame;
+    hflip: random horizontal mirror.
     """
 
     crop_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])
     jitter: float = 0.0
     rotate_deg: float = 0.0
+    grayscale: float = 0.0
     hflip: bool = False
 
     def __post_init__(self) -> None:
@@ -119,6 +136,10 @@ class ImageAugmentConfig:
             raise UserError("augment.image.crop_scale must start above 0; use e.g. [0.6, 1.0].")
         if not 0.0 <= self.jitter < 1.0:
             raise UserError(f"augment.image.jitter is {self.jitter}; use a value in [0, 1).")
+        if not 0.0 <= self.grayscale <= 1.0:
+            raise UserError(
+                f"augment.image.grayscale is {self.grayscale}; use a probability in [0, 1]."
+            )
         if not 0.0 <= self.rotate_deg <= 180.0:
             raise UserError(
                 f"augment.image.rotate_deg is {self.rotate_deg}; use degrees in [0, 180]."
@@ -130,7 +151,7 @@ class ImageAugmentConfig:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.crops or self.jitter or self.rotate_deg or self.hflip)
+        return bool(self.crops or self.jitter or self.rotate_deg or self.grayscale or self.hflip)
 
 
 @dataclass
@@ -187,10 +208,26 @@ def magnitude(logmel: torch.Tensor, log_offset: float) -> torch.Tensor:
 
 
 def apply_gain(logmel: torch.Tensor, gain_db: np.ndarray, log_offset: float) -> torch.Tensor:
-    """log(a m + c) for windows `(B, ..., mel, T)`, a = 10^(gain_db / 20) per window (B,)."""
-    gain = torch.from_numpy(10.0 ** (np.asarray(gain_db, dtype=np.float64) / 20.0)).float()
-    gain = gain.view(-1, *([1] * (logmel.dim() - 1)))
+    """log(a m + c) for windows `(B, ..., mel, T)`, a = 10^(gain_db / 20) per window (B,)
+    or per window and mel band (B, mel)."""
+    gain_db = np.asarray(gain_db, dtype=np.float64)
+    gain = torch.from_numpy(10.0 ** (gain_db / 20.0)).float()
+    if gain_db.ndim == 1:
+        gain = gain.view(-1, *([1] * (logmel.dim() - 1)))
+    else:  # (B, mel): one gain per band, the same over time
+        gain = gain.view(gain.shape[0], *([1] * (logmel.dim() - 3)), gain.shape[1], 1)
     return torch.log(gain * magnitude(logmel, log_offset) + log_offset)
+
+
+def draw_filter(
+    rng: np.random.Generator, batch: int, bands: int, max_db: float, mel: int
+) -> np.ndarray:
+    """Random equaliser gains in dB `(batch, mel)`: uniform in [-max_db, max_db] at `bands`
+    points spread evenly over the mel axis, linear in between."""
+    points = np.linspace(0.0, mel - 1.0, bands)
+    gains = rng.uniform(-max_db, max_db, size=(batch, bands))
+    bins = np.arange(mel, dtype=np.float64)
+    return np.stack([np.interp(bins, points, row) for row in gains])
 
 
 def background_gain(
@@ -254,6 +291,7 @@ def augment_images(
     angle = rng.uniform(-cfg.rotate_deg, cfg.rotate_deg, b) if cfg.rotate_deg else None
     boxes = _crop_boxes(rng, b, h, w, cfg.crop_scale) if cfg.crops else None
     factors = rng.uniform(1 - cfg.jitter, 1 + cfg.jitter, (b, 3)) if cfg.jitter else None
+    gray = rng.random(b) < cfg.grayscale if cfg.grayscale else None
     flip = rng.random(b) < 0.5 if cfg.hflip else None
     # Image by image, each op on a (3, H, W) tensor that stays in the CPU's cache (a whole
     # batch of float images does not: B = 512 is 100 MB).
@@ -266,6 +304,8 @@ def augment_images(
             image = TF.resized_crop(image, top, left, height, width, [h, w], antialias=True)
         if factors is not None:
             image = jitter_colours(image[None], factors[i : i + 1])[0]
+        if gray is not None and gray[i]:
+            image = TF.rgb_to_grayscale(image, num_output_channels=3)
         if flip is not None and flip[i]:
             image = TF.horizontal_flip(image)
         out[i] = image.permute(1, 2, 0)
@@ -400,6 +440,8 @@ class BatchAugment:
                 x[rows] = mix_background(x_rows, y, background_gain(x_rows, y, snr[rows], c), c)
         if cfg.gain_db:
             x = apply_gain(x, rng.uniform(-cfg.gain_db, cfg.gain_db, size=b), c)
+        if cfg.filter_db:
+            x = apply_gain(x, draw_filter(rng, b, cfg.filter_bands, cfg.filter_db, mel), c)
         if cfg.freq_masks and cfg.freq_mask_width:
             x = fill_bands(x, *draw_bands(rng, b, cfg.freq_masks, cfg.freq_mask_width, mel), -2)
         if cfg.time_masks and cfg.time_mask_width:

@@ -7,13 +7,19 @@ from coincide.models.encoders import (
     build_encoder,
     images_to_tensor,
 )
-from coincide.models.heads import ClassifierHead, ClusterHead, CoincidenceHead
+from coincide.models.heads import (
+    ClassifierHead,
+    ClusterHead,
+    CoincidenceHead,
+    CosineCoincidenceHead,
+)
 
 __all__ = [
     "ARCHS",
     "ClassifierHead",
     "ClusterHead",
     "CoincidenceHead",
+    "CosineCoincidenceHead",
     "Encoder",
     "EncoderConfig",
     "build_encoder",

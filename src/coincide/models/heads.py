@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -70,6 +72,54 @@ class CoincidenceHead(nn.Module):
         """(rows, hidden), (B2, hidden) -> logits (rows, B2)."""
         hidden = F.relu(e1_part[:, None, :] + e2_part[None, :, :])
         return self.output(self.dropout(hidden)).squeeze(-1)
+
+
+class CosineCoincidenceHead(nn.Module):
+    """p_AA or p_AV as a similarity (not in the paper): logit = s cos(e1, e2) + b, with a learned
+    scale s (kept as log s) and bias b, the head of SigLIP (Zhai et al. 2023), whose sigmoid loss
+    over all pairs of a batch is the paper's equation 1 up to its weighting.
+
+    The paper's MLP on [e1, e2] may decide coincidence from any function of the two embeddings;
+    this head decides it from their cosine alone, so training shapes the geometry that QbE and
+    clustering read (cosine between embeddings of f, or of f and g). The bias starts at 0, not
+    at SigLIP's -10: equation 1 weighs the positives and the negatives of a batch equally (SigLIP
+    sums over 32k negatives per positive), so even odds is the right prior, and a bias of -10
+    would cap every positive below p = 0.5 for thousands of Adam steps (about lr per step).
+    """
+
+    def __init__(self, init_scale: float = 10.0, init_bias: float = 0.0) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.tensor(math.log(init_scale)))
+        self.bias = nn.Parameter(torch.tensor(float(init_bias)))
+
+    def forward(self, e1: torch.Tensor, e2: torch.Tensor) -> torch.Tensor:
+        """Aligned pairs: e1, e2 `(batch, d)` -> coincidence logits `(batch,)`."""
+        cosine = (F.normalize(e1, dim=-1) * F.normalize(e2, dim=-1)).sum(-1)
+        return self.log_scale.exp() * cosine + self.bias
+
+    def pairwise_logits(
+        self, e1: torch.Tensor, e2: torch.Tensor, max_elements: int = 2**28
+    ) -> torch.Tensor:
+        """All pairs: e1 `(B1, d)`, e2 `(B2, d)` -> logits `(B1, B2)` (one matrix product; the
+        (B1, B2) logits are the largest tensor, so `max_elements` has nothing to bound)."""
+        cosine = F.normalize(e1, dim=-1) @ F.normalize(e2, dim=-1).T
+        return self.log_scale.exp() * cosine + self.bias
+
+
+COINCIDENCE_HEADS = ("mlp", "cosine")
+
+
+def build_coincidence_head(
+    kind: str, embed_dim: int, hidden: int, dropout: float
+) -> CoincidenceHead | CosineCoincidenceHead:
+    """p_AA / p_AV of `model.coincidence_head`: "mlp" (the paper's) or "cosine"."""
+    if kind == "mlp":
+        return CoincidenceHead(embed_dim, hidden, dropout)
+    if kind == "cosine":
+        return CosineCoincidenceHead()
+    raise UserError(
+        f"model.coincidence_head is {kind!r}; use one of {', '.join(COINCIDENCE_HEADS)}."
+    )
 
 
 class ClusterHead(nn.Module):

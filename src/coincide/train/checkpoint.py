@@ -46,7 +46,7 @@ from torch import nn
 from coincide.config import Config, config_from_dict
 from coincide.errors import UserError, short_reason
 from coincide.models.encoders import build_encoder
-from coincide.models.heads import ClusterHead, CoincidenceHead
+from coincide.models.heads import ClusterHead, build_coincidence_head
 from coincide.store.layout import read_json_or_none
 
 CHECKPOINT_FORMAT = "coincide-train-checkpoint"
@@ -67,12 +67,13 @@ def build_models(cfg: Config, parts: Iterable[str]) -> nn.ModuleDict:
     if unknown:
         raise ValueError(f"unknown model parts {sorted(unknown)}; known: {MODEL_PARTS}")
     d = cfg.model.embed_dim
+    head = cfg.model.coincidence_head
     hidden, dropout = cfg.model.coincidence_hidden, cfg.model.head_dropout
     builders = {
         "audio": lambda: build_encoder(cfg.model.audio),
         "image": lambda: build_encoder(cfg.model.image),
-        "aa_head": lambda: CoincidenceHead(d, hidden, dropout),
-        "av_head": lambda: CoincidenceHead(d, hidden, dropout),
+        "aa_head": lambda: build_coincidence_head(head, d, hidden, dropout),
+        "av_head": lambda: build_coincidence_head(head, d, hidden, dropout),
         "cluster_head": lambda: ClusterHead(d, cfg.clustering.K, cfg.clustering.scale),
     }
     return nn.ModuleDict({name: builders[name]() for name in MODEL_PARTS if name in wanted})

@@ -73,7 +73,8 @@ class _CoincidenceTerm(LossTerm):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         self.negatives = cfg.curriculum.negatives
-        self.all_pairs = CoincidenceLoss()
+        self.all_pairs = CoincidenceLoss(cfg.curriculum.hard_negatives)
+        self.held_out = CoincidenceLoss()
         self.random_negative = RandomNegativeCoincidenceLoss()
 
     def _loss(
@@ -84,7 +85,10 @@ class _CoincidenceTerm(LossTerm):
         if not self.training or self.negatives == "all":
             logits = head.pairwise_logits(anchor, partners)
             if not self.training:
+                # The held-out loss stays equation 1 whatever the training weights: the plateau
+                # rule and best.pt compare one measure across runs and stages.
                 self.stats = {"pair_logits": logits.detach()}
+                return self.held_out(logits, positive_offset=offset)
             return self.all_pairs(logits, positive_offset=offset)
         # One random negative per positive: partner pi(offset + i) != offset + i.
         rows = torch.arange(anchor.shape[0], device=anchor.device) + offset
