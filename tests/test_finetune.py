@@ -92,6 +92,9 @@ def test_each_strategy_trains_and_writes_metrics(workspace, strategy):
     assert metrics["labeled_windows"] == len(labeled.windows)
     assert metrics["classes"] == sorted({c for names in labeled.labels for c in names})
     assert 0.0 <= metrics["mAP"] <= 1.0 and metrics["test_clips"] == 12
+    per_class = metrics["per_class_ap"]
+    assert sorted(per_class) == ["a", "b", "c"]  # every test class, trained or not
+    assert np.mean(list(per_class.values())) == pytest.approx(metrics["mAP"])
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["mAP"] == metrics["mAP"] and saved["strategy"] == strategy
     payload = torch.load(out / "checkpoint.pt", weights_only=False)
@@ -116,7 +119,9 @@ def test_a_finished_run_is_not_redone_and_a_foreign_checkpoint_is_refused(worksp
 def test_a_stopped_run_resumes_to_the_same_weights(workspace):
     root, train, _, checkpoint = workspace
     labeled = LabeledWindows(np.array([0, 4, 8, 40, 44, 80]), [["a"], ["b"], ["c"]] * 2)
-    cfg = FinetuneConfig(steps=4, batch_size=4, progress=False, checkpoint_every=2, cache_windows=0)
+    cfg = FinetuneConfig(
+        steps=4, batch_size=4, progress=False, checkpoint_every=2, cache_windows=0, log_every=1
+    )
     cpu = torch.device("cpu")
 
     class CountingStore:
@@ -149,6 +154,35 @@ def test_a_stopped_run_resumes_to_the_same_weights(workspace):
     )
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value)
+    # The loss curve of the stopped-and-resumed run is the straight run's, each step once.
+    stopped_log = pd.read_csv(out / "train_log.csv")
+    straight_log = pd.read_csv(root / "ft/straight/train_log.csv")
+    assert stopped_log["step"].tolist() == straight_log["step"].tolist() == [1, 2, 3, 4]
+    np.testing.assert_allclose(stopped_log["total"], straight_log["total"], rtol=1e-6)
+
+
+def test_finetune_writes_its_loss_curve_as_train_does(workspace):
+    root, train, _, checkpoint = workspace
+    labeled = LabeledWindows(np.array([0, 4, 8, 40, 44, 80]), [["a"], ["b"], ["c"]] * 2)
+    cpu = torch.device("cpu")
+    curves = {}
+    for every in (1, 2):
+        cfg = FinetuneConfig(steps=4, batch_size=4, progress=False, log_every=every)
+        out = root / f"ft/curve{every}"
+        finetune_stage.train_classifier(
+            load_models(checkpoint)["audio"], train, labeled, out, cfg, {"curve": 1}, cpu
+        )
+        curves[every] = pd.read_csv(out / "train_log.csv")
+        assert (out / "plots" / "stage1_finetune.png").read_bytes()[:4] == b"\x89PNG"
+        assert any((out / "tb").iterdir())
+    every_step, every_other = curves[1], curves[2]
+    assert every_step["step"].tolist() == [1, 2, 3, 4]
+    assert set(every_step["stage"]) == {"finetune"} and set(every_step["split"]) == {"train"}
+    assert (every_step["lr"] == 3e-4).all() and (every_step["pairs_per_s"] > 0).all()
+    # A row every 2 steps is the mean of the two steps' losses (the same seeded run).
+    assert every_other["step"].tolist() == [2, 4]
+    pairs = every_step["total"].to_numpy().reshape(2, 2).mean(axis=1)
+    np.testing.assert_allclose(every_other["total"], pairs, rtol=1e-6)
 
 
 def test_training_on_all_labels_learns_the_classes(workspace):

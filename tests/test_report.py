@@ -7,6 +7,7 @@ page must escape it; the bare run has only a checkpoint, so every section says w
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -19,16 +20,20 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from coincide import cluster, evaluate
+from coincide import cluster, evaluate, label
 from coincide.cli import app
 from coincide.consolidation_tables import run_table3
 from coincide.embedding_map import NO_LABEL, first_labels, project_2d
 from coincide.errors import UserError
 from coincide.finetune import FinetuneConfig
-from coincide.markdown_html import markdown_to_html
+from coincide.finetune import run as finetune
 from coincide.report import run as report
 from coincide.report import write_report
+from coincide.report_html import human_title, markdown_to_html
+from coincide.store.features import open_store
+from coincide.store.labels import SQLiteLabelStore
 from coincide.train.loop import run as train
+from coincide.train.validation import overfitting_message
 
 sys.path.insert(0, str(Path(__file__).parent))
 import consolidation_helpers  # noqa: E402
@@ -38,12 +43,30 @@ torch.set_num_threads(1)
 
 XSS = "<img src=x onerror=alert(1)>"
 CLASSES = ["dog", "rain", XSS]
-HEADINGS = ("Training", "Clusters", "Embeddings", "Table 3")
+HEADINGS = ("Training", "Clusters", "Labels", "Fine-tuning", "Embeddings", "Table 3")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _images(page: str) -> list[str]:
     return re.findall(r'<img src="([^"]+)"', page)
+
+
+def _flat(page: str) -> str:
+    """The page without the line breaks between tags (markdown-it puts one after each)."""
+    return re.sub(r">\n<", "><", page)
+
+
+def _label_by_hand(run: Path, store: Path, session: str, answer: list[str]) -> None:
+    """A person's session: every asked cluster answered `answer` through the label store, then
+    propagated by `coincide label` (which asks nothing new)."""
+    label.run(run, store, budget=3, session_name=session)
+    with SQLiteLabelStore(run / "labels.sqlite") as label_store:
+        opened = label_store.get_session(session)
+        for request in label_store.requests(opened.id):
+            label_store.answer(
+                opened.id, request.cluster_id, request.window_index, answer, "label", "ann"
+            )
+    label.run(run, store, budget=3, session_name=session)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +78,10 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     train(train_store, run, ["small"], list(eval_helpers.TINY), test_store, eval_every=1)
     evaluate.run(run, test_store)
     cluster.run(run, train_store)
+    label.run(run, train_store, budget=3, oracle="store")
+    _label_by_hand(run, train_store, "human", ["dog"])
     cfg = FinetuneConfig(steps=2, batch_size=4, progress=False)
+    finetune(run, train_store, "cluster", test_store_path=test_store, cfg=cfg)
     run_table3(run, train_store, test_store, [2], root / "table3", cfg=cfg)
     return {"root": root, "run": run, "train": train_store, "test": test_store}
 
@@ -74,7 +100,8 @@ def test_the_report_shows_every_section_with_pictures_that_exist(workspace):
     for heading in HEADINGS:
         assert f">{heading}</h2>" in page
     assert "Missing:" not in page
-    # Three stage curves, the QbE curve, the cluster sizes, the map and the Table 3 plot.
+    # Three stage curves, the QbE curve, the cluster sizes, the fine-tuning's loss curve, the
+    # map and the Table 3 plot.
     sources = _images(page)
     assert sorted(sources) == sorted(
         [
@@ -83,6 +110,7 @@ def test_the_report_shows_every_section_with_pictures_that_exist(workspace):
             "report_files/training_stage3_joint.png",
             "report_files/training_qbe_curve.png",
             "report_files/clusters_train.png",
+            "report_files/finetune_cluster-cluster.png",
             "report_files/embeddings_pca.png",
             "report_files/table3_table3.png",
         ]
@@ -95,7 +123,9 @@ def test_the_report_shows_every_section_with_pictures_that_exist(workspace):
     assert [r["name"] for r in state["finished"]] == ["av", "coin", "joint"]
     assert page.count("<td>step cap</td>") == 3
     qbe = json.loads((run / "eval" / "metrics.json").read_text())["qbe_map"]
-    assert f"<td>qbe_map</td><td>{qbe:.4g}</td>" in page
+    title = "QbE retrieval mAP (pairs within one media left out)"
+    assert f"<td>{title}</td><td>{qbe:.4g}</td>" in page
+    assert "qbe_map" not in page  # no raw JSON key is shown
     summary = json.loads((run / "clusters" / "train" / "summary.json").read_text())
     assert f"<b>{summary['active_clusters']}</b> active clusters of K = 4" in page
     table3 = pd.read_csv(workspace["root"] / "table3" / "table3.csv")
@@ -104,7 +134,11 @@ def test_the_report_shows_every_section_with_pictures_that_exist(workspace):
         f'<td>Cluster: head</td><td class="num">{row.budget}</td>'
         f'<td class="num">{row.examples}</td>'
         f'<td class="num">{row.mAP:.3f}</td>'
-    ) in page
+    ) in _flat(page)
+
+    # Training printed a memorization warning for a stage exactly when the page shows one.
+    warned = any(r.get("overfitting") for r in state["finished"])
+    assert ('class="warning"' in page) == warned
 
     # The class named like a tag is text everywhere: 12 windows of each class on the map.
     assert "<img src=x" not in page
@@ -112,6 +146,63 @@ def test_the_report_shows_every_section_with_pictures_that_exist(workspace):
     assert f'<tr><td>{escaped}</td><td class="num">12</td></tr>' in page
     for name in ("dog", "rain"):
         assert f'<tr><td>{name}</td><td class="num">12</td></tr>' in page
+
+
+def test_the_labels_and_fine_tuning_sections_show_the_run_s_numbers(workspace, tmp_path):
+    run, train_store = workspace["run"], workspace["train"]
+    page = _flat(write_report(run, tmp_path / "page.html").read_text(encoding="utf-8"))
+    labels = page[page.index(">Labels</h2>") : page.index(">Fine-tuning</h2>")]
+    # The oracle's session: the precision its summary recorded, measured again from the store.
+    summary = json.loads((run / "labels" / "cluster" / "summary.json").read_text())
+    assert (
+        f"Label precision <b>{summary['label_precision']:.3f}</b>, recall "
+        f"{summary['label_recall']:.3f}"
+    ) in labels
+    assert f'<tr><td>Clusters asked</td><td class="num">{summary["requests"]}</td></tr>' in labels
+    # The person answered "dog" for every cluster: the estimate is the share of the labeled
+    # windows whose clip is a dog, and all of them count for the class dog.
+    propagated = pd.read_parquet(run / "labels" / "human" / "propagated.parquet")
+    truth = [list(names) for names in open_store(train_store).index["labels"]]
+    precision = float(np.mean(["dog" in truth[w] for w in propagated["window_index"]]))
+    assert f"Label precision <b>{precision:.3f}</b>" in labels
+    clusters = propagated["cluster_id"].nunique()
+    assert (
+        f'<tr><td>dog</td><td class="num">{clusters}</td><td class="num">{len(propagated)}</td>'
+        f'<td class="num">{precision:.4g}</td></tr>'
+    ) in labels
+
+    tuned = page[page.index(">Fine-tuning</h2>") : page.index(">Embeddings</h2>")]
+    metrics = json.loads((run / "finetune" / "cluster-cluster" / "metrics.json").read_text())
+    assert "<td>cluster-cluster</td><td>cluster</td><td>cluster</td>" in tuned
+    assert f"<tr><td>Clip-level mAP</td><td>{metrics['mAP']:.4g}</td></tr>" in tuned
+    assert sorted(metrics["per_class_ap"]) == sorted(CLASSES)
+    for name, ap in metrics["per_class_ap"].items():
+        cell = "n/a" if ap is None else f"{ap:.4g}"
+        assert f'<tr><td>{html.escape(name)}</td><td class="num">{cell}</td>' in tuned
+
+
+def test_the_memorization_warning_and_the_start_of_f_are_shown(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    evidence = {
+        "from_step": 10,
+        "to_step": 40,
+        "train_from": 0.9,
+        "train_to": 0.5,
+        "held_out_from": 0.7,
+        "held_out_to": 0.8,
+        "best_held_out": 0.65,
+    }
+    record = {"name": "av", "steps": 40, "stopped": "step cap", "overfitting": evidence}
+    state = {"stages": ["av"], "finished": [record], "step": 40, "done": True}
+    (run / "state.json").write_text(json.dumps(state))
+    start = {"source": "/w/<f>.pt", "weights": {}, "tensors": 12}
+    (run / "init_from.json").write_text(json.dumps(start))
+    page = write_report(run, run / "report.html").read_text(encoding="utf-8")
+    message = overfitting_message("av", evidence)
+    assert "rose 0.700 -> 0.800 while the training loss fell 0.900 -> 0.500" in message
+    assert f'<p class="warning"><b>Warning:</b> {html.escape(message)}</p>' in page
+    assert "started from <code>/w/&lt;f&gt;.pt</code> (--init-from, 12 tensors)" in page
 
 
 def test_the_page_and_its_folder_can_be_copied(workspace, tmp_path):
@@ -122,7 +213,7 @@ def test_the_page_and_its_folder_can_be_copied(workspace, tmp_path):
     shutil.rmtree(out.parent)
     page = (copy / "page.html").read_text(encoding="utf-8")
     sources = _images(page)
-    assert len(sources) == 7
+    assert len(sources) == 8
     for source in sources:
         assert source.startswith("page_files/")
         assert (copy / source).read_bytes()[:8] == PNG_MAGIC
@@ -147,7 +238,8 @@ def test_a_run_with_only_a_checkpoint_says_what_is_missing(tmp_path):
         "coincide reproduce table3",
     ):
         assert command in page
-    assert page.count('class="missing"') == 6
+    assert "coincide label" in page and "coincide finetune" in page
+    assert page.count('class="missing"') == 8
 
 
 def test_table3_from_its_csv_alone(tmp_path):
@@ -225,24 +317,30 @@ def test_first_labels():
 def test_markdown_to_html_escapes_and_aligns():
     text = (
         "# Title <b>\n\nRun `a<b` here\nand there.\n\n"
-        "| Name | mAP |\n|---|---:|\n| <x> | 0.5 |\n\n![plot](p.png)\n"
+        "| Name | mAP |\n|---|---:|\n| <x> | 0.5 |\n\n![plot](p%20q.png)\n\n"
+        "<script>alert(1)</script>\n[link](javascript:alert(1))\n"
     )
     seen = []
 
     def image(src: str, alt: str) -> str:
         seen.append((src, alt))
-        return "<p>IMAGE</p>"
+        return "IMAGE"
 
-    assert markdown_to_html(text, image).split("\n") == [
-        "<h3>Title &lt;b&gt;</h3>",
-        "<p>Run <code>a&lt;b</code> here and there.</p>",
-        "<table>",
-        '<tr><th>Name</th><th class="num">mAP</th></tr>',
-        '<tr><td>&lt;x&gt;</td><td class="num">0.5</td></tr>',
-        "</table>",
-        "<p>IMAGE</p>",
+    assert _flat(markdown_to_html(text, image)).split("\n") == [
+        "<h3>Title &lt;b&gt;</h3><p>Run <code>a&lt;b</code> here",
+        'and there.</p><table><thead><tr><th>Name</th><th class="num">mAP</th></tr></thead>'
+        '<tbody><tr><td>&lt;x&gt;</td><td class="num">0.5</td></tr></tbody></table>'
+        "<p>IMAGE</p><p>&lt;script&gt;alert(1)&lt;/script&gt;",
+        "[link](javascript:alert(1))</p>",  # an unsafe link stays text
+        "",
     ]
-    assert seen == [("p.png", "plot")]
+    assert seen == [("p q.png", "plot")]
+
+
+def test_human_titles():
+    assert human_title("qbe_map") == "QbE retrieval mAP (pairs within one media left out)"
+    assert human_title("clip_qbe_auc_per_class") == "Clip QbE AUC per class"
+    assert human_title("new_thing") == "New thing"
 
 
 def test_user_errors(tmp_path):

@@ -217,6 +217,14 @@ def train(
     eval_every: Annotated[
         int, typer.Option("--eval-every", min=0, help="Steps between QbE measurements.")
     ] = 0,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--init-from",
+            help="Start f from these weights: a state dict file of the audio encoder, or a "
+            "coincide run / export folder (a new run only; resuming keeps its own).",
+        ),
+    ] = None,
 ) -> None:
     """Train the curriculum (av -> coin -> joint; audio-only: aa -> aa_clust), resumably.
 
@@ -225,7 +233,7 @@ def train(
     """
     from coincide.train.loop import run as run_training
 
-    run_training(store, run, config or [], overrides or [], eval_store, eval_every)
+    run_training(store, run, config or [], overrides or [], eval_store, eval_every, init_from)
 
 
 @app.command()

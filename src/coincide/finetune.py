@@ -21,7 +21,9 @@ windows, scored with clip-level mAP and d' over the test classes. A test class t
 never saw gets a constant score (it was never labeled: the cost of missing a class).
 
 Outputs in the output folder: `checkpoint.pt` (atomic; a run stopped midway resumes from it),
-`metrics.json` (when there is a test store) and `finetune.json` (the settings).
+`metrics.json` (when there is a test store; with each test class's AP), `finetune.json` (the
+settings), and the loss curve as `coincide train` records it: `train_log.csv`, `tb/`
+(TensorBoard) and `plots/stage1_finetune.png`.
 """
 
 from __future__ import annotations
@@ -43,11 +45,19 @@ from torch import nn
 from coincide.embed_store import DEFAULT_BATCH_SIZE, default_device, score_windows
 from coincide.errors import UserError, short_reason
 from coincide.losses import ClassificationLoss
-from coincide.metrics import clip_scores, labels_to_matrix, mean_average_precision, mean_d_prime
+from coincide.metrics import (
+    clip_scores,
+    labels_to_matrix,
+    mean_average_precision,
+    mean_d_prime,
+    per_class_average_precision,
+)
 from coincide.models.encoders import Encoder, EncoderConfig, build_encoder
 from coincide.models.heads import ClassifierHead
 from coincide.store.features import FeatureStore
 from coincide.train.checkpoint import CHECKSUM_KEY, payload_checksum, verify_checksum
+from coincide.train.monitor import Monitor, Throughput
+from coincide.train.report import plot_stage
 
 Strategy = Literal["cluster", "random-scratch", "random-pretrained", "all"]
 STRATEGIES: tuple[str, ...] = ("cluster", "random-scratch", "random-pretrained", "all")
@@ -75,6 +85,7 @@ class FinetuneConfig:
     hidden: width of a hidden ReLU layer in p_class (0: a linear classifier, as SPEC's C-way
         output on the embedding).
     checkpoint_every: steps between checkpoints (one is also written at the end).
+    log_every: steps per row of the loss curve (train_log.csv, TensorBoard, the plot).
     cache_windows: labeled sets up to this many windows are read into memory once; larger ones
         are read from the store batch by batch.
     eval_batch_size: windows per forward pass when scoring the test store.
@@ -89,13 +100,14 @@ class FinetuneConfig:
     hidden: int = 0
     seed: int = 0
     checkpoint_every: int = 500
+    log_every: int = 10
     cache_windows: int = 20000
     eval_batch_size: int = DEFAULT_BATCH_SIZE
     amp: Literal["auto", "bf16", "fp32"] = "auto"
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "eval_batch_size"):
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"finetune {name} is {getattr(self, name)}; it must be positive.")
         if self.lr <= 0 or self.weight_decay < 0 or self.hidden < 0:
@@ -310,10 +322,14 @@ def train_classifier(
     if len(labeled.windows) <= cfg.cache_windows:
         cached = torch.from_numpy(store.logmel[labeled.windows])
 
+    # The curves as `coincide train` writes them (its Monitor and plot): out_dir/train_log.csv
+    # (one row per log_every steps; rows past a resumed checkpoint are dropped), TensorBoard in
+    # out_dir/tb, out_dir/plots/stage1_finetune.png. Its pairs_per_s column holds windows/s.
+    monitor = Monitor(out_dir, [], step, cfg.progress)
+    monitor.start_stage(f"finetune {out_dir.name}", cfg.steps, step)
+    speed, loss_sum, summed = Throughput(), 0.0, 0
     model.train()
-    progress = _progress(cfg.progress, out_dir.name)
-    with progress:
-        task = progress.add_task("finetune", total=cfg.steps, completed=step, loss=float("nan"))
+    try:
         while step < cfg.steps:
             picks = _batch_windows(len(labeled.windows), cfg.batch_size, cfg.seed, step)
             if cached is not None:
@@ -337,32 +353,20 @@ def train_classifier(
             loss.backward()
             optimizer.step()
             step += 1
-            progress.update(task, advance=1, loss=loss.item())
+            speed.add(cfg.batch_size)
+            loss_sum, summed = loss_sum + loss.item(), summed + 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                losses = {"total": loss_sum / summed}
+                monitor.log_train(step, "finetune", step, losses, cfg.lr, speed.rate(), None)
+                loss_sum, summed = 0.0, 0
+            monitor.advance(step)
             if step % cfg.checkpoint_every == 0 or step == cfg.steps:
                 save(step)
+    finally:
+        monitor.close()
+    plot_stage(out_dir, 1, "finetune")
     model.eval()
     return model
-
-
-def _progress(enabled: bool, name: str) -> Any:
-    """A rich progress bar with the loss and the time left (disabled: prints nothing)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn(f"[bold]{name}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=True,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -385,7 +389,8 @@ def evaluate_classifier(
         test_labels: one label list per test window (the clip's labels); None reads the store's.
 
     Returns:
-        {"mAP", "d_prime", "test_clips", "test_classes", "untrained_classes"}.
+        {"mAP", "per_class_ap" (class -> AP, None without a positive clip), "d_prime",
+        "test_clips", "test_classes", "untrained_classes"}.
     """
     device = device or next(model.parameters()).device
     window_labels = test_labels if test_labels is not None else list(test_store.index["labels"])
@@ -405,8 +410,13 @@ def evaluate_classifier(
     clips, per_clip = clip_scores(scores, clip_ids)
     first_window = {clip: i for i, clip in reversed(list(enumerate(clip_ids)))}
     truth, _ = labels_to_matrix([window_labels[first_window[c]] for c in clips], test_classes)
+    per_class = per_class_average_precision(truth, per_clip)
     return {
         "mAP": mean_average_precision(truth, per_clip),
+        "per_class_ap": {
+            name: None if np.isnan(ap) else float(ap)
+            for name, ap in zip(test_classes, per_class, strict=True)
+        },
         "d_prime": mean_d_prime(truth, per_clip),
         "test_clips": int(len(clips)),
         "test_classes": len(test_classes),
@@ -461,7 +471,10 @@ def finetune_strategy(
         "labels": labeled.fingerprint(),
         "store": str(store.root.resolve()),
         "test_store": str(test_store.root.resolve()) if test_store else None,
-        "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "progress"},
+        # What shows progress does not change the result: left out, so either may differ on resume.
+        "config": {
+            k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("progress", "log_every")
+        },
         **(extra or {}),
     }
     metrics_path = out_dir / METRICS_FILE

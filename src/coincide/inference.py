@@ -94,6 +94,13 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     return device
 
 
+def inference_autocast(device: torch.device) -> AbstractContextManager[object]:
+    """The precision of inference, as in training: bf16 autocast on GPU, float32 on CPU."""
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
 class SoundModel:
     """The audio encoder f with an optional classifier p_class, ready for inference.
 
@@ -155,12 +162,6 @@ class SoundModel:
             )
         return self.classifier
 
-    def _autocast(self) -> AbstractContextManager[object]:
-        # As in training: bf16 on GPU, float32 on CPU.
-        if self.device.type == "cuda":
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return nullcontext()
-
     def _run(self, logmel: np.ndarray, scores: bool) -> tuple[np.ndarray, np.ndarray | None]:
         """Log-mel windows `(n, mel, frames)` -> (embeddings `(n, d)`, scores `(n, C)` or None)."""
         classifier = self.require_classifier() if scores else None
@@ -169,7 +170,7 @@ class SoundModel:
             for start in range(0, len(logmel), BLOCK_WINDOWS):
                 batch = np.ascontiguousarray(logmel[start : start + BLOCK_WINDOWS])
                 inputs = torch.from_numpy(batch).float().unsqueeze(1).to(self.device)
-                with self._autocast():
+                with inference_autocast(self.device):
                     embedding = self.encoder(inputs)
                     probs = classifier.probs(embedding) if classifier is not None else None
                 embeddings.append(embedding.float().cpu().numpy())

@@ -1,17 +1,21 @@
 """`coincide report RUN`: one HTML page with the pictures of a run, for people to look at.
 
-Four sections, each drawn from what the other commands left behind, and each saying which file
+Six sections, each drawn from what the other commands left behind, and each saying which file
 is missing and which command makes it when its input is not there:
 
 1. Training: the loss curves of every stage (RUN/plots/stage<N>_<name>.png, re-plotted from
    RUN/train_log.csv for a stage still in progress or one whose picture is gone), the stage
-   summary of RUN/state.json, the held-out QbE curve of RUN/eval_curve.csv and the numbers of
-   RUN/eval/metrics.json.
+   summary of RUN/state.json with the memorization warning training printed for a stage (the
+   evidence is kept in the stage's record), where f started (RUN/init_from.json), the held-out
+   QbE curve of RUN/eval_curve.csv and the numbers of RUN/eval/metrics.json under human titles.
 2. Clusters: for every clustering of `coincide cluster` (RUN/clusters/<store>/ and its
    kmeans-<K>/ folders), the active clusters and the sorted cluster sizes (log y).
-3. Embeddings: a 2-D map (PCA, or t-SNE) of f(x) for a seeded sample of at most `map_windows`
+3. Labels: every labeling session (RUN/labels/<session>/): answers, propagation per class and
+   the precision of the propagated labels (`coincide.report_consolidation`).
+4. Fine-tuning: every RUN/finetune/<name>/: loss curve, mAP and each test class's AP.
+5. Embeddings: a 2-D map (PCA, or t-SNE) of f(x) for a seeded sample of at most `map_windows`
    windows of a test store, coloured by the first label of each window's clip.
-4. Table 3: DIR/table3.md of `coincide reproduce table3` as HTML, and its plot.
+6. Table 3: DIR/table3.md of `coincide reproduce table3` as HTML (markdown-it-py), and its plot.
 
 The pictures are PNG files in `<page stem>_files/` next to the page (RUN/report_files/ for the
 default RUN/report.html), linked by relative paths, as `coincide search --html` does: the page
@@ -22,11 +26,8 @@ the page with its folder keeps every link working.
 from __future__ import annotations
 
 import html
-import re
-import shutil
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -49,15 +50,28 @@ from coincide.evaluate import (
     read_curve,
     read_metrics,
 )
-from coincide.markdown_html import NUM_CLASS, markdown_to_html
+from coincide.init_from import read_record
 from coincide.plots import literal, pyplot
 from coincide.predict import atomic_output, printable
+from coincide.report_consolidation import RERUN, finetune_section, labels_section
+from coincide.report_html import (
+    Pictures,
+    human_title,
+    key_table,
+    markdown_to_html,
+    missing,
+    number,
+    table,
+    text,
+    warning,
+)
 from coincide.representations import embed_positions
 from coincide.store.features import open_store
 from coincide.store.layout import read_json_or_none
 from coincide.train.checkpoint import BEST_CHECKPOINT, CHECKPOINTS_DIR, LAST_CHECKPOINT, load_models
 from coincide.train.loop import STATE_FILE
 from coincide.train.report import PLOTS_DIR, plot_stage, read_log
+from coincide.train.validation import overfitting_message
 
 REPORT_FILE = "report.html"
 DEFAULT_MAP_WINDOWS = 3000
@@ -65,89 +79,6 @@ DEFAULT_MAP_WINDOWS = 3000
 
 # RUN/clusters/: where `coincide cluster` keeps one folder per store (cluster.store_clusters_dir).
 _CLUSTERS_DIR = "clusters"
-RERUN = "delete it and run its command again"  # what to do about a file that does not parse
-
-
-# ---------------------------------------------------------------------------------------------
-# Small HTML pieces
-
-
-def _text(value: Any) -> str:
-    """Any value as escaped HTML text (paths with undecodable bytes stay printable)."""
-    return html.escape(printable(value) if isinstance(value, Path) else str(value))
-
-
-def _number(value: Any) -> str:
-    """A cell: floats with 4 significant digits, None as n/a, everything else as text."""
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if isinstance(value, list):
-        return _text(", ".join(str(v) for v in value))
-    return _text(value)
-
-
-def _table(header: list[str], rows: list[list[Any]], numeric: set[int] | None = None) -> str:
-    """An HTML table; every cell is escaped, the `numeric` columns are right-aligned."""
-    numeric = numeric or set()
-
-    def cell(tag: str, i: int, value: Any) -> str:
-        return f"<{tag}{NUM_CLASS if i in numeric else ''}>{_number(value)}</{tag}>"
-
-    head = "".join(cell("th", i, h) for i, h in enumerate(header))
-    body = "".join(
-        "<tr>" + "".join(cell("td", i, v) for i, v in enumerate(row)) + "</tr>\n" for row in rows
-    )
-    return f"<table>\n<tr>{head}</tr>\n{body}</table>"
-
-
-def _missing(what: str, command: str, then: str = "") -> str:
-    """A note that an input is missing, the command that makes it, and what to do `then`."""
-    after = f" {_text(then)}" if then else ""
-    return (
-        f'<p class="missing">Missing: {_text(what)}. Make it with '
-        f"<code>{_text(command)}</code>.{after}</p>"
-    )
-
-
-class Pictures:
-    """The PNG files of one page: kept in `<page stem>_files/`, linked relatively.
-
-    `path(name)` gives where to write a picture; `image(path, alt)` the <img> tag for it.
-    """
-
-    def __init__(self, page: Path) -> None:
-        self.page_dir = page.parent
-        self.folder = page.with_name(f"{page.stem}_files")
-        self.written: set[Path] = set()
-
-    def path(self, name: str) -> Path:
-        """Where to write the picture called `name` (characters unsafe in file names become
-        `_`, so class or store names cannot leave the folder)."""
-        safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "picture"
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / safe
-        self.written.add(path)
-        return path
-
-    def copy(self, source: Path, name: str) -> Path:
-        """Copy a picture another command wrote into the folder; returns the copy."""
-        target = self.path(name)
-        shutil.copyfile(source, target)
-        return target
-
-    def image(self, path: Path, alt: str) -> str:
-        """The <img> tag of a picture of this page, by its path relative to the page."""
-        source = quote(path.relative_to(self.page_dir).as_posix())
-        return f'<p><img src="{html.escape(source)}" alt="{_text(alt)}"></p>'
-
-    def prune(self) -> None:
-        """Remove the pictures of an earlier report that this one did not write."""
-        if self.folder.is_dir():
-            for old in self.folder.glob("*.png"):
-                if old not in self.written:
-                    old.unlink()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,8 +93,10 @@ def _stage_rows(state: dict[str, Any] | None, log: pd.DataFrame) -> list[dict[st
         names = list(dict.fromkeys(log["stage"].dropna().astype(str)))
     finished = {r["name"]: r for r in (state or {}).get("finished", [])}
     current = (state or {}).get("stage")
+    # A run whose train_log.csv is gone (state.json alone) has an empty log without columns.
+    log = log.reindex(columns=[*log.columns, *({"stage_step", "total"} - set(log.columns))])
     records = []
-    for number, name in enumerate(names, start=1):
+    for stage_number, name in enumerate(names, start=1):
         rows = log[log["stage"] == name]
         train = rows[rows["split"] == "train"]["total"].dropna()
         val = rows[rows["split"] == "val"]["total"].dropna()
@@ -177,7 +110,7 @@ def _stage_rows(state: dict[str, Any] | None, log: pd.DataFrame) -> list[dict[st
             steps, stopped = 0, "not started"
         records.append(
             {
-                "number": number,
+                "number": stage_number,
                 "name": name,
                 "steps": steps,
                 "stopped": stopped,
@@ -186,6 +119,8 @@ def _stage_rows(state: dict[str, Any] | None, log: pd.DataFrame) -> list[dict[st
                 "last": float(train.iloc[-1]) if len(train) else None,
                 "best_val": float(val.min()) if len(val) else None,
                 "logged": len(rows) > 0,
+                # The evidence behind the memorization warning training printed, if it did.
+                "overfitting": finished.get(name, {}).get("overfitting"),
             }
         )
     return records
@@ -210,7 +145,7 @@ def _qbe_curve(run: Path, pictures: Pictures) -> str:
     """The held-out QbE mAP against the training step, from RUN/eval_curve.csv."""
     curve = read_curve(run / CURVE_FILE)
     if not curve:
-        return _missing(
+        return missing(
             f"the held-out QbE curve ({run / CURVE_FILE})",
             f"coincide train STORE --run {printable(run)} --eval-store TEST_STORE --eval-every N",
         )
@@ -239,17 +174,27 @@ def _metrics(run: Path) -> str:
     """RUN/eval/metrics.json as tables: its single values, then each per-class mapping."""
     metrics = read_metrics(run)
     if metrics is None:
-        return _missing(
+        return missing(
             f"the evaluation ({run / EVAL_DIR / METRICS_FILE})",
             f"coincide evaluate {printable(run)} --store TEST_STORE",
         )
-    single = [[k, v] for k, v in metrics.items() if not isinstance(v, dict)]
-    parts = ["<h3>Evaluation (coincide evaluate)</h3>", _table(["metric", "value"], single)]
+    parts = ["<h3>Evaluation (coincide evaluate)</h3>", key_table(metrics)]
     for key, mapping in metrics.items():
         if isinstance(mapping, dict):
             rows = [[name, value] for name, value in sorted(mapping.items())]
-            parts += [f"<h4>{_text(key)}</h4>", _table(["name", "value"], rows, {1})]
+            parts += [f"<h4>{text(human_title(key))}</h4>", table(["class", "value"], rows, {1})]
     return "\n".join(parts)
+
+
+def _started_from(run: Path) -> str:
+    """Where f started when the run was trained with --init-from (RUN/init_from.json)."""
+    record = read_record(run)
+    if record is None:
+        return ""
+    return (
+        f"<p>The audio encoder f started from <code>{text(record['source'])}</code> "
+        f"(--init-from, {text(record['tensors'])} tensors) and was adapted by coincidence.</p>"
+    )
 
 
 def training_section(run: Path, pictures: Pictures) -> str:
@@ -258,7 +203,7 @@ def training_section(run: Path, pictures: Pictures) -> str:
     log = read_log(run)
     if state is None and log.empty:
         parts = [
-            _missing(
+            missing(
                 f"the training record ({run / STATE_FILE} and train_log.csv)",
                 f"coincide train STORE --run {printable(run)}",
             )
@@ -268,7 +213,7 @@ def training_section(run: Path, pictures: Pictures) -> str:
         where = ""
         if state is not None:
             progress = "finished" if state.get("done") else "in progress"
-            where = f"<p>Step {_text(state.get('step', 0))}; training {progress}.</p>"
+            where = f"<p>Step {text(state.get('step', 0))}; training {progress}.</p>"
         rows = [
             [
                 r["number"],
@@ -282,10 +227,15 @@ def training_section(run: Path, pictures: Pictures) -> str:
             for r in records
         ]
         header = ["#", "stage", "steps", "stopped", "first loss", "last loss", "best held-out"]
-        parts = [where, _table(header, rows, {0, 2, 4, 5, 6})]
+        parts = [where, _started_from(run), table(header, rows, {0, 2, 4, 5, 6})]
+        parts += [
+            warning(overfitting_message(r["name"], r["overfitting"]))
+            for r in records
+            if r["overfitting"]
+        ]
         for record in records:
             if record["logged"]:
-                parts.append(f"<h3>Stage {record['number']}: {_text(record['name'])}</h3>")
+                parts.append(f"<h3>Stage {record['number']}: {text(record['name'])}</h3>")
                 parts.append(_loss_curve(run, record, pictures))
     parts += [_qbe_curve(run, pictures), _metrics(run)]
     return "\n".join(p for p in parts if p)
@@ -329,7 +279,7 @@ def clusters_section(run: Path, pictures: Pictures) -> str:
     """Section 2 (HTML): per clustering, active clusters of K and the sorted cluster sizes."""
     folders = _clustering_folders(run)
     if not folders:
-        return _missing(
+        return missing(
             f"a clustering ({run / _CLUSTERS_DIR}/STORE/summary.json)",
             f"coincide cluster {printable(run)} --store STORE",
         )
@@ -339,11 +289,11 @@ def clusters_section(run: Path, pictures: Pictures) -> str:
         name = folder.relative_to(run / _CLUSTERS_DIR).as_posix()
         sizes = np.sort(pd.read_csv(folder / SIZES_FILE)["size"].to_numpy())[::-1]
         title = f"{name}: {summary['active_clusters']} active of K = {summary['K']}"
-        parts.append(f"<h3>{_text(name)}</h3>")
+        parts.append(f"<h3>{text(name)}</h3>")
         parts.append(
-            f"<p>{_text(summary['windows'])} windows in <b>{_text(summary['active_clusters'])}"
-            f"</b> active clusters of K = {_text(summary['K'])}; largest "
-            f"{_text(summary['largest_cluster'])}, median {_number(summary['median_cluster'])} "
+            f"<p>{text(summary['windows'])} windows in <b>{text(summary['active_clusters'])}"
+            f"</b> active clusters of K = {text(summary['K'])}; largest "
+            f"{text(summary['largest_cluster'])}, median {number(summary['median_cluster'])} "
             "windows.</p>"
         )
         if len(sizes):
@@ -353,7 +303,7 @@ def clusters_section(run: Path, pictures: Pictures) -> str:
         histogram = summary.get("size_histogram", {})
         if histogram:
             rows = [[size, count] for size, count in histogram.items() if count]
-            parts.append(_table(["windows per cluster", "active clusters"], rows, {1}))
+            parts.append(table(["windows per cluster", "active clusters"], rows, {1}))
     return "\n".join(parts)
 
 
@@ -374,18 +324,18 @@ def embeddings_section(
     if not checkpoint.is_file():  # a run trained before best.pt existed
         checkpoint = run / CHECKPOINTS_DIR / LAST_CHECKPOINT
     if store_path is None:
-        return _missing(
+        return missing(
             "a test store to map (no --store given)",
             "coincide ingest MEDIA --store TEST_STORE --labels LABELS.csv",
             "Then pass --store TEST_STORE to coincide report.",
         )
     if not checkpoint.is_file():
-        return _missing(
+        return missing(
             f"the run's encoder ({checkpoint})", f"coincide train STORE --run {printable(run)}"
         )
     store = open_store(store_path)
     if len(store) < 3:
-        return _missing(
+        return missing(
             f"windows to map ({store_path} holds {len(store)})",
             f"coincide ingest MEDIA --store {printable(store_path)}",
         )
@@ -406,12 +356,12 @@ def embeddings_section(
     rows = [[name, int(counts[name])] for name in legend]
     return "\n".join(
         [
-            f"<p>{len(positions)} of {len(store)} windows of <code>{_text(store_path)}</code> "
-            f"(seeded sample, seed {seed}), embedded with <code>{_text(checkpoint)}</code>, "
+            f"<p>{len(positions)} of {len(store)} windows of <code>{text(store_path)}</code> "
+            f"(seeded sample, seed {seed}), embedded with <code>{text(checkpoint)}</code>, "
             f"length-normalised and mapped to 2-D with {method}; each point is coloured by the "
             f"first label of its clip ({len(legend)} classes).</p>",
             pictures.image(path, f"{method} map of the embeddings coloured by class"),
-            _table(["class", "windows on the map"], rows, {1}),
+            table(["class", "windows on the map"], rows, {1}),
         ]
     )
 
@@ -428,7 +378,7 @@ def table3_section(run: Path, table3_dir: Path | None, pictures: Pictures) -> st
         "--test-store TEST_STORE --budgets 5,20 --out DIR"
     )
     if table3_dir is None:
-        return _missing(
+        return missing(
             "a Table 3 folder (no --table3 given)",
             command,
             "Then pass --table3 DIR to coincide report.",
@@ -436,13 +386,13 @@ def table3_section(run: Path, table3_dir: Path | None, pictures: Pictures) -> st
     md, csv, png = (table3_dir / f"table3.{ext}" for ext in ("md", "csv", "png"))
     shown: set[str] = set()
 
-    def image(src: str, alt: str) -> str:
+    def image(src: str, alt: str) -> str:  # inline: markdown puts it in a paragraph
         source = (table3_dir / src).resolve()
         # Only pictures inside DIR: the page must not copy files from elsewhere.
         if not source.is_file() or not source.is_relative_to(table3_dir.resolve()):
-            return f'<p class="missing">Missing picture: {_text(table3_dir / src)}.</p>'
+            return f'<span class="missing">Missing picture: {text(table3_dir / src)}.</span>'
         shown.add(source.name)
-        return pictures.image(pictures.copy(source, f"table3_{source.name}"), alt)
+        return pictures.img(pictures.copy(source, f"table3_{source.name}"), alt)
 
     if md.is_file():
         body = markdown_to_html(md.read_text(encoding="utf-8"), image)
@@ -451,9 +401,9 @@ def table3_section(run: Path, table3_dir: Path | None, pictures: Pictures) -> st
             escape=True, index=False, na_rep="n/a", float_format=lambda v: f"{v:.3f}", border=0
         )
     else:
-        return _missing(f"Table 3 ({md} or {csv})", command.replace("DIR", printable(table3_dir)))
+        return missing(f"Table 3 ({md} or {csv})", command.replace("DIR", printable(table3_dir)))
     if png.is_file() and png.name not in shown:
-        body += "\n" + image(png.name, "mAP against label budget")
+        body += f"\n<p>{image(png.name, 'mAP against label budget')}</p>"
     return body
 
 
@@ -466,11 +416,16 @@ table { border-collapse: collapse; margin: 0.5em 0 1em; }
 th, td { padding: 0.25em 0.8em; border-bottom: 1px solid #ddd; text-align: left; }
 .num { text-align: right; font-variant-numeric: tabular-nums; }
 .missing { color: #a00; }
+.warning { color: #850; background: #fff6e0; padding: 0.4em 0.6em; }
 img { max-width: 100%; }
 code { background: #f4f4f4; padding: 0 0.2em; }
 """
 
-SECTIONS = ("Training", "Clusters", "Embeddings", "Table 3")
+SECTIONS = ("Training", "Clusters", "Labels", "Fine-tuning", "Embeddings", "Table 3")
+
+
+def _anchor(name: str) -> str:
+    return "".join(c for c in name.lower() if c.isalnum())
 
 
 def write_report(
@@ -498,27 +453,29 @@ def write_report(
     bodies = [
         training_section(run, pictures),
         clusters_section(run, pictures),
+        labels_section(run),
+        finetune_section(run, pictures),
         embeddings_section(run, store, pictures, projection, map_windows, seed),
         table3_section(run, Path(table3) if table3 is not None else None, pictures),
     ]
     sections = "\n".join(
-        f'<h2 id="{name.lower().replace(" ", "")}">{html.escape(name)}</h2>\n{body}'
+        f'<h2 id="{_anchor(name)}">{html.escape(name)}</h2>\n{body}'
         for name, body in zip(SECTIONS, bodies, strict=True)
     )
     contents = " · ".join(
-        f'<a href="#{name.lower().replace(" ", "")}">{html.escape(name)}</a>' for name in SECTIONS
+        f'<a href="#{_anchor(name)}">{html.escape(name)}</a>' for name in SECTIONS
     )
     title = f"coincide report: {run.resolve().name}"
     page = f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
-<title>{_text(title)}</title>
+<title>{text(title)}</title>
 <style>{PAGE_STYLE}</style>
 </head>
 <body>
-<h1>{_text(title)}</h1>
-<p>Run <code>{_text(run)}</code>. {contents}</p>
+<h1>{text(title)}</h1>
+<p>Run <code>{text(run)}</code>. {contents}</p>
 {sections}
 </body>
 </html>

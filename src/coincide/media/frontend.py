@@ -87,10 +87,17 @@ class LogMelFrontend(nn.Module):
 
     forward: (batch, samples) float32 16 kHz mono -> (batch, n_windows, N_MELS, N_FRAMES),
     with n_windows = num_windows(samples).
+
+    step_frames: STFT frames (10 ms) from one window's start to the next; the default, 100,
+    is the one window per second of ingestion. A smaller step gives the overlapping windows
+    of `coincide.hear`'s timestamp embeddings: then n_windows = (frames - 96) // step + 1.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, step_frames: int = FRAMES_PER_STEP) -> None:
         super().__init__()
+        if step_frames < 1:
+            raise ValueError(f"step_frames must be positive, not {step_frames}")
+        self.step_frames = step_frames
         basis = mel_filterbank()
         # Periodic Hann (torch's default), the window librosa / scipy use with fftbins=True.
         self.register_buffer("window", torch.hann_window(WIN_LENGTH, periodic=True))
@@ -125,8 +132,8 @@ class LogMelFrontend(nn.Module):
             dim=-1,
         )  # (batch, frames, mel)
         log_mel = torch.log(mel.add_(LOG_OFFSET))
-        # (batch, n_windows, mel, N_FRAMES): window j = frames [100 j, 100 j + 96)
-        return log_mel.unfold(1, N_FRAMES, FRAMES_PER_STEP).contiguous()
+        # (batch, n_windows, mel, N_FRAMES): window j = frames [step j, step j + 96)
+        return log_mel.unfold(1, N_FRAMES, self.step_frames).contiguous()
 
 
 @functools.cache

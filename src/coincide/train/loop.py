@@ -43,6 +43,7 @@ from coincide.data.pairs import (
 )
 from coincide.errors import UserError
 from coincide.evaluate import TrainingProbe
+from coincide.init_from import start_audio_from
 from coincide.store.features import FeatureStore, open_store
 from coincide.train.checkpoint import (
     BEST_CHECKPOINT,
@@ -104,6 +105,7 @@ def run(
     overrides: Sequence[str],
     eval_store: Path | None = None,
     eval_every: int = 0,
+    init_from: Path | None = None,
 ) -> None:
     """The `coincide train` command: resolve the configuration, then train (see `train`).
 
@@ -117,7 +119,14 @@ def run(
         saved = Path(run_dir) / CONFIG_FILE
         sources = [str(saved)] if saved.is_file() else ["laptop"]
     cfg = load_config(sources, overrides)
-    train(cfg, Path(store_path), Path(run_dir), eval_store=eval_store, eval_every=eval_every)
+    train(
+        cfg,
+        Path(store_path),
+        Path(run_dir),
+        eval_store=eval_store,
+        eval_every=eval_every,
+        init_from=init_from,
+    )
 
 
 def train(
@@ -127,9 +136,13 @@ def train(
     *,
     eval_store: Path | None = None,
     eval_every: int = 0,
+    init_from: Path | None = None,
 ) -> None:
     """Train the curriculum of `cfg` on a feature store into a run folder (resuming if it holds
     a checkpoint). Under torchrun every rank calls this; only rank 0 writes.
+
+    With `init_from`, f starts from a user's weights (`coincide.init_from`; recorded in the run,
+    so resuming does not load them again).
 
     With `eval_store` (a labeled held-out store) and `eval_every` > 0, rank 0 measures QbE mAP
     of the audio encoder at step 0 and every `eval_every` steps into RUN/eval_curve.csv and
@@ -142,7 +155,7 @@ def train(
         raise UserError("--eval-every needs --eval-store TEST_STORE (a labeled held-out store).")
     device = dist.setup(cfg.device)
     try:
-        _Run(cfg, store_path, run_dir, device, eval_store, eval_every).train()
+        _Run(cfg, store_path, run_dir, device, eval_store, eval_every, init_from).train()
     finally:
         dist.cleanup()
 
@@ -158,9 +171,11 @@ class _Run:
         device: torch.device,
         eval_store: Path | None = None,
         eval_every: int = 0,
+        init_from: Path | None = None,
     ) -> None:
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
         self.eval_store, self.eval_every = eval_store, eval_every
+        self.init_from = Path(init_from) if init_from is not None else None
         self.probe: TrainingProbe | None = None
         self.rank, self.world, self.main = dist.rank(), dist.world_size(), dist.is_main()
         self.cuda = device.type == "cuda"
@@ -214,6 +229,10 @@ class _Run:
         # -- resume from the run folder ------------------------------------------------------
         position = Position()
         resumable = load_resumable(self.last_path)
+        # A user's f (--init-from) is loaded only into a run that does not resume.
+        self.init_note = start_audio_from(
+            self.run_dir, self.init_from, self.models["audio"], resumable is not None, self.main
+        )
         self.resumed_from = self.last_path
         if resumable is not None:
             ckpt, self.resumed_from = resumable
@@ -593,6 +612,8 @@ class _Run:
             self._say(f"curriculum {names} on {self.store_path} ({len(self.store)} windows)")
         precision = "bf16 autocast" if self.amp_dtype is not None else "fp32"
         self._say(f"device {self.device} x {self.world} process(es), {precision}")
+        if self.init_note:
+            self._say(self.init_note)
         if self.last_path.exists():
             if pos.stage_index < len(self.stages):
                 stage = self.stages[pos.stage_index].name
