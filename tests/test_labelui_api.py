@@ -497,14 +497,21 @@ def test_bad_answers(setup):
     # The cluster another tab holds cannot be answered here.
     assert_json_error(give(client, "tab-a", other), 409, "another tab")
     fields = {"claimant": "tab-a", "cluster_id": 3, "window": 9, "kind": "label", "annotator": "a"}
-    for bad in (
-        {**fields, "labels": "dog"},
-        {**fields, "labels": [1]},
-        {**fields, "cluster_id": "3", "labels": ["dog"]},
-        {**fields, "window": True, "labels": ["dog"]},
-        {**fields, "claimant": "../etc", "labels": ["dog"]},
+    # pydantic's strict models: a JSON integer only, a list of strings only, one sentence back.
+    for bad, said in (
+        ({**fields, "labels": "dog"}, "field 'labels' must be a list of strings."),
+        ({**fields, "labels": [1]}, "field 'labels' must be a list of strings."),
+        ({**fields, "cluster_id": "3", "labels": ["dog"]}, "field 'cluster_id' must be an integer."),
+        ({**fields, "cluster_id": 3.0, "labels": ["dog"]}, "field 'cluster_id' must be an integer."),
+        ({**fields, "window": True, "labels": ["dog"]}, "field 'window' must be an integer."),
+        ({**fields, "claimant": "../etc"}, "field 'claimant' must be 1-64 letters"),
+        ({"claimant": "tab-a", "kind": "label"}, "field 'cluster_id' is missing"),
+        ({**fields, "labels": [[[["dog"]]]]}, "field 'labels' must be a list of strings."),
     ):
-        assert client.post("/api/answer", json=bad).status_code == 400
+        assert_json_error(client.post("/api/answer", json=bad), 400, said)
+    # Unknown fields are ignored, as before.
+    extra = {**fields, "labels": ["dog"], "cluster_id": 0, "window": 1, "colour": "red"}
+    assert_json_error(client.post("/api/answer", json=extra), 409, "another tab")
     assert give(client, "tab-a", held).status_code == 200
     assert_json_error(give(client, "tab-a", held), 409, "already answered")
     labels.close()
@@ -824,10 +831,14 @@ def test_token_required_on_every_request(setup):
 
 
 def test_loopback_server_refuses_other_host_names(client):
-    assert_json_error(client.get("/api/state", headers={"host": "evil.example"}), 403, "host")
-    assert_json_error(client.get("/", headers={"host": "evil.example:8750"}), 403, "host")
-    for host in ("127.0.0.1:8750", "localhost:8750", "[::1]:8750", "LOCALHOST"):
-        assert client.get("/api/state", headers={"host": host}).status_code == 200
+    # Starlette's TrustedHostMiddleware answers before any route: no session data, no media.
+    for host in ("evil.example", "evil.example:8750", "127.0.0.1.evil.example", "[::2]:8750"):
+        for path in ("/api/state", "/", "/api/windows/9/audio.wav"):
+            refused = client.get(path, headers={"host": host})
+            assert (refused.status_code, refused.text) == (400, "Invalid host header"), host
+            assert refused.headers["x-frame-options"] == "DENY"
+    for host in ("127.0.0.1:8750", "localhost:8750", "[::1]:8750", "LOCALHOST", "[::1]"):
+        assert client.get("/api/state", headers={"host": host}).status_code == 200, host
 
 
 def test_label_text_is_returned_as_text(setup):
