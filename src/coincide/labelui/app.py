@@ -7,7 +7,8 @@ by Starlette's TrustedHostMiddleware with 400 and the text "Invalid host header"
     GET  /                                  the page (static HTML; its script is /static/app.js)
     GET  /static/app.js, /static/style.css  the page's script and style (a fixed list of files)
     GET  /api/state                         session, budget, progress, default annotator
-    GET  /api/vocab?q=dog&limit=20          vocabulary terms matching q: [{name, description}]
+    GET  /api/vocab?q=dog&limit=20          labels matching q, those already given in the session
+                                            first: [{name, description, uses}]
     POST /api/next        {claimant}        lease the tab's next cluster: {request, progress}
     GET  /api/clusters/{c}/random-member?exclude=W   another member of a served cluster
     GET  /api/windows/{w}/audio.wav         the window's clip with context, 16 kHz mono WAV
@@ -66,7 +67,7 @@ from coincide.labelui.bodies import (
     parse_body,
 )
 from coincide.labelui.campaign import Campaign, Conflict, Member, NotFound
-from coincide.labelui.vocab import Vocabulary
+from coincide.labelui.vocab import Vocabulary, suggest
 from coincide.store.labels import ANSWER_KINDS, Answer
 from coincide.store.labels import Request as LabelRequest
 
@@ -307,7 +308,8 @@ def create_app(
             raise ApiError(400, f"query parameter 'q' is longer than {MAX_LABEL_CHARS} characters.")
         limit = _query_int(request, "limit", 20, 1, 200)
         assert limit is not None
-        terms = vocabulary.search(query, limit)
+        used = await run_in_threadpool(campaign.label_counts)
+        terms = suggest(vocabulary, used, query, limit)
         return JSONResponse({"terms": [asdict(t) for t in terms]})
 
     async def next_request(request: Request) -> Response:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -276,6 +277,10 @@ class Campaign:
     def current_answers(self) -> list[Answer]:
         """Current answers to the served requests, in request order."""
         return [a for a in self.labels.answers(self.session.id) if a.cluster_id in self._served]
+
+    def label_counts(self) -> Counter[str]:
+        """How many current answers of the session (served or not) carry each label, as typed."""
+        return Counter(label for a in self.labels.answers(self.session.id) for label in a.labels)
 
     def progress(self) -> Progress:
         answers = self.current_answers()
