@@ -35,12 +35,10 @@ from __future__ import annotations
 import hmac
 import html
 import logging
-import os
 import re
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import asdict
 from importlib import resources
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
@@ -66,7 +64,7 @@ from coincide.labelui.bodies import (
     UndoBody,
     parse_body,
 )
-from coincide.labelui.campaign import Campaign, Conflict, Member, NotFound
+from coincide.labelui.campaign import Campaign, Conflict, MediaUnavailable, Member, NotFound
 from coincide.labelui.vocab import Vocabulary, suggest
 from coincide.store.labels import ANSWER_KINDS, Answer
 from coincide.store.labels import Request as LabelRequest
@@ -229,25 +227,6 @@ def _request_json(request: LabelRequest, campaign: Campaign) -> dict[str, Any]:
     }
 
 
-def _media_file(campaign: Campaign, member: Member) -> Path:
-    """The ingested media file of a member, checked to be the very file that was ingested."""
-    record = campaign.media_record(member.window)
-    path = Path(str(record["media_path"]))
-    name = member.media_name
-    # Ingest stores resolved absolute paths: anything else, or a link swapped in, is refused.
-    if not path.is_absolute() or os.path.realpath(path) != str(path):
-        raise ApiError(409, f"media file {name} is now reached through a link; ingest it again.")
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError as err:
-        raise ApiError(404, f"media file {name} is gone from where it was ingested.") from err
-    except OSError as err:
-        raise ApiError(409, f"media file {name} cannot be read ({err.strerror}).") from err
-    if (stat.st_size, stat.st_mtime_ns) != (int(record["size"]), int(record["mtime_ns"])):
-        raise ApiError(409, f"media file {name} changed since it was ingested; ingest it again.")
-    return path
-
-
 def _image(png: bytes) -> Response:
     return Response(png, media_type="image/png")
 
@@ -332,7 +311,7 @@ def create_app(
 
     async def audio(request: Request) -> Response:
         member = campaign.member(request.path_params["window"])
-        path = _media_file(campaign, member)
+        path = campaign.media_file(member)
         samples = await run_in_threadpool(clips.decode_span, path, member.span)
         return Response(clips.wav_bytes(samples), media_type="audio/wav")
 
@@ -423,6 +402,7 @@ def create_app(
         HTTPException: _on_http_error,
         NotFound: _on_not_found,
         Conflict: _on_conflict,
+        MediaUnavailable: _on_media_unavailable,
         UserError: _on_user_error,
         MediaError: _on_media_error,
         Exception: _on_bug,
@@ -460,6 +440,10 @@ async def _on_not_found(request: Request, exc: NotFound) -> Response:
 
 async def _on_conflict(request: Request, exc: Conflict) -> Response:
     return _error(409, str(exc))
+
+
+async def _on_media_unavailable(request: Request, exc: MediaUnavailable) -> Response:
+    return _error(404 if exc.gone else 409, str(exc))
 
 
 async def _on_user_error(request: Request, exc: UserError) -> Response:

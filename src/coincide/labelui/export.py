@@ -136,7 +136,7 @@ def run(
 ) -> list[Path]:
     """The `coincide labels export` command; returns the two files written."""
     if fmt not in FORMATS:
-        raise UserError(f"--format {fmt} is unknown; use csv or json.")
+        raise UserError(f"--format {fmt} is unknown; use csv, json or label-studio.")
     chosen_format: Format = "csv" if fmt == "csv" else "json"
     run_dir = Path(run_dir)
     db_path = Path(db) if db is not None else run_dir / "labels.sqlite"
