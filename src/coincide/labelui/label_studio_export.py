@@ -35,6 +35,7 @@ from coincide.errors import MediaError, UserError
 from coincide.labelui import clips
 from coincide.labelui import label_studio as fmt
 from coincide.labelui.campaign import Campaign, MediaUnavailable, find_session, session_assignment
+from coincide.labelui.export import label_store_file
 from coincide.labelui.vocab import load_vocabulary
 from coincide.store.features import open_store
 from coincide.store.labels import Answer, SQLiteLabelStore
@@ -91,12 +92,7 @@ def run(
     if not context_s >= 0:
         raise UserError(f"--context must be 0 or more seconds, not {context_s}.")
     run_dir = Path(run_dir)
-    db_path = Path(db) if db is not None else run_dir / "labels.sqlite"
-    if not db_path.is_file():
-        raise UserError(
-            f"no label store at {db_path}; label with `coincide label {run_dir} ...` first, "
-            "or pass --db."
-        )
+    db_path = label_store_file(run_dir, db)
     vocabulary = load_vocabulary(vocab)
     with SQLiteLabelStore(db_path) as labels:
         chosen = find_session(labels, session)

@@ -33,6 +33,7 @@ from typing import Any, cast
 
 from coincide.errors import UserError
 from coincide.labelui.campaign import find_session
+from coincide.labelui.export import label_store_file
 from coincide.labelui.label_studio import Annotated, FormatError, read_task
 from coincide.store.labels import AnswerKind, SQLiteLabelStore, owner_digest
 
@@ -102,12 +103,7 @@ def run(
 ) -> ImportSummary:
     """Import Label Studio's JSON export `export` into the session's label store."""
     run_dir, export = Path(run_dir), Path(export)
-    db_path = Path(db) if db is not None else run_dir / "labels.sqlite"
-    if not db_path.is_file():
-        raise UserError(
-            f"no label store at {db_path}; the tasks come from `coincide labels export "
-            f"{run_dir} --format label-studio`, which needs it (or pass --db)."
-        )
+    db_path = label_store_file(run_dir, db)
     tasks, sha256 = _read_export(export)
     log = log_path(db_path)
     with SQLiteLabelStore(db_path) as labels:

@@ -125,6 +125,7 @@ function renderChips() {
       }),
     ),
   );
+  renderSuggestions(); // a suggestion shows whether it is among the labels
 }
 
 // A label is kept exactly as typed (spaces collapsed, as the server does): never replaced by a
@@ -147,7 +148,6 @@ function toggleSuggestion(k) {
   if (at >= 0) state.labels.splice(at, 1);
   else state.labels.push(term.name);
   renderChips();
-  renderSuggestions();
 }
 
 function seconds(value) {
@@ -506,7 +506,6 @@ function onLabelKey(event) {
   } else if (event.key === "Backspace" && !input.value && state.labels.length) {
     state.labels.pop();
     renderChips();
-    renderSuggestions();
   }
 }
 
