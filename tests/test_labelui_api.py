@@ -40,7 +40,7 @@ from coincide.labelui import server  # noqa: E402
 from coincide.labelui.app import create_app  # noqa: E402
 from coincide.labelui.campaign import NotFound  # noqa: E402
 from coincide.labelui.clips import clip_span  # noqa: E402
-from coincide.labelui.vocab import Term, Vocabulary, load_vocabulary  # noqa: E402
+from coincide.labelui.vocab import Suggestion, Term, Vocabulary, load_vocabulary, suggest  # noqa: E402
 from coincide.store.labels import SQLiteLabelStore
 from coincide.store.media_id import media_id_of
 from coincide.store.writer import MediaRecord, StoreWriter
@@ -323,14 +323,38 @@ def test_vocabulary_files(tmp_path):
         load_vocabulary(tmp_path / "nameless.json")
 
 
+def test_suggestions_put_used_labels_first_and_never_merge_a_new_one():
+    vocabulary = Vocabulary([Term("Dog", "All sounds made by a dog."), Term("Bark"), Term("Cat")])
+    used = {"dog": 1, "door knock": 3, "Bark": 2}
+    names = lambda query, limit=9: [s.name for s in suggest(vocabulary, used, query, limit)]  # noqa: E731
+    # Empty field: the labels given so far, most used first, then the vocabulary in file order.
+    assert names("") == ["door knock", "Bark", "dog", "Dog", "Cat"]
+    assert names("", 2) == ["door knock", "Bark"]
+    # 'dog' (given once) and 'Dog' (the vocabulary's) stay two labels: nothing is case-folded
+    # into another; a name prefix beats a description match ("dog" in Bark's description).
+    assert names("do") == ["door knock", "dog", "Dog"]
+    assert names("DOG") == ["dog", "Dog"]
+    assert suggest(vocabulary, used, "bar") == [Suggestion("Bark", "", 2)]
+    assert suggest(vocabulary, {}, "ca") == [Suggestion("Cat", "", 0)]
+    assert names("knock") == ["door knock"]
+    assert names("zebra") == []
+
+
 def test_vocab_endpoint(setup, tmp_path):
     vocabulary = load_vocabulary(write_ontology(tmp_path / "ontology.json"))
     client, _campaign, labels = open_app(setup, vocabulary)
     terms = client.get("/api/vocab", params={"q": "dog", "limit": 5}).json()["terms"]
     assert terms == [
-        {"name": "Dog", "description": "All sounds made by a dog."},
-        {"name": "Bark", "description": "Principal communication sound of a dog."},
+        {"name": "Dog", "description": "All sounds made by a dog.", "uses": 0},
+        {"name": "Bark", "description": "Principal communication sound of a dog.", "uses": 0},
     ]
+    # Labels given in the session come first, with how many answers carry them (ties: first
+    # given first).
+    assert (
+        give(client, "tab-a", claim(client, "tab-a"), labels=["dogfish", "Dog"]).status_code == 200
+    )
+    terms = client.get("/api/vocab", params={"q": "dog", "limit": 5}).json()["terms"]
+    assert [(t["name"], t["uses"]) for t in terms] == [("dogfish", 1), ("Dog", 1), ("Bark", 0)]
     assert len(client.get("/api/vocab", params={"limit": 3}).json()["terms"]) == 3
     assert_json_error(client.get("/api/vocab", params={"limit": "0"}), 400, "limit")
     assert_json_error(client.get("/api/vocab", params={"limit": "ten"}), 400, "limit")
@@ -497,14 +521,27 @@ def test_bad_answers(setup):
     # The cluster another tab holds cannot be answered here.
     assert_json_error(give(client, "tab-a", other), 409, "another tab")
     fields = {"claimant": "tab-a", "cluster_id": 3, "window": 9, "kind": "label", "annotator": "a"}
-    for bad in (
-        {**fields, "labels": "dog"},
-        {**fields, "labels": [1]},
-        {**fields, "cluster_id": "3", "labels": ["dog"]},
-        {**fields, "window": True, "labels": ["dog"]},
-        {**fields, "claimant": "../etc", "labels": ["dog"]},
+    # pydantic's strict models: a JSON integer only, a list of strings only, one sentence back.
+    for bad, said in (
+        ({**fields, "labels": "dog"}, "field 'labels' must be a list of strings."),
+        ({**fields, "labels": [1]}, "field 'labels' must be a list of strings."),
+        (
+            {**fields, "cluster_id": "3", "labels": ["dog"]},
+            "field 'cluster_id' must be an integer.",
+        ),
+        (
+            {**fields, "cluster_id": 3.0, "labels": ["dog"]},
+            "field 'cluster_id' must be an integer.",
+        ),
+        ({**fields, "window": True, "labels": ["dog"]}, "field 'window' must be an integer."),
+        ({**fields, "claimant": "../etc"}, "field 'claimant' must be 1-64 letters"),
+        ({"claimant": "tab-a", "kind": "label"}, "field 'cluster_id' is missing"),
+        ({**fields, "labels": [[[["dog"]]]]}, "field 'labels' must be a list of strings."),
     ):
-        assert client.post("/api/answer", json=bad).status_code == 400
+        assert_json_error(client.post("/api/answer", json=bad), 400, said)
+    # Unknown fields are ignored, as before.
+    extra = {**fields, "labels": ["dog"], "cluster_id": 0, "window": 1, "colour": "red"}
+    assert_json_error(client.post("/api/answer", json=extra), 409, "another tab")
     assert give(client, "tab-a", held).status_code == 200
     assert_json_error(give(client, "tab-a", held), 409, "already answered")
     labels.close()
@@ -824,10 +861,14 @@ def test_token_required_on_every_request(setup):
 
 
 def test_loopback_server_refuses_other_host_names(client):
-    assert_json_error(client.get("/api/state", headers={"host": "evil.example"}), 403, "host")
-    assert_json_error(client.get("/", headers={"host": "evil.example:8750"}), 403, "host")
-    for host in ("127.0.0.1:8750", "localhost:8750", "[::1]:8750", "LOCALHOST"):
-        assert client.get("/api/state", headers={"host": host}).status_code == 200
+    # Starlette's TrustedHostMiddleware answers before any route: no session data, no media.
+    for host in ("evil.example", "evil.example:8750", "127.0.0.1.evil.example", "[::2]:8750"):
+        for path in ("/api/state", "/", "/api/windows/9/audio.wav"):
+            refused = client.get(path, headers={"host": host})
+            assert (refused.status_code, refused.text) == (400, "Invalid host header"), host
+            assert refused.headers["x-frame-options"] == "DENY"
+    for host in ("127.0.0.1:8750", "localhost:8750", "[::1]:8750", "LOCALHOST", "[::1]"):
+        assert client.get("/api/state", headers={"host": host}).status_code == 200, host
 
 
 def test_label_text_is_returned_as_text(setup):

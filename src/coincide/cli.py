@@ -333,7 +333,10 @@ app.add_typer(labels_app, name="labels")
 @labels_app.command("export")
 def labels_export(
     run: Annotated[Path, typer.Argument(help="Run folder holding the label store.")],
-    fmt: Annotated[str, typer.Option("--format", help="csv (one row per label) or json.")] = "csv",
+    fmt: Annotated[
+        str,
+        typer.Option("--format", help="csv (one row per label), json, or label-studio (tasks)."),
+    ] = "csv",
     session: Annotated[
         str | None, typer.Option("--session", help="Session name (default: the only one).")
     ] = None,
@@ -346,11 +349,59 @@ def labels_export(
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder (default RUN/labels/<session>/).")
     ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option("--model", help="label-studio: classifier whose labels pre-annotate."),
+    ] = None,
+    vocab: Annotated[
+        Path | None, typer.Option("--vocab", help="label-studio: more labels to offer.")
+    ] = None,
+    context: Annotated[
+        float, typer.Option("--context", help="label-studio: seconds of audio around a window.")
+    ] = 2.0,
+    document_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--document-root", help="label-studio: LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT."
+        ),
+    ] = None,
 ) -> None:
-    """Write a session's answers and its propagated window labels (answers.*, windows.*)."""
+    """Write a session's answers and propagated window labels, or Label Studio tasks."""
+    if fmt == "label-studio":
+        from coincide.labelui.label_studio_export import run as run_label_studio
+
+        run_label_studio(
+            run,
+            session,
+            db,
+            store,
+            out,
+            model=model,
+            vocab=vocab,
+            context_s=context,
+            document_root=document_root,
+        )
+        return
     from coincide.labelui.export import run as run_export
 
     run_export(run, fmt, session, db, store, out)
+
+
+@labels_app.command("import")
+def labels_import(
+    run: Annotated[Path, typer.Argument(help="Run folder holding the label store.")],
+    export: Annotated[Path, typer.Argument(help="Label Studio's JSON export of the tasks.")],
+    session: Annotated[
+        str | None, typer.Option("--session", help="Session name (default: the only one).")
+    ] = None,
+    db: Annotated[
+        Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
+    ] = None,
+) -> None:
+    """Add Label Studio's annotations of exported tasks to the label store, as answers."""
+    from coincide.labelui.label_studio_import import run as run_import
+
+    run_import(run, export, session, db)
 
 
 @app.command()

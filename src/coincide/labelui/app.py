@@ -1,12 +1,14 @@
 """The labeling page's ASGI app (Starlette): a static page and a small JSON API.
 
 Endpoints (every error is a JSON object `{"error": "..."}` with a 4xx status, or 500 with no
-details for a bug; never an HTML traceback):
+details for a bug; never an HTML traceback; the one exception is a refused Host header, answered
+by Starlette's TrustedHostMiddleware with 400 and the text "Invalid host header"):
 
     GET  /                                  the page (static HTML; its script is /static/app.js)
     GET  /static/app.js, /static/style.css  the page's script and style (a fixed list of files)
     GET  /api/state                         session, budget, progress, default annotator
-    GET  /api/vocab?q=dog&limit=20          vocabulary terms matching q: [{name, description}]
+    GET  /api/vocab?q=dog&limit=20          labels matching q, those already given in the session
+                                            first: [{name, description, uses}]
     POST /api/next        {claimant}        lease the tab's next cluster: {request, progress}
     GET  /api/clusters/{c}/random-member?exclude=W   another member of a served cluster
     GET  /api/windows/{w}/audio.wav         the window's clip with context, 16 kHz mono WAV
@@ -22,7 +24,8 @@ served, from the media path recorded at ingest, after checking that the file is 
 ingested (same size and modification time, no symbolic link swapped in). With a token, every
 request must carry it (`X-Coincide-Token` header or `token` query parameter); with allowed
 hosts, the Host header must name one (a web page elsewhere cannot reach a loopback server through
-a rebound DNS name). POST bodies must be JSON (so a cross-site form cannot post) and small. The
+a rebound DNS name). POST bodies must be JSON (so a cross-site form cannot post) and small, and
+are checked by the pydantic models of `bodies`. The
 page's Content-Security-Policy allows only its own script and forbids inline script, and the page
 writes label text only through textContent.
 """
@@ -31,20 +34,20 @@ from __future__ import annotations
 
 import hmac
 import html
-import json
 import logging
-import os
 import re
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import asdict
 from importlib import resources
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -52,8 +55,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coincide.errors import MediaError, UserError
 from coincide.labelui import clips
-from coincide.labelui.campaign import Campaign, Conflict, Member, NotFound
-from coincide.labelui.vocab import Vocabulary
+from coincide.labelui.bodies import (
+    MAX_LABEL_CHARS,
+    AnswerBody,
+    B,
+    BodyError,
+    NextBody,
+    UndoBody,
+    parse_body,
+)
+from coincide.labelui.campaign import Campaign, Conflict, MediaUnavailable, Member, NotFound
+from coincide.labelui.vocab import Vocabulary, suggest
 from coincide.store.labels import ANSWER_KINDS, Answer
 from coincide.store.labels import Request as LabelRequest
 
@@ -61,11 +73,6 @@ logger = logging.getLogger(__name__)
 
 TOKEN_HEADER = "x-coincide-token"
 MAX_BODY_BYTES = 64 * 1024
-MAX_LABELS = 32
-MAX_LABEL_CHARS = 200
-MAX_NAME_CHARS = 100
-RESERVED_ANNOTATORS = {"oracle"}  # the simulated annotator of `coincide label --oracle`
-_CLAIMANT = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _DIGITS = re.compile(r"^[0-9]{1,18}$")
 
 STATIC_TYPES = {
@@ -101,35 +108,26 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 # ---------------------------------------------------------------------------------------------
-# Guard: token, host, security headers
+# Guard: token and security headers (the Host header is Starlette's TrustedHostMiddleware's)
 
 
 class Guard:
-    """ASGI middleware: checks the token and Host header, adds the security headers."""
+    """ASGI middleware: checks the token, adds the security headers to every response."""
 
-    def __init__(
-        self, app: ASGIApp, token: str | None, allowed_hosts: Collection[str] | None
-    ) -> None:
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self.token = token
-        self.allowed_hosts = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
 
     def _refusal(self, scope: Scope) -> JSONResponse | None:
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.allowed_hosts is not None:
-            host = headers.get("host", "").lower()
-            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-            if name not in self.allowed_hosts:
-                return _error(
-                    403, f"host {host!r} is not served; open the address printed at start."
-                )
-        if self.token is not None:
-            query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-            given = headers.get(TOKEN_HEADER) or (query.get("token") or [""])[0]
-            if not hmac.compare_digest(given.encode(), self.token.encode()):
-                return _error(
-                    401, "missing or wrong token; open the address with ?token= printed at start."
-                )
+        if self.token is None:
+            return None
+        headers = Headers(scope=scope)
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        given = headers.get(TOKEN_HEADER) or (query.get("token") or [""])[0]
+        if not hmac.compare_digest(given.encode(), self.token.encode()):
+            return _error(
+                401, "missing or wrong token; open the address with ?token= printed at start."
+            )
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -153,7 +151,10 @@ class Guard:
 # Request parsing
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def _body(request: Request, model: type[B]) -> B:
+    """The POST body as `model`: JSON (so that a cross-site form cannot post: a page elsewhere
+    sending JSON needs a CORS preflight, which this server never grants), at most
+    MAX_BODY_BYTES, then checked by pydantic (`bodies.parse_body`)."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise ApiError(415, "send the request body as JSON with Content-Type: application/json.")
@@ -166,69 +167,9 @@ async def _json_body(request: Request) -> dict[str, Any]:
         if len(body) > MAX_BODY_BYTES:
             raise ApiError(413, f"request body over {MAX_BODY_BYTES} bytes.")
     try:
-        payload = json.loads(body)
-    except ValueError as err:
-        raise ApiError(400, f"request body is not valid JSON ({err}).") from err
-    except RecursionError as err:  # [[[[...]]]] 30,000 deep: no answer is nested like that
-        raise ApiError(400, "request body is nested too deeply to be an answer.") from err
-    if not isinstance(payload, dict):
-        raise ApiError(400, "request body must be a JSON object.")
-    return payload
-
-
-def _int_field(payload: dict[str, Any], name: str) -> int:
-    value = payload.get(name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ApiError(400, f"field '{name}' must be an integer.")
-    return value
-
-
-def _text_field(payload: dict[str, Any], name: str, max_chars: int = MAX_NAME_CHARS) -> str:
-    value = payload.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise ApiError(400, f"field '{name}' must be a non-empty string.")
-    if len(value) > max_chars:
-        raise ApiError(400, f"field '{name}' is longer than {max_chars} characters.")
-    return value.strip()
-
-
-def _claimant(payload: dict[str, Any]) -> str:
-    claimant = payload.get("claimant")
-    if not isinstance(claimant, str) or not _CLAIMANT.match(claimant):
-        raise ApiError(400, "field 'claimant' must be 1-64 letters, digits, '-' or '_'.")
-    return claimant
-
-
-def _owner(payload: dict[str, Any]) -> str | None:
-    """The page's private key (kept in the browser across tabs); answers given with it can be
-    undone only with it. Optional: a client without one owns its answers by its claimant."""
-    owner = payload.get("owner")
-    if owner is None:
-        return None
-    if not isinstance(owner, str) or not _CLAIMANT.match(owner):
-        raise ApiError(400, "field 'owner' must be 1-64 letters, digits, '-' or '_'.")
-    return owner
-
-
-def _annotator(payload: dict[str, Any]) -> str:
-    annotator = _text_field(payload, "annotator")
-    if annotator.casefold() in RESERVED_ANNOTATORS:
-        raise ApiError(400, f"annotator name '{annotator}' is reserved; type your own name.")
-    return annotator
-
-
-def _labels(payload: dict[str, Any]) -> list[str]:
-    labels = payload.get("labels", [])
-    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise ApiError(400, "field 'labels' must be a list of strings.")
-    if len(labels) > MAX_LABELS:
-        raise ApiError(400, f"at most {MAX_LABELS} labels per answer.")
-    cleaned = [" ".join(label.split()) for label in labels]
-    if any(not label for label in cleaned):
-        raise ApiError(400, "a label is empty; remove it or type some text.")
-    if any(len(label) > MAX_LABEL_CHARS for label in cleaned):
-        raise ApiError(400, f"a label is longer than {MAX_LABEL_CHARS} characters.")
-    return cleaned
+        return parse_body(model, body)
+    except BodyError as err:
+        raise ApiError(400, str(err)) from err
 
 
 def _query_int(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
@@ -284,25 +225,6 @@ def _request_json(request: LabelRequest, campaign: Campaign) -> dict[str, Any]:
         "member": _member_json(campaign.member(request.window_index)),
         "window": request.window_index,
     }
-
-
-def _media_file(campaign: Campaign, member: Member) -> Path:
-    """The ingested media file of a member, checked to be the very file that was ingested."""
-    record = campaign.media_record(member.window)
-    path = Path(str(record["media_path"]))
-    name = member.media_name
-    # Ingest stores resolved absolute paths: anything else, or a link swapped in, is refused.
-    if not path.is_absolute() or os.path.realpath(path) != str(path):
-        raise ApiError(409, f"media file {name} is now reached through a link; ingest it again.")
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError as err:
-        raise ApiError(404, f"media file {name} is gone from where it was ingested.") from err
-    except OSError as err:
-        raise ApiError(409, f"media file {name} cannot be read ({err.strerror}).") from err
-    if (stat.st_size, stat.st_mtime_ns) != (int(record["size"]), int(record["mtime_ns"])):
-        raise ApiError(409, f"media file {name} changed since it was ingested; ingest it again.")
-    return path
 
 
 def _image(png: bytes) -> Response:
@@ -365,11 +287,12 @@ def create_app(
             raise ApiError(400, f"query parameter 'q' is longer than {MAX_LABEL_CHARS} characters.")
         limit = _query_int(request, "limit", 20, 1, 200)
         assert limit is not None
-        terms = vocabulary.search(query, limit)
+        used = await run_in_threadpool(campaign.label_counts)
+        terms = suggest(vocabulary, used, query, limit)
         return JSONResponse({"terms": [asdict(t) for t in terms]})
 
     async def next_request(request: Request) -> Response:
-        claimant = _claimant(await _json_body(request))
+        claimant = (await _body(request, NextBody)).claimant
 
         def work() -> dict[str, Any]:
             claimed = campaign.claim(claimant)
@@ -388,7 +311,7 @@ def create_app(
 
     async def audio(request: Request) -> Response:
         member = campaign.member(request.path_params["window"])
-        path = _media_file(campaign, member)
+        path = campaign.media_file(member)
         samples = await run_in_threadpool(clips.decode_span, path, member.span)
         return Response(clips.wav_bytes(samples), media_type="audio/wav")
 
@@ -419,19 +342,18 @@ def create_app(
         return _image(await run_in_threadpool(_filmstrip, member))
 
     async def answer(request: Request) -> Response:
-        payload = await _json_body(request)
-        claimant = _claimant(payload)
-        cluster_id = _int_field(payload, "cluster_id")
-        window = _int_field(payload, "window")
-        kind = payload.get("kind")
-        if kind not in ANSWER_KINDS:
-            raise ApiError(400, f"field 'kind' must be one of {', '.join(ANSWER_KINDS)}.")
-        labels = _labels(payload)
-        annotator = _annotator(payload)
-        owner = _owner(payload)
+        body = await _body(request, AnswerBody)
 
         def work() -> dict[str, Any]:
-            given = campaign.answer(claimant, cluster_id, window, kind, labels, annotator, owner)
+            given = campaign.answer(
+                body.claimant,
+                body.cluster_id,
+                body.window,
+                body.kind,
+                body.labels,
+                body.annotator,
+                body.owner,
+            )
             return {
                 "answer": _answer_json(given, campaign),
                 "progress": asdict(campaign.progress()),
@@ -440,13 +362,10 @@ def create_app(
         return JSONResponse(await run_in_threadpool(work))
 
     async def undo(request: Request) -> Response:
-        payload = await _json_body(request)
-        claimant = _claimant(payload)
-        annotator = _annotator(payload)
-        owner = _owner(payload)
+        body = await _body(request, UndoBody)
 
         def work() -> dict[str, Any]:
-            undone = campaign.undo(claimant, annotator, owner)
+            undone = campaign.undo(body.claimant, body.annotator, body.owner)
             return {
                 "undone": None if undone is None else _answer_json(undone, campaign),
                 "progress": asdict(campaign.progress()),
@@ -483,12 +402,20 @@ def create_app(
         HTTPException: _on_http_error,
         NotFound: _on_not_found,
         Conflict: _on_conflict,
+        MediaUnavailable: _on_media_unavailable,
         UserError: _on_user_error,
         MediaError: _on_media_error,
         Exception: _on_bug,
     }
-    app = Starlette(routes=routes, exception_handlers=handlers)
-    return Guard(app, token, allowed_hosts)
+    # A Host header naming none of `allowed_hosts` is refused (400) before any route runs: a
+    # page elsewhere cannot reach a loopback server through a DNS name rebound to 127.0.0.1.
+    hosts = (
+        []
+        if allowed_hosts is None
+        else [Middleware(TrustedHostMiddleware, list(allowed_hosts), www_redirect=False)]
+    )
+    app = Starlette(routes=routes, exception_handlers=handlers, middleware=hosts)
+    return Guard(app, token)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,6 +440,10 @@ async def _on_not_found(request: Request, exc: NotFound) -> Response:
 
 async def _on_conflict(request: Request, exc: Conflict) -> Response:
     return _error(409, str(exc))
+
+
+async def _on_media_unavailable(request: Request, exc: MediaUnavailable) -> Response:
+    return _error(404 if exc.gone else 409, str(exc))
 
 
 async def _on_user_error(request: Request, exc: UserError) -> Response:

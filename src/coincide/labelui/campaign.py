@@ -13,8 +13,10 @@ only adds what the page needs on top (cluster sizes, members, media lookups, tab
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +44,14 @@ class NotFound(Exception):
 
 class Conflict(Exception):
     """An answer that would answer a cluster twice, or one held by another tab."""
+
+
+class MediaUnavailable(Exception):
+    """The media file of a window is gone (`gone`), or no longer the file that was ingested."""
+
+    def __init__(self, message: str, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 @dataclass(frozen=True)
@@ -222,6 +232,32 @@ class Campaign:
         """The store's row for the media file of `window`: media_path, duration_s, size, ..."""
         return self._media[str(self._media_ids[window])]
 
+    def media_file(self, member: Member) -> Path:
+        """The ingested media file of a member, checked to be the very file that was ingested
+        (same size and modification time, not reached through a link); MediaUnavailable
+        otherwise."""
+        record = self.media_record(member.window)
+        path = Path(str(record["media_path"]))
+        name = member.media_name
+        # Ingest stores resolved absolute paths: anything else, or a link swapped in, is refused.
+        if not path.is_absolute() or os.path.realpath(path) != str(path):
+            raise MediaUnavailable(
+                f"media file {name} is now reached through a link; ingest it again."
+            )
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError as err:
+            raise MediaUnavailable(
+                f"media file {name} is gone from where it was ingested.", gone=True
+            ) from err
+        except OSError as err:
+            raise MediaUnavailable(f"media file {name} cannot be read ({err.strerror}).") from err
+        if (stat.st_size, stat.st_mtime_ns) != (int(record["size"]), int(record["mtime_ns"])):
+            raise MediaUnavailable(
+                f"media file {name} changed since it was ingested; ingest it again."
+            )
+        return path
+
     def member(self, window: int, check: bool = True) -> Member:
         """What the page shows for `window`; with `check`, NotFound unless it is a window of a
         served cluster (without, e.g. to describe an answer given in a larger campaign)."""
@@ -276,6 +312,10 @@ class Campaign:
     def current_answers(self) -> list[Answer]:
         """Current answers to the served requests, in request order."""
         return [a for a in self.labels.answers(self.session.id) if a.cluster_id in self._served]
+
+    def label_counts(self) -> Counter[str]:
+        """How many current answers of the session (served or not) carry each label, as typed."""
+        return Counter(label for a in self.labels.answers(self.session.id) for label in a.labels)
 
     def progress(self) -> Progress:
         answers = self.current_answers()

@@ -126,6 +126,18 @@ def session_tables(
     return answers[ANSWER_COLUMNS], propagated[WINDOW_COLUMNS]
 
 
+def label_store_file(run_dir: Path, db: Path | None) -> Path:
+    """The label store a `coincide labels` command reads (`--db`, default RUN/labels.sqlite);
+    UserError when it does not exist."""
+    db_path = Path(db) if db is not None else Path(run_dir) / "labels.sqlite"
+    if not db_path.is_file():
+        raise UserError(
+            f"no label store at {db_path}; label with `coincide label {run_dir} ...` first, "
+            "or pass --db."
+        )
+    return db_path
+
+
 def run(
     run_dir: Path,
     fmt: str = "csv",
@@ -136,16 +148,10 @@ def run(
 ) -> list[Path]:
     """The `coincide labels export` command; returns the two files written."""
     if fmt not in FORMATS:
-        raise UserError(f"--format {fmt} is unknown; use csv or json.")
+        raise UserError(f"--format {fmt} is unknown; use csv, json or label-studio.")
     chosen_format: Format = "csv" if fmt == "csv" else "json"
     run_dir = Path(run_dir)
-    db_path = Path(db) if db is not None else run_dir / "labels.sqlite"
-    if not db_path.is_file():
-        raise UserError(
-            f"no label store at {db_path}; label with `coincide label {run_dir} ...` first, "
-            "or pass --db."
-        )
-    with SQLiteLabelStore(db_path) as labels:
+    with SQLiteLabelStore(label_store_file(run_dir, db)) as labels:
         chosen = find_session(labels, session)
         store_path = Path(store) if store is not None else Path(chosen.store)
         answers, windows = session_tables(labels, chosen, run_dir, store_path)

@@ -12,7 +12,7 @@ The vocabulary only suggests: the annotator may always type a label that is not 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,28 +41,67 @@ class Vocabulary:
         return len(self.terms)
 
     def search(self, query: str, limit: int = 20) -> list[Term]:
-        """At most `limit` terms matching `query` (case-insensitive), best first: names that
-        start with it, then names with a word that starts with it, then names containing it,
-        then descriptions containing it; file order within each group. An empty query gives
-        the first `limit` terms."""
+        """At most `limit` terms matching `query` (case-insensitive), best first (see
+        `match_rank`); file order within each rank. An empty query gives the first `limit`
+        terms."""
         needle = query.strip().casefold()
-        if not needle:
-            return self.terms[:limit]
         ranked: list[tuple[int, int]] = []
         for position, (name, description) in enumerate(self._folded):
-            if name.startswith(needle):
-                rank = 0
-            elif any(word.startswith(needle) for word in name.replace(",", " ").split()):
-                rank = 1
-            elif needle in name:
-                rank = 2
-            elif needle in description:
-                rank = 3
-            else:
-                continue
-            ranked.append((rank, position))
+            rank = match_rank(needle, name, description)
+            if rank is not None:
+                ranked.append((rank, position))
         ranked.sort()
         return [self.terms[position] for _, position in ranked[:limit]]
+
+
+def match_rank(needle: str, name: str, description: str = "") -> int | None:
+    """How well a casefolded `needle` matches a casefolded term: 0 the name starts with it, 1 a
+    word of the name does, 2 the name contains it, 3 the description does; None no match.
+    An empty needle matches everything at rank 0."""
+    if name.startswith(needle):
+        return 0
+    if any(word.startswith(needle) for word in name.replace(",", " ").split()):
+        return 1
+    if needle in name:
+        return 2
+    if needle in description:
+        return 3
+    return None
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """A label offered by the page: a term of the vocabulary, or a label already given in this
+    session (`uses` answers carry it; 0 for a vocabulary term nobody has used yet)."""
+
+    name: str
+    description: str = ""
+    uses: int = 0
+
+
+def suggest(
+    vocabulary: Vocabulary, used: Mapping[str, int], query: str, limit: int = 9
+) -> list[Suggestion]:
+    """At most `limit` labels for the page, best first: by `match_rank`, and within a rank the
+    labels already given (most used first, ties in the order `used` lists them) before the
+    vocabulary's terms (in file order). A label is matched as stored, so 'dog' and 'Dog' are
+    two suggestions and a typed label is never replaced by one of them. An empty query gives
+    the most used labels, then the first terms of the vocabulary."""
+    needle = query.strip().casefold()
+    ranked: list[tuple[int, int, int, Suggestion]] = []
+    descriptions = {term.name: term.description for term in vocabulary.terms}
+    for name, uses in used.items():
+        description = descriptions.get(name, "")
+        rank = match_rank(needle, name.casefold(), description.casefold())
+        if rank is not None:
+            ranked.append((rank, 0, -uses, Suggestion(name, description, uses)))
+    for position, term in enumerate(vocabulary.search(query, limit + len(used))):
+        if term.name not in used:
+            rank = match_rank(needle, term.name.casefold(), term.description.casefold())
+            assert rank is not None  # search returned it
+            ranked.append((rank, 1, position, Suggestion(term.name, term.description)))
+    ranked.sort(key=lambda item: item[:3])
+    return [suggestion for *_, suggestion in ranked[:limit]]
 
 
 def _ontology_terms(entries: object, path: Path) -> list[Term]:

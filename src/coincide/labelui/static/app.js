@@ -37,8 +37,10 @@ const state = {
   request: null, // the cluster being answered: {cluster_id, window, cluster_size, member, ...}
   shown: null, // the member whose audio and pictures are shown (the request's, or another)
   labels: [], // labels of the answer being written
-  suggestions: [],
-  highlighted: -1,
+  suggestions: [], // the numbered suggestions shown: [{name, description, uses}]
+  suggestedFor: "", // the typed text they were asked for
+  highlighted: -1, // the suggestion chosen with the arrow keys for the current text, or -1
+  waitingFor: null, // the answer kind refused for want of a name; Enter in the name field sends it
   busy: false,
   interacted: false, // browsers let a page play sound only after a user gesture
   leaseS: 300,
@@ -123,14 +125,29 @@ function renderChips() {
       }),
     ),
   );
+  renderSuggestions(); // a suggestion shows whether it is among the labels
 }
 
+// A label is kept exactly as typed (spaces collapsed, as the server does): never replaced by a
+// suggestion that resembles it. Only the arrow keys, Tab, a digit or a click take a suggestion.
 function addLabel(text) {
   const label = text.trim().replace(/\s+/g, " ");
   if (label && !state.labels.includes(label)) state.labels.push(label);
   renderChips();
   $("label-input").value = "";
-  hideSuggestions();
+  suggest();
+}
+
+function toggleSuggestion(k) {
+  const term = state.suggestions[k];
+  if (!term) {
+    say("No suggestion " + (k + 1) + " here.", "error");
+    return;
+  }
+  const at = state.labels.indexOf(term.name);
+  if (at >= 0) state.labels.splice(at, 1);
+  else state.labels.push(term.name);
+  renderChips();
 }
 
 function seconds(value) {
@@ -164,9 +181,12 @@ function showRequest(request, prefill) {
   state.labels = prefill ? prefill.slice() : [];
   renderChips();
   $("label-input").value = "";
-  hideSuggestions();
+  suggest();
   showMember(request.member, true);
-  $("label-input").focus();
+  // The keys (Space, 1-9, S, ...) work at once; "/" or a click starts typing a label.
+  if (document.activeElement && document.activeElement !== $("annotator")) {
+    document.activeElement.blur();
+  }
 }
 
 function showDone(progress) {
@@ -242,13 +262,15 @@ function movePlayhead() {
 // ---------------------------------------------------------------------------------------------
 // Actions
 
-function annotatorName() {
+function annotatorName(waitingFor) {
   const name = $("annotator").value.trim();
   if (!name) {
-    say("Type your name in the annotator field first.", "error");
+    state.waitingFor = waitingFor || null;
+    say("Type your name in the annotator field, then press Enter.", "error");
     $("annotator").focus();
     return null;
   }
+  state.waitingFor = null;
   localStorage.setItem("coincide-annotator", name);
   return name;
 }
@@ -292,13 +314,12 @@ function poll() {
 function answer(kind) {
   return guarded(async () => {
     if (!state.request) return;
-    const annotator = annotatorName();
+    const annotator = annotatorName(kind);
     if (!annotator) return;
     const typed = $("label-input").value.trim();
     if (typed) addLabel(typed);
     if (kind === "label" && state.labels.length === 0) {
-      say("Type at least one label, or skip (S), unsure (U), mixed (M).", "error");
-      $("label-input").focus();
+      say("Type a label (/) or pick one (1-9); or skip (S), unsure (?), mixed (M).", "error");
       return;
     }
     const request = state.request;
@@ -323,7 +344,7 @@ function answer(kind) {
 
 function undo() {
   return guarded(async () => {
-    const annotator = annotatorName();
+    const annotator = annotatorName("undo");
     if (!annotator) return;
     const payload = await api("/api/undo", {
       claimant: state.claimant,
@@ -357,39 +378,70 @@ function anotherMember() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Autocomplete
-
-function hideSuggestions() {
-  state.suggestions = [];
-  state.highlighted = -1;
-  $("suggestions").hidden = true;
-  $("suggestions").replaceChildren();
-}
+// Suggestions: labels already given in this session (most used first), then the vocabulary's
+// terms, matching what is typed; always shown, numbered 1-9.
 
 function renderSuggestions() {
-  const list = $("suggestions");
   const items = state.suggestions.map((term, k) => {
     const li = document.createElement("li");
-    if (k === state.highlighted) li.className = "highlighted";
+    const pick = document.createElement("button");
+    pick.type = "button";
+    pick.className = "suggestion" + (k === state.highlighted ? " highlighted" : "");
+    pick.setAttribute("aria-pressed", state.labels.includes(term.name) ? "true" : "false");
+    const key = document.createElement("kbd");
+    key.textContent = String(k + 1);
     const name = document.createElement("span");
     name.className = "term";
     name.textContent = term.name;
-    li.appendChild(name);
+    pick.append(key, name);
+    if (term.uses) {
+      const uses = document.createElement("span");
+      uses.className = "uses";
+      uses.textContent = "×" + term.uses;
+      uses.title = "given in " + term.uses + (term.uses === 1 ? " answer" : " answers");
+      pick.appendChild(uses);
+    }
     if (term.description) {
       const description = document.createElement("span");
       description.className = "description";
       description.textContent = term.description;
-      li.appendChild(description);
+      pick.appendChild(description);
     }
-    // mousedown, not click: it fires before the input loses focus.
-    li.addEventListener("mousedown", (event) => {
-      event.preventDefault();
-      addLabel(term.name);
+    // A click must not take the focus from the label field (mousedown would move it).
+    pick.addEventListener("mousedown", (event) => event.preventDefault());
+    pick.addEventListener("click", () => {
+      state.interacted = true;
+      if ($("label-input").value.trim()) addLabel(term.name);
+      else toggleSuggestion(k);
     });
+    li.appendChild(pick);
     return li;
   });
-  list.replaceChildren(...items);
-  list.hidden = items.length === 0;
+  $("suggestions").replaceChildren(...items);
+  const typed = $("label-input").value.trim();
+  $("suggest-title").textContent = typed
+    ? "matching “" + typed + "”"
+    : state.suggestions.length
+      ? "suggestions"
+      : "no suggestions yet: labels you give appear here";
+  renderTypedHint();
+}
+
+// Says what Enter will add, so that nobody wonders whether a new label was changed into an old.
+function renderTypedHint() {
+  const typed = $("label-input").value.trim().replace(/\s+/g, " ");
+  const hint = $("typed-hint");
+  if (!typed) {
+    hint.textContent = "";
+    return;
+  }
+  if (state.highlighted >= 0) {
+    hint.textContent = "Enter adds suggestion " + (state.highlighted + 1) + ": “" +
+      state.suggestions[state.highlighted].name + "”";
+    return;
+  }
+  const known = state.suggestions.some((term) => term.name === typed);
+  hint.textContent = "Enter adds “" + typed + "”" + (known ? "" : " as a new label");
 }
 
 let suggestTimer = null;
@@ -397,22 +449,22 @@ let suggestSerial = 0;
 function suggest() {
   clearTimeout(suggestTimer);
   const query = $("label-input").value.trim();
-  if (!query) {
-    hideSuggestions();
-    return;
-  }
+  // A suggestion chosen for other text must not be taken by the next Enter.
+  if (query !== state.suggestedFor) state.highlighted = -1;
+  renderTypedHint();
   suggestTimer = setTimeout(async () => {
     const serial = ++suggestSerial;
     try {
-      const payload = await api("/api/vocab?q=" + encodeURIComponent(query) + "&limit=8");
+      const payload = await api("/api/vocab?q=" + encodeURIComponent(query) + "&limit=9");
       if (serial !== suggestSerial || $("label-input").value.trim() !== query) return;
       state.suggestions = payload.terms;
+      state.suggestedFor = query;
       state.highlighted = -1;
       renderSuggestions();
     } catch (err) {
       say(err.message, "error");
     }
-  }, 120);
+  }, query ? 120 : 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -420,14 +472,15 @@ function suggest() {
 
 function onLabelKey(event) {
   const input = $("label-input");
+  const fresh = state.suggestedFor === input.value.trim();
   if (event.key === "ArrowDown" || event.key === "ArrowUp") {
-    if (!state.suggestions.length) return;
+    if (!state.suggestions.length || !fresh) return;
     event.preventDefault();
     const step = event.key === "ArrowDown" ? 1 : -1;
     const n = state.suggestions.length;
     state.highlighted = (state.highlighted + step + n) % n;
     renderSuggestions();
-  } else if (event.key === "Tab" && state.suggestions.length) {
+  } else if (event.key === "Tab" && input.value.trim() && state.suggestions.length && fresh) {
     event.preventDefault();
     addLabel(state.suggestions[Math.max(state.highlighted, 0)].name);
   } else if (event.key === "Enter") {
@@ -435,7 +488,7 @@ function onLabelKey(event) {
     state.interacted = true;
     if (event.ctrlKey || event.metaKey) {
       answer("label");
-    } else if (state.highlighted >= 0) {
+    } else if (state.highlighted >= 0 && fresh) {
       addLabel(state.suggestions[state.highlighted].name);
     } else if (input.value.trim()) {
       addLabel(input.value);
@@ -444,11 +497,43 @@ function onLabelKey(event) {
     }
   } else if (event.key === "Escape") {
     event.preventDefault();
-    if (state.suggestions.length) hideSuggestions();
-    else input.blur();
+    if (state.highlighted >= 0) {
+      state.highlighted = -1;
+      renderSuggestions();
+    } else {
+      input.blur();
+    }
   } else if (event.key === "Backspace" && !input.value && state.labels.length) {
     state.labels.pop();
     renderChips();
+  }
+}
+
+// Enter in the name field keeps the name and sends what was waiting for it: the answer refused
+// for want of a name, else the labels chosen; with nothing chosen it hands the keys back.
+function onNameKey(event) {
+  if (event.key !== "Enter" && event.key !== "Escape") return;
+  event.preventDefault();
+  const name = $("annotator").value.trim();
+  if (event.key === "Escape") {
+    $("annotator").blur();
+    return;
+  }
+  if (!name) {
+    say("Type your name first.", "error");
+    return;
+  }
+  localStorage.setItem("coincide-annotator", name);
+  $("annotator").blur();
+  state.interacted = true;
+  const waiting = state.waitingFor;
+  state.waitingFor = null;
+  if (waiting === "undo") undo();
+  else if (waiting) answer(waiting);
+  else if (state.request && (state.labels.length || $("label-input").value.trim())) {
+    answer("label");
+  } else {
+    say("Hello " + name + ". Listen (Space), then type (/) or pick (1-9) a label.", "ok");
   }
 }
 
@@ -461,13 +546,17 @@ function onKey(event) {
     " ": togglePlay,
     Enter: () => answer("label"),
     s: () => answer("skip"),
-    u: () => answer("unsure"),
+    "?": () => answer("unsure"),
     m: () => answer("mixed"),
     n: anotherMember,
-    z: undo,
+    u: undo,
     "/": () => $("label-input").focus(),
   };
-  const action = actions[event.key.length === 1 ? event.key.toLowerCase() : event.key];
+  let action = actions[event.key.length === 1 ? event.key.toLowerCase() : event.key];
+  if (!action && /^[1-9]$/.test(event.key)) {
+    const k = Number(event.key) - 1;
+    action = () => state.request && toggleSuggestion(k);
+  }
   if (!action) return;
   event.preventDefault();
   state.interacted = true;
@@ -482,7 +571,7 @@ function bind() {
   const input = $("label-input");
   input.addEventListener("keydown", onLabelKey);
   input.addEventListener("input", suggest);
-  input.addEventListener("blur", () => setTimeout(hideSuggestions, 100));
+  $("annotator").addEventListener("keydown", onNameKey);
   const click = (id, action) =>
     $(id).addEventListener("click", (event) => {
       event.currentTarget.blur(); // so that Space afterwards plays instead of clicking again
@@ -527,6 +616,10 @@ async function start() {
     showProgress(info.progress);
     await loadNext();
     await refreshHistory();
+    if (!$("annotator").value) {
+      $("annotator").focus();
+      say("Type your name in the annotator field, then press Enter.", "");
+    }
   } catch (err) {
     say(err.message, "error");
     $("card").hidden = false;
