@@ -154,17 +154,16 @@ def test_a_file_that_changes_while_read_is_skipped_then_stored_whole(
     stable = mediagen.write_audio(media / "stable.flac", "flac", seconds=2.0)
     growing = shutil.copy(library / "tone.wav", media / "copying.wav")
     whole = (library / "sub dir" / "LOUD.FLAC").read_bytes()
-    real = decode.extract_features
+    real = decode.iter_features
 
     def copy_finishes_meanwhile(path, *args, **kwargs):
-        features = real(path, *args, **kwargs)
+        yield from real(path, *args, **kwargs)
         if Path(path).name == "copying.wav" and not finished:
             Path(path).write_bytes(whole)  # the copy overwrites it with other content
             finished.append(True)
-        return features
 
     finished: list[bool] = []
-    monkeypatch.setattr(decode, "extract_features", copy_finishes_meanwhile)
+    monkeypatch.setattr(decode, "iter_features", copy_finishes_meanwhile)
     store_path = tmp_path / "store"
     first = ingest(media, "--store", store_path, "--workers", "1")
     assert first.exit_code == 0, first.output
@@ -361,7 +360,7 @@ def slow_ingest(args: list) -> None:
     """The ingest stage with every file taking at least 30 ms to examine, so that a kill lands in
     the middle of the run even on a fast machine (run in a forked child: the test's process keeps
     the real `examine`)."""
-    import coincide.ingest as stage
+    import coincide.ingest_workers as stage
 
     examine = stage.examine
 
