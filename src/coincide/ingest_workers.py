@@ -28,13 +28,13 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import av
 import numpy as np
 
 from coincide.errors import MediaError
-from coincide.store.chunk_files import MediaSource, Spool, SpooledMedia
+from coincide.store.chunk_files import BlockSink, MediaSource, Spool, SpooledMedia
 from coincide.store.layout import TEMP_PREFIX
 from coincide.store.media_id import media_id_of
 from coincide.store.writer import StoreWriter
@@ -74,22 +74,6 @@ class Skipped:
 
 
 Outcome = Decoded | AlreadyStored | Skipped
-
-
-class FeatureSink(Protocol):
-    """Where `examine` writes a file's windows: `StoreWriter.media` or a `Spool`."""
-
-    def write(
-        self,
-        logmel: np.ndarray,
-        frames: np.ndarray | None,
-        has_frame: np.ndarray,
-        time_s: np.ndarray,
-    ) -> None: ...
-
-    def finish(self, duration_s: float) -> SpooledMedia | None: ...
-
-    def discard(self) -> None: ...
 
 
 # -- worker processes ------------------------------------------------------------------------
@@ -166,7 +150,7 @@ def _first_non_finite(logmel: np.ndarray) -> int | None:
 def examine(
     path: str,
     is_known: Callable[[str], bool] | None = None,
-    open_sink: Callable[[MediaSource], FeatureSink] | None = None,
+    open_sink: Callable[[MediaSource], BlockSink] | None = None,
 ) -> Outcome:
     """Hash one file and, unless `is_known` says its content is stored, decode its features
     block by block into the sink `open_sink` gives (by default, in a worker: the stored ids it
@@ -200,7 +184,7 @@ def examine(
 
 
 def _decode_into(
-    sink: FeatureSink, path: str, file_stat: os.stat_result, media_id: str
+    sink: BlockSink, path: str, file_stat: os.stat_result, media_id: str
 ) -> Skipped | tuple[int, float, tuple[str, ...]]:
     """Write the windows of `path` to `sink`; (windows, duration, warnings) or why to skip it."""
     from coincide.media import decode

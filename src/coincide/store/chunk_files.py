@@ -14,7 +14,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 import numpy as np
 import pandas as pd
@@ -286,17 +286,15 @@ class SpooledMedia:
         return len(self.has_frame)
 
 
-class Spool:
-    """Writes one media file's features block by block into a new folder `folder`, for a process
-    that decodes files for the store writer of another (an ingest worker)."""
+class BlockSink:
+    """Where a media file's windows are written block by block: into the store writer's open
+    chunk (`writer.MediaSink`) or a worker's spool (`Spool`). Nothing of the file is kept unless
+    `finish` is called; `discard` takes back what was written."""
 
-    def __init__(self, folder: Path, frontend: dict[str, Any], source: MediaSource) -> None:
-        self.folder = folder
-        self.source = source
-        self._log = WindowLog(frontend)
-        folder.mkdir()
-        self._logmel = open(folder / SPOOL_LOGMEL, "wb")  # noqa: SIM115 (closed in _close)
-        self._frames = open(folder / SPOOL_FRAMES, "wb")  # noqa: SIM115
+    def __init__(self, log: WindowLog, logmel_rows: RowFile, frame_rows: RowFile) -> None:
+        self.log = log
+        self._logmel_rows = logmel_rows
+        self._frame_rows = frame_rows
 
     def write(
         self,
@@ -305,18 +303,59 @@ class Spool:
         has_frame: np.ndarray,
         time_s: np.ndarray,
     ) -> None:
-        """Append a block of windows (shapes as in `WindowLog.add`)."""
-        has = self._log.add(logmel, frames, has_frame, time_s)
-        self._logmel.write(np.ascontiguousarray(logmel, dtype=np.float32).data)
+        """Append a block: (n, mel, frames) float32 log-mel, (n, size, size, 3) uint8 frames or
+        None for a file without video, (n,) bool has_frame, (n,) float64 window starts."""
+        has = self.log.add(logmel, frames, has_frame, time_s)
+        self._logmel_rows.write(logmel)
         if frames is not None and has.any():
-            framed = frames if has.all() else frames[has]
-            self._frames.write(np.ascontiguousarray(framed, dtype=np.uint8).data)
+            self._frame_rows.write(frames if has.all() else frames[has])
+
+    def finish(self, duration_s: float) -> SpooledMedia | None:
+        raise NotImplementedError
+
+    def discard(self) -> None:
+        raise NotImplementedError
+
+
+class RowFile(Protocol):
+    def write(self, rows: np.ndarray) -> None: ...
+
+
+class RawRows:
+    """A file of raw rows of one dtype, appended block by block (a spool's: no header)."""
+
+    def __init__(self, path: Path, dtype: type) -> None:
+        self.dtype = np.dtype(dtype)
+        self._file = open(path, "wb")  # noqa: SIM115 (closed by close)
+
+    def write(self, rows: np.ndarray) -> None:
+        self._file.write(np.ascontiguousarray(rows, dtype=self.dtype).data)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+class Spool(BlockSink):
+    """Writes one media file's features block by block into a new folder `folder`, for a process
+    that decodes files for the store writer of another (an ingest worker)."""
+
+    def __init__(self, folder: Path, frontend: dict[str, Any], source: MediaSource) -> None:
+        self.folder = folder
+        self.source = source
+        folder.mkdir()
+        self._files = [RawRows(folder / SPOOL_LOGMEL, np.float32)]
+        try:
+            self._files.append(RawRows(folder / SPOOL_FRAMES, np.uint8))
+        except BaseException:
+            self.discard()
+            raise
+        super().__init__(WindowLog(frontend), *self._files)
 
     def finish(self, duration_s: float) -> SpooledMedia:
         self._close()
-        has_frame, time_s = self._log.arrays()
+        has_frame, time_s = self.log.arrays()
         return SpooledMedia(
-            self.source, duration_s, self.folder, bool(self._log.has_video), has_frame, time_s
+            self.source, duration_s, self.folder, bool(self.log.has_video), has_frame, time_s
         )
 
     def discard(self) -> None:
@@ -324,5 +363,5 @@ class Spool:
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def _close(self) -> None:
-        self._logmel.close()
-        self._frames.close()
+        for file in self._files:
+            file.close()

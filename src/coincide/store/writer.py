@@ -32,6 +32,7 @@ from coincide.errors import UserError
 from coincide.store.chunk_files import (
     SPOOL_FRAMES,
     SPOOL_LOGMEL,
+    BlockSink,
     MediaSource,
     OpenChunk,
     SpooledMedia,
@@ -310,31 +311,17 @@ class StoreWriter:
         return chunk_id
 
 
-class MediaSink:
+class MediaSink(BlockSink):
     """One media file being written into the writer's open chunk, block by block (from
     `StoreWriter.media`). Nothing of it belongs to the chunk until `finish`; `discard` cuts what
     was written back out of the chunk's files, so a file found bad half-way leaves nothing."""
 
     def __init__(self, writer: StoreWriter, chunk: OpenChunk, source: MediaSource) -> None:
+        super().__init__(WindowLog(writer.frontend), chunk.logmel, chunk.frames)
         self.source = source
-        self.log = WindowLog(writer.frontend)
         self._writer = writer
         self._chunk = chunk
         self._start = (chunk.logmel.rows, chunk.frames.rows)
-
-    def write(
-        self,
-        logmel: np.ndarray,
-        frames: np.ndarray | None,
-        has_frame: np.ndarray,
-        time_s: np.ndarray,
-    ) -> None:
-        """Append a block: (n, mel, frames) float32 log-mel, (n, size, size, 3) uint8 frames or
-        None for a file without video, (n,) bool has_frame, (n,) float64 window starts."""
-        has = self.log.add(logmel, frames, has_frame, time_s)
-        self._chunk.logmel.write(logmel)
-        if frames is not None and has.any():
-            self._chunk.frames.write(frames if has.all() else frames[has])
 
     def copy_spool(self, spooled: SpooledMedia) -> None:
         """Append the windows of a spooled media file."""
