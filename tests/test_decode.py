@@ -3,6 +3,7 @@
 import logging
 import os
 import shutil
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from coincide.media.decode import (
 )
 from coincide.media.frames import FrameSelector
 from coincide.media.frontend import N_FRAMES, N_MELS, SAMPLE_RATE, logmel_windows
+from coincide.media.promise import wav_promised_s
 
 torch.set_num_threads(1)
 
@@ -378,6 +380,75 @@ def test_truncated_stream_is_ingested_up_to_the_cut(tmp_path: Path, name: str) -
     # About the first two seconds decode, and they are the right seconds.
     assert features.duration_s == pytest.approx(2.0, abs=0.15)
     assert peak_bands(features) == [tone_band(k) for k in range(len(features))]
+
+
+@pytest.mark.parametrize("name", ["wav", "flac", "mp3"])
+def test_a_file_cut_short_is_kept_with_a_warning(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Their headers state the length: the RIFF data size, FLAC's sample count, MP3's Xing frame
+    # count. (An AAC stream has no header saying its length; FFmpeg's wav demuxer shortens the
+    # duration it reports to the bytes present, so the WAV header is read by coincide itself.)
+    full = mediagen.write_audio(tmp_path / f"full{mediagen.AUDIO_FORMATS[name][0]}", name, 4.0)
+    cut = tmp_path / f"cut{full.suffix}"
+    data = full.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+
+    with caplog.at_level(logging.WARNING, logger="coincide.media.decode"):
+        blocks = list(iter_features(cut, block_windows=1))
+
+    warning = blocks[-1].warnings[0]
+    decoded = blocks[-1].duration_s
+    assert warning == (
+        f"truncated: its header promises 4.00 s of audio, only {decoded:.2f} s decoded (kept)"
+    )
+    assert decoded < 2.2
+    assert all(block.warnings == () for block in blocks[:-1])
+    assert f"{cut}: {warning}" in caplog.text
+    assert extract_features(cut).warnings == blocks[-1].warnings
+    assert list(iter_features(full))[-1].warnings == ()
+
+
+def test_intact_files_of_every_format_have_no_warnings(media: dict[str, Path]) -> None:
+    for name, path in media.items():
+        assert extract_features(path).warnings == (), name
+
+
+def _wav_bytes(samples: np.ndarray, data_size: int | None = None, extra: bytes = b"") -> bytes:
+    """A mono 16-bit 16 kHz RIFF WAVE; `data_size` overrides the data chunk's size field and
+    `extra` chunks go between fmt and data."""
+    pcm = np.round(samples * 32767).astype("<i2").tobytes()
+    fmt = struct.pack("<HHIIHH", 1, 1, SAMPLE_RATE, SAMPLE_RATE * 2, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + extra
+    size = len(pcm) if data_size is None else data_size
+    body += b"data" + struct.pack("<I", size) + pcm
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def test_wav_headers_promise_their_data_size(tmp_path: Path) -> None:
+    samples = np.sin(np.arange(3 * SAMPLE_RATE) / 5).astype(np.float32) * 0.5
+    path = tmp_path / "a.wav"
+    # An odd-sized chunk before the data is padded to an even size.
+    odd = b"junk" + struct.pack("<I", 3) + b"abc\0"
+    path.write_bytes(_wav_bytes(samples, extra=odd))
+    assert wav_promised_s(path) == 3.0
+    assert extract_features(path).warnings == ()
+
+    # A header that promises 5 s over 3 s of samples (what a cut file has).
+    path.write_bytes(_wav_bytes(samples, data_size=5 * SAMPLE_RATE * 2))
+    assert wav_promised_s(path) == 5.0
+    warnings = extract_features(path).warnings
+    assert warnings == (
+        "truncated: its header promises 5.00 s of audio, only 3.00 s decoded (kept)",
+    )
+
+    # A writer to a pipe leaves the size open: no promise, no warning.
+    for open_size in (0, 0xFFFFFFFF):
+        path.write_bytes(_wav_bytes(samples, data_size=open_size))
+        assert wav_promised_s(path) is None
+        assert extract_features(path).warnings == ()
+    path.write_bytes(b"RIFF\0\0\0\0WAVEfmt ")
+    assert wav_promised_s(path) is None
 
 
 def test_corrupt_packets_are_skipped_and_replaced_by_silence(

@@ -24,7 +24,9 @@ from hypothesis import strategies as st
 import mediagen
 from coincide.config import load_config
 from coincide.errors import UserError
-from coincide.ingest import Decoded, Skipped, examine
+from coincide.ingest import frontend_parameters
+from coincide.ingest_workers import Decoded, Skipped, examine
+from coincide.store.chunk_files import SPOOL_LOGMEL, Spool
 from coincide.store.media_labels import read_labels_csv
 
 pytest.importorskip("starlette")
@@ -35,6 +37,7 @@ from coincide.labelui.app import create_app  # noqa: E402
 from coincide.labelui.vocab import Vocabulary  # noqa: E402
 from test_labelui_api import BASE, build_labeling_run, write_media  # noqa: E402
 
+FRONTEND = frontend_parameters()
 FEW = settings(
     derandomize=True,
     max_examples=60,
@@ -164,9 +167,19 @@ def test_damaged_media_is_decoded_or_skipped(tmp_path_factory, headers, kind, cu
     truncated or kept."""
     data = headers[kind]
     damaged = data[:cut] + noise + data[cut + where :]
-    path = tmp_path_factory.mktemp("media") / f"damaged.{kind}"
+    folder = tmp_path_factory.mktemp("media")
+    path = folder / f"damaged.{kind}"
     path.write_bytes(damaged)
-    outcome = examine(str(path), frozenset())
+    spools = folder / "spools"
+    spools.mkdir()
+    outcome = examine(
+        str(path), frozenset().__contains__, lambda src: Spool(spools / "one", FRONTEND, src)
+    )
     assert isinstance(outcome, Decoded | Skipped)
     if isinstance(outcome, Skipped):
         assert outcome.reason
+        assert not any(spools.iterdir()), "a skipped file left features behind"
+    else:
+        assert outcome.spooled.n_windows == outcome.n_windows >= 1
+        logmel_bytes = outcome.n_windows * FRONTEND["n_mels"] * FRONTEND["window_frames"] * 4
+        assert (spools / "one" / SPOOL_LOGMEL).stat().st_size == logmel_bytes

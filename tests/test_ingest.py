@@ -154,17 +154,16 @@ def test_a_file_that_changes_while_read_is_skipped_then_stored_whole(
     stable = mediagen.write_audio(media / "stable.flac", "flac", seconds=2.0)
     growing = shutil.copy(library / "tone.wav", media / "copying.wav")
     whole = (library / "sub dir" / "LOUD.FLAC").read_bytes()
-    real = decode.extract_features
+    real = decode.iter_features
 
     def copy_finishes_meanwhile(path, *args, **kwargs):
-        features = real(path, *args, **kwargs)
+        yield from real(path, *args, **kwargs)
         if Path(path).name == "copying.wav" and not finished:
             Path(path).write_bytes(whole)  # the copy overwrites it with other content
             finished.append(True)
-        return features
 
     finished: list[bool] = []
-    monkeypatch.setattr(decode, "extract_features", copy_finishes_meanwhile)
+    monkeypatch.setattr(decode, "iter_features", copy_finishes_meanwhile)
     store_path = tmp_path / "store"
     first = ingest(media, "--store", store_path, "--workers", "1")
     assert first.exit_code == 0, first.output
@@ -361,7 +360,7 @@ def slow_ingest(args: list) -> None:
     """The ingest stage with every file taking at least 30 ms to examine, so that a kill lands in
     the middle of the run even on a fast machine (run in a forked child: the test's process keeps
     the real `examine`)."""
-    import coincide.ingest as stage
+    import coincide.ingest_workers as stage
 
     examine = stage.examine
 
@@ -492,12 +491,14 @@ def _run_limited(command: list[str], max_file_bytes: int) -> subprocess.Complete
     )
 
 
-def test_a_full_disk_during_ingest_is_one_sentence_and_the_run_resumes(library, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_full_disk_during_ingest_is_one_sentence_and_the_run_resumes(library, tmp_path, workers):
     store_path = tmp_path / "store"
     reference = tmp_path / "reference"
-    # Chunks of 6 windows (about 150 KB of log-mel each) under a 100 KB cap: the first chunk
-    # fails, after the store header was written.
-    args = ["ingest", str(library), "--chunk-windows", "6"]
+    # Chunks of 6 windows (about 150 KB of log-mel each) under a 100 KB cap: the first file's
+    # frames (3 x 49 KB) fail, in the open chunk or in a worker's spool, after the store header
+    # was written.
+    args = ["ingest", str(library), "--chunk-windows", "6", "--workers", workers]
     failed = _run_limited([*args, "--store", str(store_path)], 100_000)
     assert failed.returncode == 2, failed.stderr
     assert "Traceback" not in failed.stderr
@@ -505,6 +506,7 @@ def test_a_full_disk_during_ingest_is_one_sentence_and_the_run_resumes(library, 
     assert message.startswith("error: out of disk space"), message
     assert "run the same command again" in message
     assert not list((store_path / "chunks").glob(".tmp-*")), "a partial chunk was left"
+    assert not list(store_path.glob(".tmp-*")), "a spool was left"
     assert ingest(*args[1:], "--store", store_path).exit_code == 0
     assert ingest(*args[1:], "--store", reference).exit_code == 0
     assert store_content(store_path) == store_content(reference)

@@ -16,6 +16,7 @@ import coincide
 from coincide.cli import app
 from coincide.errors import UserError
 from coincide.store import NoFrameError
+from coincide.store.chunk_files import MediaSource, Spool
 from coincide.store.layout import CHUNKS_DIR, TEMP_PREFIX
 from coincide.store.media_labels import (
     LabelsCsv,
@@ -164,6 +165,76 @@ def test_an_interrupted_writer_commits_nothing_of_its_buffer(store_path):
         writer.add(record("d", 2, None, seed=4))
         raise RuntimeError("killed")
     assert len(coincide.open_store(store_path)) == 12
+
+
+def _write_in_blocks(sink, rec: MediaRecord, block: int) -> None:
+    for start in range(0, rec.n_windows, block):
+        part = slice(start, start + block)
+        frames = None if rec.frames is None else rec.frames[part]
+        sink.write(rec.logmel[part], frames, rec.has_frame[part], rec.time_s[part])
+
+
+def test_a_media_file_written_in_blocks_then_discarded_leaves_nothing(tmp_path):
+    """Blocks go straight to the open chunk's files; a file given up half-way is cut back out,
+    and the chunk is as if it had never been written."""
+    framed = np.array([1, 0, 1, 1, 0], bool)
+    a, b, c = (
+        record("a", 4, np.ones(4, bool), 1),
+        record("b", 5, framed, 2),
+        record("c", 3, None, 3),
+    )
+    reference = tmp_path / "reference"
+    with StoreWriter(reference, FRONTEND, chunk_windows=100) as writer:
+        writer.add(a)
+        writer.add(c)
+
+    path = tmp_path / "store"
+    with StoreWriter(path, FRONTEND, chunk_windows=100) as writer:
+        writer.add(a)
+        sink = writer.media(MediaSource("b", "/media/b.mp4", 1005, 2))
+        _write_in_blocks(sink, b, block=2)  # 5 windows, 3 frames on disk
+        open_chunk = next((path / CHUNKS_DIR).glob(f"{TEMP_PREFIX}*"))
+        assert (open_chunk / "logmel.npy").stat().st_size > 9 * 64 * 96 * 4
+        sink.discard()
+        assert not writer.has_media("b")
+        sink = writer.media(MediaSource("c", "/media/c.mp4", 1003, 3))
+        _write_in_blocks(sink, c, block=2)
+        sink.finish(c.duration_s)
+    assert store_files(path) == store_files(reference)
+    store = coincide.open_store(path)
+    assert list(store.index["media_id"]) == ["a"] * 4 + ["c"] * 3
+    np.testing.assert_allclose(store.logmel[4:7][:, 0, 0], [3.0, 3.01, 3.02])
+    assert (store.frames[3] == 13).all()
+
+
+def test_a_spooled_media_file_is_stored_as_if_added_whole(tmp_path):
+    framed = np.array([1, 0, 1, 1, 0], bool)
+    records = [record("a", 4, np.ones(4, bool), 1), record("b", 5, framed, 2)]
+    reference = tmp_path / "reference"
+    with StoreWriter(reference, FRONTEND, chunk_windows=6) as writer:
+        for rec in records:
+            writer.add(rec)
+    path = tmp_path / "store"
+    taken = []
+    with StoreWriter(path, FRONTEND, chunk_windows=6) as writer:
+        for i, rec in enumerate([*records, records[0]]):  # the third is the same content again
+            source = MediaSource(rec.media_id, rec.media_path, rec.size, rec.mtime_ns)
+            spool = Spool(tmp_path / f"spool-{i}", FRONTEND, source)
+            _write_in_blocks(spool, rec, block=3)
+            spooled = spool.finish(rec.duration_s)
+            taken.append(writer.add_spooled(spooled))
+            assert not spooled.folder.exists()  # the spool is deleted once taken
+    assert taken == [True, True, False]
+    assert store_files(path) == store_files(reference)
+
+
+def store_files(path) -> dict[str, bytes]:
+    """Every committed file of a store, by its path in the store."""
+    return {
+        str(f.relative_to(path)): f.read_bytes()
+        for f in sorted((path / CHUNKS_DIR).rglob("*"))
+        if f.is_file()
+    }
 
 
 def test_one_writer_at_a_time(store_path):

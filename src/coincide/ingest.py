@@ -1,54 +1,46 @@
 """Ingest stage: media files and folders -> feature store (`coincide ingest`, `info`, `add-labels`).
 
 The main process finds the files, skips those already stored, and writes chunks; decoding runs in
-`workers` processes (in this process when workers == 1) and results come back in input order, so
-a run's chunks do not depend on the number of workers. Memory stays bounded: at most
-2 x workers files are in flight, and a chunk is committed as soon as it reaches its target size.
+`workers` processes (in this process when workers == 1, see `coincide.ingest_workers`) and files
+are taken in input order, so a run's chunks do not depend on the number of workers. Memory stays
+bounded by the decoder's block, whatever a file's length: features go to the store block by
+block, and a chunk is committed as soon as it reaches its target size.
 
 Idempotent and resumable: a file is identified by a hash of its content (`media_id`), so the same
 file is stored once whatever its path; a chunk becomes visible only when it is complete (see
-`coincide.store.writer`), so a run killed at any moment is finished by running it again.
+`coincide.store.writer`), so a run killed at any moment is finished by running it again. A file
+that decodes with damage (cut short, undecodable packets) is kept as far as it decodes and
+reported with a warning, in the console and in `ingest_report.json`.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import stat
 import sys
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import av
-import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from coincide.errors import MediaError, UserError
+from coincide.errors import UserError
+from coincide.ingest_workers import AlreadyStored, Outcome, Skipped, outcomes
 from coincide.store.features import open_store
-from coincide.store.ingest_report import Skip, read_report, record_run
+from coincide.store.ingest_report import MediaWarning, Skip, read_report, record_run
 from coincide.store.layout import REPORT_FILE, read_header
-from coincide.store.media_id import media_id_of
 from coincide.store.media_labels import LabelsCsv, match_labels, merge_labels, read_labels_csv
 from coincide.store.writer import (
     DEFAULT_CHUNK_WINDOWS,
-    MediaRecord,
     StoreWriter,
     read_stored_media,
     store_lock,
 )
 
-# Media of a file in flight per worker: enough to keep every worker busy while the main process
-# writes, few enough to bound memory by a handful of files.
-IN_FLIGHT_PER_WORKER = 2
 UNMATCHED_SHOWN = 5
 
 
@@ -124,180 +116,6 @@ def _resolve(path: Path) -> Path:
         return path.absolute()
 
 
-# -- decoding (in worker processes) ----------------------------------------------------------
-
-
-@dataclass
-class Decoded:
-    """A decoded file, ready for the store."""
-
-    path: str
-    record: MediaRecord
-
-
-@dataclass
-class AlreadyStored:
-    """A file whose content hash is already in the store (found before decoding)."""
-
-    path: str
-    media_id: str
-
-
-@dataclass
-class Skipped:
-    path: str
-    reason: str
-
-
-Outcome = Decoded | AlreadyStored | Skipped
-
-_known_ids: frozenset[str] = frozenset()
-
-
-def _init_worker(known_ids: frozenset[str], parent: int | None = None) -> None:
-    """Worker setup: the stored media ids (to skip before decoding), one torch thread (the
-    parallelism comes from the processes) and, given the ingesting process's pid, a watchdog
-    that ends this worker when that process is gone."""
-    global _known_ids
-    _known_ids = known_ids
-    import torch
-
-    torch.set_num_threads(1)
-    if parent is not None:
-        threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` still runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, under another user (a reused pid): treat as alive
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True  # no /proc (macOS): kill(pid, 0) has answered
-
-
-def _exit_with(parent: int, every_s: float = 1.0) -> None:
-    """Poll the ingesting process; exit when it is gone. Workers are children of the
-    forkserver, not of the ingesting process, so nothing else ends them after a kill -9
-    (each holds a decoder and torch, 0.5-1 GB)."""
-    while _alive(parent):
-        time.sleep(every_s)
-    os._exit(1)
-
-
-def _identity(file_stat: os.stat_result) -> tuple[int, int, int, int]:
-    return (file_stat.st_dev, file_stat.st_ino, file_stat.st_size, file_stat.st_mtime_ns)
-
-
-def _first_non_finite(logmel: np.ndarray) -> int | None:
-    """The first window holding a NaN or an infinity (a float WAV can carry them), or None."""
-    finite = np.isfinite(logmel.reshape(len(logmel), -1)).all(axis=1)
-    return None if finite.all() else int(np.flatnonzero(~finite)[0])
-
-
-def examine(path: str, known_ids: frozenset[str] | None = None) -> Outcome:
-    """Hash one file and, unless its content is already stored, decode its features."""
-    from coincide.media.decode import extract_features
-
-    known_ids = _known_ids if known_ids is None else known_ids
-    try:
-        file_stat = os.stat(path)
-        if not stat.S_ISREG(file_stat.st_mode):
-            return Skipped(path, "not a regular file")
-        if file_stat.st_size == 0:
-            return Skipped(path, "empty file")
-        media_id = media_id_of(Path(path))
-    except OSError as err:
-        return Skipped(path, f"cannot read: {err.strerror or err}")
-    if media_id in known_ids:
-        return AlreadyStored(path, media_id)
-    try:
-        features = extract_features(Path(path))
-    except MediaError as err:
-        return Skipped(path, str(err))
-    except (av.error.FFmpegError, OSError) as err:
-        # The decoder wraps the failures it knows in MediaError; one it did not foresee on one
-        # odd file must not stop a long run over thousands: skip that file, naming the error.
-        return Skipped(path, f"decoder error: {err}")
-    if len(features) == 0:
-        return Skipped(path, "no audio window decoded")
-    # Hash and features must come from the same bytes: a file being copied, re-encoded or
-    # truncated while it was read would be stored under the hash of content it no longer has,
-    # and the finished file refused later as a duplicate. Re-check it after decoding.
-    try:
-        changed = _identity(os.stat(path)) != _identity(file_stat) or media_id_of(Path(path)) != (
-            media_id
-        )
-    except OSError:
-        changed = True
-    if changed:
-        return Skipped(path, "changed while it was read; run ingest again once it is complete")
-    bad = _first_non_finite(features.logmel)
-    if bad is not None:
-        return Skipped(
-            path,
-            f"its audio decodes to non-finite values (NaN or inf) at {features.time_s[bad]:.2f} s",
-        )
-    record = MediaRecord(
-        media_id=media_id,
-        media_path=path,
-        size=file_stat.st_size,
-        mtime_ns=file_stat.st_mtime_ns,
-        duration_s=features.duration_s,
-        logmel=features.logmel,
-        frames=features.frames,
-        has_frame=features.has_frame,
-        time_s=features.time_s,
-    )
-    return Decoded(path, record)
-
-
-def _outcomes(paths: list[str], known_ids: frozenset[str], workers: int) -> Iterator[Outcome]:
-    """`examine` over `paths`, in order, with at most IN_FLIGHT_PER_WORKER x workers in flight."""
-    if workers == 1:
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in the workers: ingestion speed is measured per core
-        try:
-            for path in paths:
-                yield examine(path, known_ids)
-        finally:
-            torch.set_num_threads(threads)
-        return
-    # forkserver: workers fork from a clean server that imported the decoder once, instead of
-    # from this process (fork after threads started is unsafe) or from scratch (spawn is slow).
-    # librosa.filters (the mel filter bank) is imported lazily by the frontend and is the
-    # slowest import of all, so the server takes it too.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["coincide.media.decode", "librosa.filters"])
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(known_ids, os.getpid())
-    ) as pool:
-        pending: deque[Future[Outcome]] = deque()
-        queue = iter(paths)
-        try:
-            for path in queue:
-                pending.append(pool.submit(examine, path))
-                if len(pending) >= IN_FLIGHT_PER_WORKER * workers:
-                    break
-            while pending:
-                outcome = pending.popleft().result()
-                next_path = next(queue, None)
-                if next_path is not None:
-                    pending.append(pool.submit(examine, next_path))
-                yield outcome
-        finally:
-            for future in pending:
-                future.cancel()
-
-
 # -- the stage -------------------------------------------------------------------------------
 
 
@@ -340,7 +158,9 @@ class _Tally:
     first_path: dict[str, str]  # media_id -> the path its content was stored from
     in_store: dict[str, str] = field(default_factory=dict)  # path -> media_id
     skips: list[Skip] = field(default_factory=list)
-    ingested: int = 0
+    warnings: list[MediaWarning] = field(default_factory=list)
+    warned: int = 0  # files stored with a warning
+    ingested_paths: list[str] = field(default_factory=list)  # stored by this run
     already: int = 0
     duplicates: int = 0
     windows: int = 0
@@ -364,14 +184,17 @@ class _Tally:
             return self.skip(outcome.path, outcome.reason)
         if isinstance(outcome, AlreadyStored):
             return self.found(outcome.path, outcome.media_id)
-        record = outcome.record
-        if not self.writer.add(record):  # the same content was added earlier in this run
-            return self.found(outcome.path, record.media_id)
-        self.in_store[outcome.path] = record.media_id
-        self.first_path[record.media_id] = outcome.path
-        self.ingested += 1
-        self.windows += record.n_windows
-        return None
+        path, media_id = outcome.path, outcome.media_id
+        # A worker's spool: the same content may have been added earlier in this run.
+        if outcome.spooled is not None and not self.writer.add_spooled(outcome.spooled):
+            return self.found(path, media_id)
+        self.in_store[path] = media_id
+        self.first_path[media_id] = path
+        self.ingested_paths.append(_shown(path))
+        self.windows += outcome.n_windows
+        self.warned += bool(outcome.warnings)
+        self.warnings += [MediaWarning(_shown(path), media_id, w, _now()) for w in outcome.warnings]
+        return "\n".join(f"warning {_shown(path)}: {w}" for w in outcome.warnings) or None
 
 
 def run(
@@ -455,7 +278,8 @@ def run(
             total_bytes = sum(sizes.get(p, 0) for p in todo)
             task = progress.add_task("", total=max(total_bytes, 1), files="", rate="")
             known_ids = frozenset(stored["media_id"])
-            for done, outcome in enumerate(_outcomes(todo, known_ids, workers), start=1):
+            decoded = outcomes(todo, known_ids, workers, writer)
+            for done, outcome in enumerate(decoded, start=1):
                 line = tally.take(outcome)
                 if line is not None:
                     _say(progress.console, line)
@@ -478,22 +302,27 @@ def run(
                 "finished": _now(),
                 "paths": [_shown(Path(p).absolute()) for p in paths],
                 "files": len(files),
-                "ingested": tally.ingested,
+                "ingested": len(tally.ingested_paths),
                 "already_in_store": tally.already,
                 "duplicates": tally.duplicates,
                 "skipped": len(tally.skips),
+                "stored_with_warnings": tally.warned,
                 "windows_added": writer.windows_added,
                 "chunks_added": writer.chunks_added,
             },
             tally.skips,
             now_in_store=tally.in_store,
+            warnings=tally.warnings,
+            ingested=tally.ingested_paths,
         )
 
     _say(
         console,
-        f"{len(files)} files: {tally.ingested} ingested ({tally.windows} windows), "
+        f"{len(files)} files: {len(tally.ingested_paths)} ingested ({tally.windows} windows), "
         f"{tally.already} already in the store, {tally.duplicates} duplicate content, "
-        f"{len(tally.skips)} skipped; store {_shown(store)}",
+        f"{len(tally.skips)} skipped"
+        + (f", {tally.warned} ingested with warnings" if tally.warned else "")
+        + f"; store {_shown(store)}",
     )
     if not tally.in_store:
         raise UserError(

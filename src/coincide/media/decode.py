@@ -13,10 +13,13 @@ frames on screen while it sounds; video more than a couple of seconds past the a
 duration is not decoded, and non-reference frames that no window uses (most B-frames) are not
 decoded either (`_Demuxer.skip_unused_frames`: the frames chosen are those of a full decode).
 
-Choices for imperfect input (all end in `MediaError` when no audio decodes):
+Choices for imperfect input (all end in `MediaError` when no audio decodes; what was damaged is
+logged, and listed in `MediaFeatures.warnings` of the last block):
 - a packet that fails to decode is skipped and logged, as the ffmpeg command line does; a lost
   audio packet becomes silence of its duration, so later windows keep their times;
 - a read error (a truncated file) ends the file there: what decoded before it is kept;
+- a file whose header promises more audio than decodes (a WAV, FLAC or MP3 cut short) is
+  kept as far as it decodes, with a warning (`media.promise`);
 - a video stream that does not decode leaves its windows without frames;
 - cover art in audio files (an "attached picture" video stream) is not a video stream.
 """
@@ -40,6 +43,7 @@ from coincide.errors import MediaError
 from coincide.media.audio import AudioConverter
 from coincide.media.frames import FrameSelector
 from coincide.media.frontend import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_STEP, logmel_windows
+from coincide.media.promise import promised_s
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +53,9 @@ MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS
 FRAME_SIZE = 128
 # Video is decoded up to this far past the audio's stated end (headers are approximate).
 VIDEO_MARGIN_S = 2.0
+# Audio this much shorter than its header promises is reported as truncated; less is within how
+# far codec frames and header rounding move a file's end (an AAC or MP3 frame is 23-26 ms).
+TRUNCATION_TOLERANCE_S = 0.1
 
 
 @dataclass
@@ -62,6 +69,8 @@ class MediaFeatures:
     time_s: (n,) float64 start of each window in seconds from the start of the audio.
     duration_s: audio duration in seconds; in a block from `iter_features` other than the last,
         the end of that block's span (the last block carries the whole file's duration).
+    warnings: what was wrong with the file though it decoded (a truncation, undecodable packets),
+        one clause each; only the last block of `iter_features` carries them.
     """
 
     logmel: np.ndarray
@@ -69,6 +78,7 @@ class MediaFeatures:
     has_frame: np.ndarray
     time_s: np.ndarray
     duration_s: float
+    warnings: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.logmel)
@@ -148,8 +158,8 @@ class _Demuxer:
     """Decoded frames of an audio stream and an optional video stream, in file order.
 
     Yields (stream, frames) per packet, frames None for a packet that failed to decode;
-    failures are counted and logged once at the end. A read error ends the file: the decoders are
-    flushed and what they held is still yielded.
+    failures are counted and noted once at the end in `warnings`. A read error ends the file
+    (noted too): the decoders are flushed and what they held is still yielded.
     """
 
     def __init__(
@@ -165,6 +175,7 @@ class _Demuxer:
             stream.codec_context.thread_count = DECODER_THREADS
         self.failures = {stream.index: 0 for stream in streams}
         self.first_error: dict[int, Exception] = {}
+        self.warnings: list[str] = []
         self._video_limit_pts: int | None = None  # video after this may be past the audio
         self._audio_packet: av.Packet | None = None  # the latest audio packet read
         self._frames: FrameSelector | None = None  # set by `skip_unused_frames`
@@ -222,17 +233,14 @@ class _Demuxer:
                     self._skip_if_unused(packet)
                 yield stream, self._decoded(stream, packet)
         except av.error.FFmpegError as error:
-            logger.warning("%s: reading stopped early: %s", self.path, error)
+            self.warnings.append(f"reading stopped early: {error}")
             for stream in self.streams:
                 yield stream, self._decoded(stream, None)
         for stream in self.streams:
             if self.failures[stream.index]:
-                logger.warning(
-                    "%s: skipped %d undecodable %s packet(s): %s",
-                    self.path,
-                    self.failures[stream.index],
-                    stream.type,
-                    self.first_error[stream.index],
+                self.warnings.append(
+                    f"skipped {self.failures[stream.index]} undecodable {stream.type} packet(s): "
+                    f"{self.first_error[stream.index]}"
                 )
 
     def _past_audio(self, video_packet: av.Packet) -> bool:
@@ -267,6 +275,24 @@ def _check_audio(audio: AudioConverter, demuxer: _Demuxer, stream: av.Stream) ->
     raise MediaError("audio stream has no samples")
 
 
+def _log(path: Path, warnings: list[str]) -> None:
+    for warning in warnings:
+        logger.warning("%s: %s", path, warning)
+
+
+def _truncation(
+    path: Path, container: av.container.InputContainer, stream: av.Stream, decoded_s: float
+) -> str | None:
+    """A warning when the header of `path` promises more audio than `decoded_s` seconds."""
+    promised = promised_s(path, container, stream)
+    if promised - decoded_s <= TRUNCATION_TOLERANCE_S:
+        return None
+    return (
+        f"truncated: its header promises {promised:.2f} s of audio, only {decoded_s:.2f} s "
+        "decoded (kept)"
+    )
+
+
 def decode_audio(path: Path) -> np.ndarray:
     """Decode a file's audio to (samples,) float32 mono 16 kHz (libswresample via PyAV)."""
     path = Path(path)
@@ -283,17 +309,19 @@ def decode_audio(path: Path) -> np.ndarray:
                 chunks += audio.push(frame)
         chunks += audio.flush()
     _check_audio(audio, demuxer, stream)
+    _log(path, demuxer.warnings)
     return np.concatenate(chunks).astype(np.float32, copy=False)
 
 
 def iter_features(
-    path: Path, block_windows: int = 256, frame_size: int = FRAME_SIZE
+    path: Path, block_windows: int = 256, frame_size: int = FRAME_SIZE, log_warnings: bool = True
 ) -> Iterator[MediaFeatures]:
     """Features of a media file in blocks of at most `block_windows` consecutive windows.
 
     Concatenating the blocks gives exactly `extract_features(path)`. A file that cannot be
-    ingested raises `MediaError` before the first block (damage found later is skipped and
-    logged, see the module docstring), so a consumer never has to take back blocks it stored.
+    ingested raises `MediaError` before the first block (damage found later is skipped, see the
+    module docstring); what was damaged is in the last block's `warnings`, and logged unless
+    `log_warnings` is False (for a caller that reports them itself).
     """
     if block_windows < 1:
         raise ValueError("block_windows must be at least 1")
@@ -342,8 +370,17 @@ def iter_features(
         if frames is not None:
             frames.finish()
         _check_audio(audio, demuxer, audio_stream)
+        duration_s = audio.n_samples / SAMPLE_RATE
+        warnings = demuxer.warnings
+        truncation = _truncation(path, container, audio_stream, duration_s)
+        if truncation is not None:
+            warnings.insert(0, truncation)
+        if log_warnings:
+            _log(path, warnings)
         yield from blocks.ready()
-        yield blocks.last(duration_s=audio.n_samples / SAMPLE_RATE)
+        last = blocks.last(duration_s)
+        last.warnings = tuple(warnings)
+        yield last
 
 
 class _Blocks:
@@ -418,4 +455,5 @@ def extract_features(path: Path, frame_size: int = FRAME_SIZE) -> MediaFeatures:
         has_frame=np.concatenate([b.has_frame for b in blocks]),
         time_s=np.concatenate([b.time_s for b in blocks]),
         duration_s=blocks[-1].duration_s,
+        warnings=blocks[-1].warnings,
     )

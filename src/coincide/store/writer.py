@@ -1,9 +1,16 @@
-"""Append whole media files to a feature store in chunks that appear atomically.
+"""Append media files to a feature store in chunks that appear atomically.
 
 A chunk is written into a temporary folder and renamed into place: the rename is the commit, so
 a process killed at any moment leaves either a complete chunk or a temp folder that the next
 writer deletes. One writer at a time is enforced with `flock` on `STORE/.lock` (released by the
 kernel when the process dies, so a killed run never leaves the store locked).
+
+A media file is written into the open chunk's files block by block as it is decoded
+(`StoreWriter.media`, `chunk_files`), so memory holds one block, not a file or a chunk. It belongs
+to the chunk only once its writer calls `finish`; until then `discard` (or an exception, which
+deletes the whole uncommitted chunk) cuts its rows back out, so a file found bad half-way leaves
+nothing. A decoding worker process spools a file to disk instead (`chunk_files.Spool`), and the
+writer appends the spool when it takes the file (`add_spooled`).
 """
 
 from __future__ import annotations
@@ -22,15 +29,21 @@ import numpy as np
 import pandas as pd
 
 from coincide.errors import UserError
+from coincide.store.chunk_files import (
+    SPOOL_FRAMES,
+    SPOOL_LOGMEL,
+    BlockSink,
+    MediaSource,
+    OpenChunk,
+    SpooledMedia,
+    WindowLog,
+)
 from coincide.store.layout import (
     CHUNKS_DIR,
-    FRAMES_FILE,
     HEADER_FILE,
     LOCK_FILE,
-    LOGMEL_FILE,
     MEDIA_FILE,
     TEMP_PREFIX,
-    WINDOWS_FILE,
     chunk_name,
     committed_chunk_ids,
     new_header,
@@ -122,21 +135,18 @@ def _prepare_root(root: Path) -> None:
             )
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class StoreWriter:
-    """Buffer media files and commit them as chunks of about `chunk_windows` windows.
+    """Write media files into chunks of about `chunk_windows` windows, committed atomically.
 
     Use as a context manager: entering takes the write lock, creates or checks `store.json`
-    against `frontend`, and removes temp folders left by a killed writer; leaving commits what
-    is buffered (unless leaving on an exception, so an interrupted run never commits a partial
-    buffer it was not asked to).
+    against `frontend`, and removes temp folders left by a killed writer; leaving commits the
+    open chunk (unless leaving on an exception: then the open chunk is deleted, so an interrupted
+    run never commits a partial chunk it was not asked to).
+
+    A media file is written block by block through `media(source)` (or whole through `add`, or
+    from a worker's spool through `add_spooled`). A chunk is committed as soon as the media
+    accepted into it reach `chunk_windows` windows, so chunks end at media boundaries and depend
+    only on the order in which files are accepted.
     """
 
     def __init__(
@@ -152,8 +162,8 @@ class StoreWriter:
         self.chunk_windows = chunk_windows
         self.chunks_added = 0
         self.windows_added = 0
-        self._buffer: list[MediaRecord] = []
-        self._buffered_windows = 0
+        self._chunk: OpenChunk | None = None
+        self._sink: MediaSink | None = None
         self._stack = ExitStack()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -176,7 +186,12 @@ class StoreWriter:
             if exc_type is None:
                 self.flush()
         finally:
-            self._stack.close()
+            try:
+                if self._chunk is not None:
+                    self._chunk.remove()
+                    self._chunk = self._sink = None
+            finally:
+                self._stack.close()
 
     def _open(self) -> None:
         header_path = self.root / HEADER_FILE
@@ -196,12 +211,14 @@ class StoreWriter:
             write_json_atomic(header_path, new_header(self.frontend))
         chunks = self.root / CHUNKS_DIR
         chunks.mkdir(exist_ok=True)
-        # Only the lock holder writes, so every temp entry here is debris of a killed writer.
+        # Only the lock holder writes, so every temp entry here is debris of a killed writer
+        # (or of its workers, which exit within a second of it: what they still write in that
+        # second is left for the next writer, never read).
         for debris in [*chunks.glob(f"{TEMP_PREFIX}*"), *self.root.glob(f"{TEMP_PREFIX}*")]:
             if debris.is_dir():
-                shutil.rmtree(debris)
+                shutil.rmtree(debris, ignore_errors=True)
             else:
-                debris.unlink()
+                debris.unlink(missing_ok=True)
         self.stored_media = read_stored_media(self.root)
         self._media_ids = set(self.stored_media["media_id"])
         existing = committed_chunk_ids(self.root)
@@ -210,162 +227,116 @@ class StoreWriter:
     # -- writing ---------------------------------------------------------------------------
 
     def has_media(self, media_id: str) -> bool:
-        """Whether a media file with this content hash is stored or buffered."""
+        """Whether a media file with this content hash is stored or accepted into the open chunk."""
         return media_id in self._media_ids
 
-    def add(self, record: MediaRecord) -> bool:
-        """Buffer one media file (committing a chunk when the buffer is full).
+    def media(self, source: MediaSource) -> MediaSink:
+        """Start writing a media file into the open chunk (one at a time; not one already
+        stored, see `has_media`)."""
+        if self._sink is not None:
+            raise RuntimeError("finish or discard the media file being written first")
+        if source.media_id in self._media_ids:
+            raise ValueError(f"media {source.media_id} is already in the store")
+        if self._chunk is None:
+            name = f"{TEMP_PREFIX}{chunk_name(self._next_chunk)}-{os.getpid()}"
+            self._chunk = OpenChunk(self.root / CHUNKS_DIR / name, self.frontend)
+        self._sink = MediaSink(self, self._chunk, source)
+        return self._sink
 
-        Returns False, storing nothing, when the same content is already stored or buffered.
-        """
-        if record.media_id in self._media_ids:
+    def add(self, record: MediaRecord) -> bool:
+        """Write one whole media file. Returns False, storing nothing, when the same content is
+        already stored or accepted."""
+        if self.has_media(record.media_id):
             return False
-        self._check_shapes(record)
-        self._media_ids.add(record.media_id)
-        self._buffer.append(record)
-        self._buffered_windows += record.n_windows
-        if self._buffered_windows >= self.chunk_windows:
-            self.flush()
+        source = MediaSource(record.media_id, record.media_path, record.size, record.mtime_ns)
+        sink = self.media(source)
+        try:
+            sink.write(record.logmel, record.frames, record.has_frame, record.time_s)
+        except BaseException:
+            sink.discard()
+            raise
+        sink.finish(record.duration_s)
         return True
 
+    def add_spooled(self, spooled: SpooledMedia) -> bool:
+        """Append a media file a worker spooled (`chunk_files.Spool`), then delete the spool.
+        Returns False, storing nothing, when the same content is already stored or accepted."""
+        try:
+            if self.has_media(spooled.source.media_id):
+                return False
+            sink = self.media(spooled.source)
+            try:
+                sink.copy_spool(spooled)
+            except BaseException:
+                sink.discard()
+                raise
+            sink.finish(spooled.duration_s)
+            return True
+        finally:
+            shutil.rmtree(spooled.folder, ignore_errors=True)
+
+    def _accept(self, sink: MediaSink, duration_s: float, first_frame_row: int) -> None:
+        chunk = self._chunk
+        assert chunk is not None and sink is self._sink
+        chunk.accept(sink.source, duration_s, sink.log, first_frame_row)
+        self._media_ids.add(sink.source.media_id)
+        self._sink = None
+        if chunk.n_windows >= self.chunk_windows:
+            self.flush()
+
+    def _release(self, sink: MediaSink) -> None:
+        assert sink is self._sink
+        self._sink = None
+
     def flush(self) -> int | None:
-        """Commit the buffered media as one chunk; returns its id (None when nothing buffered)."""
-        if not self._buffer:
+        """Commit the open chunk; returns its id (None when it holds no media)."""
+        if self._sink is not None:
+            raise RuntimeError("finish or discard the media file being written first")
+        chunk, self._chunk = self._chunk, None
+        if chunk is None:
+            return None
+        if not chunk.media_rows:  # every media file written into it was discarded
+            chunk.remove()
             return None
         chunk_id = self._next_chunk
-        final = self.root / CHUNKS_DIR / chunk_name(chunk_id)
-        tmp = self.root / CHUNKS_DIR / f"{TEMP_PREFIX}{chunk_name(chunk_id)}-{os.getpid()}"
-        tmp.mkdir()
         try:
-            self._write_chunk(tmp, self._buffer)
+            chunk.commit(self.root / CHUNKS_DIR / chunk_name(chunk_id))
         except BaseException:
             # A full disk (or any failure) must not leave a half-written chunk filling it.
-            shutil.rmtree(tmp, ignore_errors=True)
+            chunk.remove()
             raise
-        os.rename(tmp, final)
-        _fsync_dir(final.parent)
         self._next_chunk += 1
         self.chunks_added += 1
-        self.windows_added += self._buffered_windows
-        self._buffer, self._buffered_windows = [], 0
+        self.windows_added += chunk.n_windows
         return chunk_id
 
-    def _check_shapes(self, record: MediaRecord) -> None:
-        n = record.n_windows
-        mel_shape = (self.frontend["n_mels"], self.frontend["window_frames"])
-        frame_shape = (self.frontend["frame_size"], self.frontend["frame_size"], 3)
-        if record.logmel.shape[1:] != mel_shape:
-            raise ValueError(
-                f"logmel windows are {record.logmel.shape[1:]}, store needs {mel_shape}"
-            )
-        if record.has_frame.shape != (n,) or record.time_s.shape != (n,):
-            raise ValueError("has_frame and time_s need one entry per window")
-        if record.frames is None:
-            if record.has_frame.any():
-                raise ValueError("has_frame is set for a media file without frames")
-        elif record.frames.shape != (n, *frame_shape):
-            raise ValueError(f"frames are {record.frames.shape}, store needs (n, *{frame_shape})")
 
-    def _write_chunk(self, folder: Path, records: list[MediaRecord]) -> None:
-        """Write the four files of a chunk into `folder` and fsync them."""
-        n_total = sum(r.n_windows for r in records)
-        n_framed = sum(int(r.has_frame.sum()) for r in records)
-        mel_shape = (self.frontend["n_mels"], self.frontend["window_frames"])
-        size = self.frontend["frame_size"]
-        windows: dict[str, list[np.ndarray]] = {k: [] for k in ("media_id", "time_s", "has_frame")}
-        frame_rows, media_rows = [], []
-        row = frame_row = 0
-        # Each record's arrays go straight to the files, avoiding a concatenated copy in RAM
-        # (and, unlike a writable memory map, a page fault per 4 KB written).
-        with (
-            _NpyWriter(folder / LOGMEL_FILE, np.float32, (n_total, *mel_shape)) as logmel,
-            _NpyWriter(folder / FRAMES_FILE, np.uint8, (n_framed, size, size, 3)) as frames,
-        ):
-            for r in records:
-                n, has = r.n_windows, np.asarray(r.has_frame, dtype=bool)
-                logmel.write(r.logmel)
-                rows = np.full(n, -1, dtype=np.int64)
-                if r.frames is not None and has.any():
-                    k = int(has.sum())
-                    frames.write(r.frames if k == n else r.frames[has])
-                    rows[has] = np.arange(frame_row, frame_row + k)
-                    frame_row += k
-                windows["media_id"].append(np.full(n, r.media_id, dtype=object))
-                windows["time_s"].append(np.asarray(r.time_s, dtype=np.float64))
-                windows["has_frame"].append(has)
-                frame_rows.append(rows)
-                media_rows.append(
-                    {
-                        "media_id": r.media_id,
-                        "media_path": r.media_path,
-                        "duration_s": float(r.duration_s),
-                        "n_windows": n,
-                        "n_frames": int(has.sum()),
-                        "has_video": r.frames is not None,
-                        "size": int(r.size),
-                        "mtime_ns": int(r.mtime_ns),
-                        "first_row": row,
-                    }
-                )
-                row += n
-        window_table = pd.DataFrame(
-            {
-                "media_id": np.concatenate(windows["media_id"]).astype(str),
-                "time_s": np.concatenate(windows["time_s"]),
-                "has_frame": np.concatenate(windows["has_frame"]),
-                "frame_row": np.concatenate(frame_rows),
-            }
-        )
-        window_table.to_parquet(folder / WINDOWS_FILE, index=False)
-        pd.DataFrame(media_rows).to_parquet(folder / MEDIA_FILE, index=False)
-        for name in (WINDOWS_FILE, MEDIA_FILE):
-            with open(folder / name, "rb") as f:
-                os.fsync(f.fileno())
-        _fsync_dir(folder)
+class MediaSink(BlockSink):
+    """One media file being written into the writer's open chunk, block by block (from
+    `StoreWriter.media`). Nothing of it belongs to the chunk until `finish`; `discard` cuts what
+    was written back out of the chunk's files, so a file found bad half-way leaves nothing."""
 
+    def __init__(self, writer: StoreWriter, chunk: OpenChunk, source: MediaSource) -> None:
+        super().__init__(WindowLog(writer.frontend), chunk.logmel, chunk.frames)
+        self.source = source
+        self._writer = writer
+        self._chunk = chunk
+        self._start = (chunk.logmel.rows, chunk.frames.rows)
 
-class _NpyWriter:
-    """Writes a `.npy` file of a known dtype and shape in consecutive row blocks, then fsyncs it.
+    def copy_spool(self, spooled: SpooledMedia) -> None:
+        """Append the windows of a spooled media file."""
+        self.log.add_spooled(spooled)
+        with open(spooled.folder / SPOOL_LOGMEL, "rb") as f:
+            self._chunk.logmel.append(f, spooled.n_windows)
+        with open(spooled.folder / SPOOL_FRAMES, "rb") as f:
+            self._chunk.frames.append(f, int(spooled.has_frame.sum()))
 
-    The file is the one `np.save` would write for the whole array (memory-mappable by
-    `np.load(mmap_mode="r")`); leaving the `with` block checks that every row was written.
-    """
+    def finish(self, duration_s: float) -> None:
+        """Accept the file into the chunk (which is committed if this fills it)."""
+        self._writer._accept(self, duration_s, self._start[1])
 
-    def __init__(self, path: Path, dtype: type, shape: tuple[int, ...]) -> None:
-        self.path = path
-        self.dtype = np.dtype(dtype)
-        self.shape = shape
-        self._row_shape = shape[1:]
-        self._rows = 0
-
-    def __enter__(self) -> _NpyWriter:
-        self._file = open(self.path, "wb")
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False}
-        try:
-            np.lib.format.write_array_header_1_0(self._file, {**header, "shape": self.shape})
-        except BaseException:
-            self._file.close()
-            raise
-        return self
-
-    def write(self, rows: np.ndarray) -> None:
-        """Append rows, (k, *shape[1:]) of the file's dtype."""
-        if rows.shape[1:] != self._row_shape:
-            raise ValueError(f"rows of shape {rows.shape[1:]} for a file of {self._row_shape}")
-        self._file.write(np.ascontiguousarray(rows, dtype=self.dtype).data)
-        self._rows += len(rows)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        try:
-            if exc_type is None:
-                if self._rows != self.shape[0]:
-                    raise ValueError(f"{self.path}: wrote {self._rows} rows of {self.shape[0]}")
-                self._file.flush()
-                os.fsync(self._file.fileno())
-        finally:
-            self._file.close()
+    def discard(self) -> None:
+        """Cut the file's rows back out of the chunk's files."""
+        self._chunk.logmel.truncate(self._start[0])
+        self._chunk.frames.truncate(self._start[1])
+        self._writer._release(self)
