@@ -166,6 +166,35 @@ def test_api_resamples_and_scales_integer_audio(tiny: TinyRun, model) -> None:
     np.testing.assert_allclose(model.embed(stereo, rate), model.embed(native, rate), atol=1e-6)
 
 
+def test_both_channel_layouts_are_read_and_an_ambiguous_one_is_refused(model) -> None:
+    rng = np.random.default_rng(3)
+    left, right = rng.normal(0, 0.1, (2, 16000 * 3)).astype(np.float32)
+    mono = model.embed((left + right) / 2, 16000)
+    assert mono.shape == (3, 128)
+    first = np.stack([left, right])  # (channels, samples): librosa, torchaudio
+    last = first.T.copy()  # (samples, channels): soundfile, scipy.io.wavfile
+    np.testing.assert_allclose(model.embed(first, 16000), mono, atol=1e-6)
+    np.testing.assert_allclose(model.embed(last, 16000), mono, atol=1e-6)
+    scores = model.predict(last, 16000, channels_first=False).window_scores
+    np.testing.assert_allclose(scores, model.predict(first, 16000).window_scores, atol=1e-6)
+    # An explicit layout is taken at its word: 48000 "channels" of 2 samples are one window.
+    assert len(model.embed(last, 16000, channels_first=True)) == 1
+    # Twelve microphones: no axis is short enough to be channels by the rule, so ask.
+    array = rng.normal(0, 0.1, (12, 16000 * 2)).astype(np.float32)
+    with pytest.raises(UserError, match="channels_first=True for \\(channels, samples\\)"):
+        model.embed(array, 16000)
+    np.testing.assert_allclose(
+        model.embed(array, 16000, channels_first=True),
+        model.embed(array.mean(axis=0), 16000),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        model.embed(array.T, 16000, channels_first=False),
+        model.embed(array.mean(axis=0), 16000),
+        atol=1e-6,
+    )
+
+
 def test_long_waveforms_are_cut_into_blocks_without_changing_windows(model) -> None:
     rng = np.random.default_rng(0)
     waveform = rng.normal(0, 0.1, 16000 * 300 + 9000).astype(np.float32)  # 300 windows
