@@ -345,22 +345,18 @@ def train_classifier(
 
 
 def _progress(enabled: bool, name: str) -> Any:
-    """A rich progress bar with the loss and the time left (disabled: prints nothing)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
+    """A progress bar with the loss and the time left (disabled: prints nothing)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
-    return Progress(
+    from coincide.console import EtaColumn, progress
+
+    return progress(
         TextColumn(f"[bold]{name}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeRemainingColumn(),
-        disable=not enabled,
+        EtaColumn(),
+        enabled=enabled,
         transient=True,
     )
 
