@@ -1,7 +1,7 @@
 """`coincide labels export RUN --format csv|json`: a session's answers and the window labels they
 propagate, for people and other tools.
 
-Two files in `--out` (default `RUN/labels/<session>/`, next to `propagated.parquet`):
+Two files in the `--out` folder (default `RUN/labels/<session>/`, next to `propagated.parquet`):
 
 - `answers.csv|json`: every request of the session in order, with its current answer: session,
   position, cluster_id, cluster_size, window_index, media_path, time_s, state, kind, labels,
@@ -21,18 +21,18 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from coincide.choices import LabelsFormat
 from coincide.errors import UserError
 from coincide.labelui.campaign import find_session, session_assignment
 from coincide.store.features import open_store
 from coincide.store.labels import Session, SQLiteLabelStore
 
-Format = Literal["csv", "json"]
-FORMATS: tuple[str, ...] = ("csv", "json")
+Format = LabelsFormat
 
 ANSWER_COLUMNS = [
     "session",
@@ -135,8 +135,6 @@ def run(
     out: Path | None = None,
 ) -> list[Path]:
     """The `coincide labels export` command; returns the two files written."""
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt} is unknown; use csv or json.")
     chosen_format: Format = "csv" if fmt == "csv" else "json"
     run_dir = Path(run_dir)
     db_path = Path(db) if db is not None else run_dir / "labels.sqlite"
