@@ -61,7 +61,7 @@ def test_progress_picks_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
 def long_table() -> tuple[Table, str]:
     path = "/data/" + "/".join(f"fixture-af6f{i:02d}-long-folder-name" for i in range(6))
     path += "/dog_barking_0001.wav"
-    table = Table(title="hits")
+    table = Table(title=f"hits near {path}")
     table.add_column("#", justify="right")
     table.add_column("media")
     table.add_column("distance", justify="right")
@@ -74,8 +74,10 @@ def test_a_table_in_a_file_keeps_every_cell_whole_on_one_line() -> None:
     assert len(path) > 200
     console, out = file_console()
     print_table(table, console)
-    row = next(line for line in out.getvalue().splitlines() if "0.125" in line)
+    lines = out.getvalue().splitlines()
+    row = next(line for line in lines if "0.125" in line)
     assert path in row and "…" not in out.getvalue()
+    assert f"hits near {path}" in lines[0]  # the title too stays on one line
 
 
 def test_a_table_on_a_narrow_terminal_folds_a_long_cell_instead_of_cutting_it() -> None:

@@ -130,7 +130,9 @@ def print_table(table: Table, console: Console | None = None) -> None:
         console.print(table)
         return
     wide = console.options.update_width(1 << 20)
-    width = max(Measurement.get(console, wide, table).maximum, 1)
+    width = Measurement.get(console, wide, table).maximum
+    if table.title is not None:  # a title wraps to the table's width: keep it on one line too
+        width = max(width, Measurement.get(console, wide, table.title).maximum)
     Console(
         file=console.file, width=width, color_system=None, force_terminal=False, highlight=False
     ).print(table)
