@@ -75,8 +75,8 @@ write_synthetic_store(Path(sys.argv[1]), int(sys.argv[2]))
 print("synthetic store:", sys.argv[2], "media")
 EOF
 RUN="$WORK/run"
-{ printf 'exec %q -m coincide.cli train %q --run %q --config %q --set device=%q' \
-    "$PY" "$WORK/store" "$RUN" "$CONFIG" "$DEVICE"; printf ' %q' "${TRAIN_SET[@]}"; echo; } >"$WORK/train.sh"
+{ printf 'exec %q -m coincide.cli train %q --store %q --config %q --set device=%q' \
+    "$PY" "$RUN" "$WORK/store" "$CONFIG" "$DEVICE"; printf ' %q' "${TRAIN_SET[@]}"; echo; } >"$WORK/train.sh"
 setsid bash "$WORK/train.sh" >"$OUT/train_first.log" 2>&1 &
 pid=$!
 end=$(( $(date +%s) + LIMIT_TRAIN ))

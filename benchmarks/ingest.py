@@ -68,7 +68,16 @@ def decode_only(path: Path) -> None:
 
 def demo_benchmark(out: Path) -> Path:
     """Compose the demo benchmark with the `coincide make-bench` command; returns its train set."""
-    command = [sys.executable, "-m", "coincide.cli", "make-bench", str(out), "--preset", "demo"]
+    command = [
+        sys.executable,
+        "-m",
+        "coincide.cli",
+        "make-bench",
+        "--out",
+        str(out),
+        "--preset",
+        "demo",
+    ]
     print(f"composing the demo benchmark: {' '.join(command)}", flush=True)
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
     return out / "train"

@@ -128,7 +128,7 @@ def make_benchmark(
     if not (folder / "media" / "labels_test.csv").is_file():
         started = time.monotonic()
         coincide(
-            ["make-bench", str(folder / "media"), "--preset", "avmnist", "--data-dir"]
+            ["make-bench", "--out", str(folder / "media"), "--preset", "avmnist", "--data-dir"]
             + [str(data_dir), "--clips", str(clips), "--seed", str(seed), "--scene", scene]
             + ["--force"]
         )
@@ -221,9 +221,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                 summary: dict[str, dict[str, str]] = {}
                 for row in ["a", *rows]:
                     cpu[row] = coincide(
-                        ["reproduce", "table1", "--train-store", str(train_store)]
+                        ["reproduce", "table1", "--store", str(train_store)]
                         + ["--test-store", str(test_store), "--out", str(table)]
-                        + ["--config", args.config, "--rows", row, "--seeds", args.seeds]
+                        + ["--config", args.config, "--row", row, "--seed", args.seeds]
                         + [arg for o in overrides for arg in ("--set", o)]
                     )
                     summary.update({r["row"]: r for r in _read_csv(table / "table1.csv")})

@@ -115,8 +115,8 @@ def test_commands_refuse_a_planted_finetune_checkpoint(
     path = run / "finetune" / "all" / "checkpoint.pt"
     plant(path, marker)
     args = {
-        "predict": ["predict", run, tiny.media, "--out", tmp_path / "p.csv", "--device", "cpu"],
-        "embed": ["embed", run, tiny.media, "--out", tmp_path / "e.parquet", "--device", "cpu"],
+        "predict": ["predict", run, tiny.media, "--csv", tmp_path / "p.csv", "--device", "cpu"],
+        "embed": ["embed", run, tiny.media, "--parquet", tmp_path / "e.parquet", "--device", "cpu"],
         "export": ["export", run, "--out", tmp_path / "exported"],
     }[command]
     assert_refused(invoke(*args), marker, path)
@@ -132,9 +132,9 @@ def test_commands_refuse_a_planted_curriculum_checkpoint(
     path = run / "checkpoints" / name
     plant(path, marker)  # best.pt is read when it exists, last.pt otherwise
     args = {
-        "evaluate": ["evaluate", run, "--store", tiny.store],
+        "evaluate": ["evaluate", run, "--test-store", tiny.store],
         "cluster": ["cluster", run, "--store", tiny.store],
-        "embed": ["embed", run, tiny.media, "--out", tmp_path / "e.parquet", "--device", "cpu"],
+        "embed": ["embed", run, tiny.media, "--parquet", tmp_path / "e.parquet", "--device", "cpu"],
     }[command]
     assert_refused(invoke(*args), marker, path)
 
@@ -163,7 +163,7 @@ def test_a_bit_flipped_checkpoint_is_refused(trapped: tuple[Path, Path], tiny: T
         shutil.copy(run / "checkpoints" / "last.pt", path)
     flip_a_tensor_bit(path)
     torch.load(path, weights_only=True)  # torch itself does not notice
-    result = invoke("embed", run, tiny.media, "--out", run / "e.parquet", "--device", "cpu")
+    result = invoke("embed", run, tiny.media, "--parquet", run / "e.parquet", "--device", "cpu")
     assert isinstance(result.exception, UserError), result.exception
     assert f"checkpoint {path} is damaged" in str(result.exception)
 

@@ -131,7 +131,7 @@ def test_user_errors(workspace, tmp_path):
     make_run(tmp_path / "no_head", cluster_head=False)
     with pytest.raises(UserError, match="no cluster head"):
         cluster_stage.run(tmp_path / "no_head", store)
-    with pytest.raises(UserError, match="--k"):
+    with pytest.raises(UserError, match="--clusters"):
         cluster_stage.run(root / "run", store, method="kmeans")
     with pytest.raises(UserError, match="K <= 200"):
         cluster_stage.run(root / "run", store, method="kmeans", k=1000)

@@ -58,7 +58,7 @@ def test_pool_logmel_worked_example():
     np.testing.assert_allclose(
         pool_logmel(windows, "mean_std"), [[2.0, 4.0, np.sqrt(2 / 3), 0.0]], rtol=1e-6
     )
-    with pytest.raises(UserError, match="pooling 'max'"):
+    with pytest.raises(ValueError, match="pooling 'max'"):
         pool_logmel(windows, "max")  # type: ignore[arg-type]
 
 
@@ -206,8 +206,8 @@ def test_metrics_markdown_without_shallow():
 
 def test_evaluate_command_prints_the_table(stores, trained_run):
     train_store, test_store = stores
-    args = ["evaluate", str(trained_run), "--store", str(test_store)]
-    result = CliRunner().invoke(app, [*args, "--train-store", str(train_store)])
+    args = ["evaluate", str(trained_run), "--test-store", str(test_store)]
+    result = CliRunner().invoke(app, [*args, "--store", str(train_store)])
     assert result.exit_code == 0, result.output
     saved = json.loads((trained_run / "eval" / "metrics.json").read_text())
     assert f"| QbE retrieval mAP | {saved['qbe_map']:.3f} over 3 classes (" in result.output

@@ -57,9 +57,12 @@ def test_run_folder_loads_the_finetuned_classifier(tiny: TinyRun, model) -> None
 
 def test_predict_csv_matches_the_api_and_the_store(tiny: TinyRun, model, tmp_path: Path) -> None:
     out = tmp_path / "scores.csv"
-    result = invoke("predict", tiny.run, tiny.media, "--out", out, "--device", "cpu")
+    result = invoke("predict", tiny.run, tiny.media, "--csv", out, "--device", "cpu")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(out)
+    # --format csv prints the same document on stdout (notes and progress go to stderr).
+    printed = invoke("predict", tiny.run, tiny.media, "--format", "csv", "--device", "cpu")
+    assert printed.stdout == out.read_text(encoding="utf-8").replace("\r\n", "\n")
     assert list(table.columns) == ["media_path", "scope", "time_s", "duration_s", "labels"] + (
         model.classes
     )
@@ -92,7 +95,7 @@ def test_predict_json_threshold_and_skipped_files(tiny: TinyRun, model, tmp_path
     (media / "broken.wav").write_text("not audio", encoding="utf-8")
     (media / "empty.mp3").write_bytes(b"")
     out = tmp_path / "scores.json"
-    result = invoke("predict", tiny.run, media, "--out", out, "--threshold", "0.26")
+    result = invoke("predict", tiny.run, media, "--json", out, "--threshold", "0.26")
     assert result.exit_code == 0
     skipped_lines = [line for line in result.output.splitlines() if line.startswith("skipped ")]
     assert len(skipped_lines) == 2
@@ -134,13 +137,11 @@ def test_label_rules() -> None:
 def test_flags_and_inputs_that_cannot_work(tiny: TinyRun, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="only one"):
         run_predict(tiny.run, [tiny.media], threshold=0.5, top=1, console=quiet())
-    with pytest.raises(UserError, match=r"\.csv or \.json"):
-        run_predict(tiny.run, [tiny.media], out=tmp_path / "x.txt", console=quiet())
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.wav").write_text("nope", encoding="utf-8")
     with pytest.raises(UserError, match="none of the 1 media files"):
-        run_predict(tiny.run, [bad], out=tmp_path / "x.csv", console=quiet())
+        run_predict(tiny.run, [bad], csv_out=tmp_path / "x.csv", console=quiet())
     assert not (tmp_path / "x.csv").exists()
     # A run without a fine-tuned classifier embeds but cannot predict.
     encoder_only = load_model(tiny.run / "checkpoints" / "last.pt", device="cpu")
@@ -164,6 +165,35 @@ def test_api_resamples_and_scales_integer_audio(tiny: TinyRun, model) -> None:
     np.testing.assert_allclose(model.embed(pcm, rate), model.embed(native, rate), atol=1e-4)
     stereo = np.stack([native, native])
     np.testing.assert_allclose(model.embed(stereo, rate), model.embed(native, rate), atol=1e-6)
+
+
+def test_both_channel_layouts_are_read_and_an_ambiguous_one_is_refused(model) -> None:
+    rng = np.random.default_rng(3)
+    left, right = rng.normal(0, 0.1, (2, 16000 * 3)).astype(np.float32)
+    mono = model.embed((left + right) / 2, 16000)
+    assert mono.shape == (3, 128)
+    first = np.stack([left, right])  # (channels, samples): librosa, torchaudio
+    last = first.T.copy()  # (samples, channels): soundfile, scipy.io.wavfile
+    np.testing.assert_allclose(model.embed(first, 16000), mono, atol=1e-6)
+    np.testing.assert_allclose(model.embed(last, 16000), mono, atol=1e-6)
+    scores = model.predict(last, 16000, channels_first=False).window_scores
+    np.testing.assert_allclose(scores, model.predict(first, 16000).window_scores, atol=1e-6)
+    # An explicit layout is taken at its word: 48000 "channels" of 2 samples are one window.
+    assert len(model.embed(last, 16000, channels_first=True)) == 1
+    # Twelve microphones: no axis is short enough to be channels by the rule, so ask.
+    array = rng.normal(0, 0.1, (12, 16000 * 2)).astype(np.float32)
+    with pytest.raises(UserError, match="channels_first=True for \\(channels, samples\\)"):
+        model.embed(array, 16000)
+    np.testing.assert_allclose(
+        model.embed(array, 16000, channels_first=True),
+        model.embed(array.mean(axis=0), 16000),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        model.embed(array.T, 16000, channels_first=False),
+        model.embed(array.mean(axis=0), 16000),
+        atol=1e-6,
+    )
 
 
 def test_long_waveforms_are_cut_into_blocks_without_changing_windows(model) -> None:
@@ -205,7 +235,7 @@ def test_embed_writes_one_row_per_window(tiny: TinyRun, model, tmp_path: Path) -
     out = tmp_path / "embeddings.parquet"
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00" * 100)
-    result = invoke("embed", tiny.run, tiny.media, broken, "--out", out, "--device", "cpu")
+    result = invoke("embed", tiny.run, tiny.media, broken, "--parquet", out, "--device", "cpu")
     assert result.exit_code == 0
     assert "skipped" in result.output and "broken.mp4" in result.output
     table = pq.read_table(out)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 import shutil
@@ -30,6 +32,7 @@ from coincide.search import (
     search_index,
     unit_rows,
 )
+from coincide.search import run as run_search
 from coincide.store.features import open_store
 from inference_helpers import TinyRun, make_tiny_run, quiet, write_noise_wav
 
@@ -64,18 +67,25 @@ def brute_force(embeddings: np.ndarray, query: np.ndarray, k: int) -> np.ndarray
     return np.argsort(distance, kind="stable")[:k]
 
 
-def test_each_store_window_finds_itself_first(tiny: TinyRun, model) -> None:
+def nearest_others(embeddings: np.ndarray, window: int, k: int) -> np.ndarray:
+    """The k smallest cosine distances from a window to the other windows, by NumPy."""
+    distance = 1.0 - unit_rows(embeddings) @ unit_rows(embeddings[window][None])[0]
+    return np.sort(np.delete(distance, window))[:k]
+
+
+def test_a_store_window_finds_its_neighbours_but_never_itself(tiny: TinyRun, model) -> None:
     store = open_store(tiny.store)
+    embeddings = model.embed_logmel(store.logmel[:])
     for window in range(len(store)):
         hits = search(model, store, Query(window=window), k=5)
-        assert hits[0].window == window
-        assert hits[0].distance == 0.0
+        assert window not in [h.window for h in hits]
         assert [h.rank for h in hits] == [1, 2, 3, 4, 5]
-        assert all(
-            a.distance <= b.distance + 1e-6 for a, b in zip(hits[1:], hits[2:], strict=False)
+        np.testing.assert_allclose(
+            [h.distance for h in hits], nearest_others(embeddings, window, 5), atol=1e-5
         )
-        assert hits[0].media_path == store.index["media_path"].iat[window]
-        assert hits[0].time_s == store.index["time_s"].iat[window]
+        first = hits[0].window
+        assert hits[0].media_path == store.index["media_path"].iat[first]
+        assert hits[0].time_s == store.index["time_s"].iat[first]
     # The saved index is the one read the next time; it agrees with a brute-force search.
     folder = tiny.run.resolve() / "search" / "store"
     assert (folder / INDEX_FILE).is_file() and (folder / META_FILE).is_file()
@@ -105,9 +115,18 @@ def test_a_second_of_media_finds_its_own_window_first(tiny: TinyRun, model) -> N
     np.fill_diagonal(distance, np.inf)
     window = int(windows[np.argmax(distance[windows].min(axis=1))])
     seconds = float(store.index["time_s"].iat[window])
-    hits = search(model, store, parse_query(f"{path}@{seconds + 0.7}", None), k=3)
-    assert hits[0].window == window
-    assert hits[0].distance < 1e-6 < hits[1].distance
+    query = parse_query(f"{path}@{seconds + 0.7}", None)
+    hits = search(model, store, query, k=3)
+    # Its own window would be hit #1 at distance 0: it is left out, the next ones follow.
+    assert window not in [h.window for h in hits]
+    np.testing.assert_allclose(
+        [h.distance for h in hits], nearest_others(embeddings, window, 3), atol=1e-5
+    )
+    assert hits[0].distance > 1e-6  # its own window would be at 0
+    apart = search(model, store, query, k=len(store), exclude_same_media=True)
+    assert len(apart) == len(store) - len(windows)
+    assert not {h.window for h in apart} & set(windows.tolist())
+    assert all(h.media_path != str(path) for h in apart)
     # The whole file as the query: the mean of its windows' unit embeddings.
     whole = search(model, store, parse_query(str(path), None), k=len(store))
     mean = unit_rows(embeddings[windows]).mean(axis=0)
@@ -170,8 +189,22 @@ def test_the_command_prints_hits_and_writes_a_page(tiny: TinyRun, tmp_path: Path
     args = ["search", str(tiny.run), "--store", str(tiny.store), "--query-window", str(window)]
     result = CliRunner().invoke(app, [*args, "--top", "3", "--html", str(page)])
     assert result.exit_code == 0, result.output
-    assert "Nearest windows to store window" in result.output
-    assert "distance" in result.output
+    assert f"Nearest windows to store window {window} (its own window left out)" in result.output
+    # Not on a terminal: every path is printed whole, on the line of its hit.
+    hits = search(load_model(tiny.run, device="cpu"), store, Query(window=window), k=3)
+    lines = result.stdout.splitlines()
+    for hit in hits:
+        assert any(hit.media_path in line and f"{hit.distance:.4g}" in line for line in lines)
+    csv_out = CliRunner().invoke(app, [*args, "--top", "3", "--format", "csv"])
+    rows = list(csv.DictReader(io.StringIO(csv_out.stdout)))
+    assert [int(r["window"]) for r in rows] == [h.window for h in hits]
+    assert [r["media_path"] for r in rows] == [h.media_path for h in hits]
+    assert [float(r["distance"]) for r in rows] == pytest.approx([h.distance for h in hits])
+    json_out = json.loads(CliRunner().invoke(app, [*args, "--format", "json"]).stdout)
+    assert [h["window"] for h in json_out["hits"][:3]] == [h.window for h in hits]
+    assert json_out["hits"][0]["rank"] == 1 and window not in [
+        h["window"] for h in json_out["hits"]
+    ]
     text = page.read_text(encoding="utf-8")
     assert text.count("<audio") == 4  # the query and three hits
     assert "a&lt;b&gt;&amp;&#x27;c&quot;.wav" in text
@@ -198,10 +231,23 @@ def test_queries_that_cannot_work(tiny: TinyRun, model) -> None:
     assert parse_query("dog.wav@12.5", None) == Query(media=Path("dog.wav"), seconds=12.5)
     with pytest.raises(UserError, match="is not in 0"):
         search(model, store, Query(window=len(store)), k=3)
-    with pytest.raises(UserError, match="one-second windows"):
-        search(model, store, Query(media=tiny.media / "noise0.wav", seconds=30.0), k=3)
     with pytest.raises(UserError, match="does not exist"):
         search(model, store, Query(media=tiny.media / "nothing.wav"), k=3)
+
+
+def test_a_query_is_checked_before_the_index_is_built(tiny: TinyRun, model, tmp_path) -> None:
+    fresh = tmp_path / "fresh_store"
+    shutil.copytree(tiny.store, fresh)
+    store = open_store(fresh)
+    index = model.home / "search" / "fresh_store"
+    with pytest.raises(UserError, match="one-second windows"):
+        search(model, store, Query(media=tiny.media / "noise0.wav", seconds=30.0), k=3)
+    with pytest.raises(UserError, match="is not in 0"):
+        search(model, store, Query(window=len(store)), k=3)
+    assert not index.exists()
+    with pytest.raises(UserError, match="query media nothing.wav does not exist"):
+        run_search(tiny.run, fresh, "nothing.wav@2", console=quiet())
+    assert not index.exists()
 
 
 def test_media_queries_need_the_frontend_the_store_was_made_with(
@@ -216,4 +262,4 @@ def test_media_queries_need_the_frontend_the_store_was_made_with(
     query = Query(media=tiny.media / "noise0.wav", seconds=1.0)
     with pytest.raises(UserError, match=r"other frontend settings \(fmax, mel_norm\)"):
         search(model, open_store(old), query, k=3)
-    assert search(model, open_store(old), Query(window=2), k=3)[0].window == 2
+    assert 2 not in [h.window for h in search(model, open_store(old), Query(window=2), k=3)]

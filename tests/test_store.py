@@ -266,7 +266,7 @@ def test_empty_store_reads_as_empty(tmp_path):
     assert len(store) == 0 and store.chunk_ids() == [] and len(store.index) == 0
     assert store.logmel[:].shape == (0, 64, 96)
     assert len(store.media) == 0 and list(store.media["first_window"]) == []
-    result = CliRunner().invoke(app, ["info", str(tmp_path / "s")])
+    result = CliRunner().invoke(app, ["info", "--store", str(tmp_path / "s")])
     assert result.exit_code == 0 and result.exception is None, result.output
     assert "0" in result.output
 

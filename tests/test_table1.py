@@ -35,9 +35,9 @@ def stores(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def table_dir(stores: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("table1")
-    args = ["reproduce", "table1", "--train-store", str(stores["av"])]
+    args = ["reproduce", "table1", "--store", str(stores["av"])]
     args += ["--test-store", str(stores["test"]), "--out", str(out)]
-    args += ["--seeds", "0", "--max-train-windows", "40"]  # every row, the default
+    args += ["--seed", "0", "--max-train-windows", "40"]  # every row, the default
     for override in TINY:
         args += ["--set", override]
     result = CliRunner().invoke(app, args)
@@ -203,8 +203,8 @@ def test_recovery_is_na_when_the_topline_does_not_beat_the_baseline():
 
 def test_train_with_eval_store_logs_a_qbe_curve(stores, tmp_path):
     run_dir = tmp_path / "run"
-    args = ["train", str(stores["audio"]), "--run", str(run_dir), "--config", "small"]
-    args += ["--eval-store", str(stores["test"]), "--eval-every", "1"]
+    args = ["train", str(run_dir), "--store", str(stores["audio"]), "--config", "small"]
+    args += ["--test-store", str(stores["test"]), "--eval-every", "1"]
     for override in TINY:
         args += ["--set", override]
     result = CliRunner().invoke(app, args)
@@ -215,7 +215,7 @@ def test_train_with_eval_store_logs_a_qbe_curve(stores, tmp_path):
     assert [int(r["step"]) for r in rows] == [0, 1, 2, 3, 4]
     # Every 3 steps: 0 and 3, and the last step (4) that ends the training.
     args[args.index("--eval-every") + 1] = "3"
-    args[args.index("--run") + 1] = str(tmp_path / "run3")
+    args[1] = str(tmp_path / "run3")
     assert CliRunner().invoke(app, args).exit_code == 0
     with open(tmp_path / "run3" / "eval_curve.csv", newline="") as f:
         assert [int(r["step"]) for r in csv.DictReader(f)] == [0, 3, 4]
@@ -224,7 +224,7 @@ def test_train_with_eval_store_logs_a_qbe_curve(stores, tmp_path):
 
 
 def test_eval_every_without_eval_store_is_a_user_error(stores, tmp_path):
-    args = ["train", str(stores["audio"]), "--run", str(tmp_path / "run"), "--eval-every", "5"]
+    args = ["train", str(tmp_path / "run"), "--store", str(stores["audio"]), "--eval-every", "5"]
     result = CliRunner().invoke(app, args)
     assert isinstance(result.exception, UserError)
-    assert "--eval-every needs --eval-store" in str(result.exception)
+    assert "--eval-every needs --test-store" in str(result.exception)

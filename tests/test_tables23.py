@@ -164,15 +164,15 @@ def test_reproduce_cli(workspace):
     runner = CliRunner()
     result = runner.invoke(
         app,
-        ["reproduce", "table2", "--run", str(root / "run_k4"), "--store", str(train)]
-        + ["--out", str(root / "cli2"), "--k", "5"],
+        ["reproduce", "table2", str(root / "run_k4"), "--store", str(train)]
+        + ["--out", str(root / "cli2"), "--clusters", "5"],
     )
     assert result.exit_code == 0, result.output
     assert (root / "cli2/table2.md").is_file()
     result = runner.invoke(
         app,
-        ["reproduce", "table3", "--run", str(root / "run_k4"), "--train-store", str(train)]
-        + ["--test-store", str(test), "--budgets", "3", "--out", str(root / "cli3")]
+        ["reproduce", "table3", str(root / "run_k4"), "--store", str(train)]
+        + ["--test-store", str(test), "--budget", "3", "--out", str(root / "cli3")]
         + ["--steps", "2", "--batch-size", "4", "--no-topline"],
     )
     assert result.exit_code == 0, result.output

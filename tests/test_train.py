@@ -296,7 +296,7 @@ def test_a_run_killed_with_sigkill_resumes_where_its_checkpoint_is(store, tmp_pa
 
 def test_a_non_finite_loss_stops_with_one_sentence_and_keeps_the_last_checkpoint(store, tmp_path):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "coincide.cli", "train", str(store), "--run", str(run_dir)]
+    command = [sys.executable, "-m", "coincide.cli", "train", str(run_dir), "--store", str(store)]
     command += ["--config", "small"]
     for override in [*TINY, "optim.lr=1e30", "log.checkpoint_every=1"]:
         command += ["--set", override]
@@ -337,7 +337,7 @@ def test_a_full_disk_stops_training_with_one_sentence_and_it_resumes(store, tmp_
         resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
 
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "coincide.cli", "train", str(store), "--run", str(run_dir)]
+    command = [sys.executable, "-m", "coincide.cli", "train", str(run_dir), "--store", str(store)]
     command += ["--config", "small"]
     for override in [*TINY, "log.checkpoint_every=1"]:
         command += ["--set", override]
@@ -444,3 +444,36 @@ def test_hard_negatives_weight_training_but_the_held_out_loss_stays_equation_1()
     with torch.no_grad():
         trained = objective(batch, collective=False)["aa"]
     torch.testing.assert_close(trained, CoincidenceLoss(2.0)(logits))
+
+
+def test_nproc_2_trains_in_two_gloo_processes(store, tmp_path):
+    # `coincide train --nproc 2` starts torch's elastic agent in-process (no torchrun, no --).
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "coincide.cli", "train", str(run_dir), "--store", str(store)]
+    command += ["--config", "small", "--nproc", "2"]
+    for override in [*TINY, "curriculum.max_steps=2", "log.checkpoint_every=1"]:
+        command += ["--set", override]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "device cpu x 2 process(es)" in result.stdout
+    state = json.loads((run_dir / "state.json").read_text())
+    assert [stage["name"] for stage in state["finished"]] == ["av", "coin", "joint"]
+    log = pd.read_csv(run_dir / "train_log.csv")
+    assert log[log["split"] == "train"]["step"].max() == 6
+    assert "Traceback" not in result.stderr
+
+
+def refuse_with_rank() -> None:
+    """A worker of `launch`: a user error that names the process that raised it."""
+    raise UserError(f"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']} refuses.")
+
+
+def test_a_user_error_in_the_launched_processes_is_one_sentence_from_rank_0() -> None:
+    from coincide.launch import launch
+
+    with pytest.raises(UserError) as refused:
+        launch(2, "test_train:refuse_with_rank")
+    assert str(refused.value) == "rank 0 of 2 refuses."
+    with pytest.raises(UserError, match="--nproc 0"):
+        launch(0, "test_train:refuse_with_rank")

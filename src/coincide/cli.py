@@ -1,6 +1,10 @@
 """The `coincide` command line: one subcommand per stage, each calling that stage's `run`.
 
-Nothing else lives here: options are parsed, then handed to the stage module.
+Nothing else lives here: options are parsed, then handed to the stage module. The vocabulary
+(which arguments are positional, what --store and --out mean) is written down at the head of
+docs/cli.md, which `python -m coincide.cli_docs` generates from these parsers; old spellings
+are upgraded by `coincide.cli_vocab`. The commands that use a trained model (predict, embed,
+search, export) are in `coincide.cli_models`.
 """
 
 from __future__ import annotations
@@ -13,10 +17,23 @@ from typing import Annotated
 
 import typer
 
+from coincide.choices import (
+    BenchPreset,
+    ClusterMethod,
+    ClusterOrder,
+    FinetuneStrategy,
+    LabelsFormat,
+    LabelStrategy,
+    MemberChoice,
+    Projection,
+    SceneModel,
+)
+from coincide.cli_vocab import VocabGroup
 from coincide.errors import UserError
 
 app = typer.Typer(
     name="coincide",
+    cls=VocabGroup,
     help="Turn unlabeled video or audio into a sound classifier with a tiny labeling budget.",
     no_args_is_help=True,
     add_completion=False,
@@ -71,7 +88,7 @@ def ingest(
 
 
 @app.command()
-def info(store: Annotated[Path, typer.Argument(help="Feature store folder.")]) -> None:
+def info(store: Annotated[Path, typer.Option("--store", help="Feature store folder.")]) -> None:
     """Print what a feature store holds: media, windows, frames, hours, labels per class."""
     from coincide.ingest import info as run_info
 
@@ -80,8 +97,8 @@ def info(store: Annotated[Path, typer.Argument(help="Feature store folder.")]) -
 
 @app.command("add-labels")
 def add_labels(
-    store: Annotated[Path, typer.Argument(help="Feature store folder.")],
-    labels: Annotated[Path, typer.Argument(help="CSV with columns path,label.")],
+    store: Annotated[Path, typer.Option("--store", help="Feature store folder.")],
+    labels: Annotated[Path, typer.Option("--labels", help="CSV with columns path,label.")],
 ) -> None:
     """Attach clip-level labels (CSV path,label) to media already in a store."""
     from coincide.ingest import add_labels as run_add_labels
@@ -91,9 +108,11 @@ def add_labels(
 
 @app.command("make-bench")
 def make_bench(
-    out: Annotated[Path, typer.Argument(help="Folder for the benchmark (train/, test/, CSVs).")],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for the benchmark (train/, test/, CSVs).")
+    ],
     preset: Annotated[
-        str | None,
+        BenchPreset | None,
         typer.Option("--preset", help="demo (bundled data) or avmnist (FSDD+MNIST+ESC-50)."),
     ] = None,
     data_dir: Annotated[
@@ -128,7 +147,7 @@ def make_bench(
         typer.Option("--val-clips", min=0, help="Validation clips (default: clips / 5)."),
     ] = None,
     scene: Annotated[
-        str,
+        SceneModel,
         typer.Option(
             "--scene",
             help="shared: a scene per clip ties ambience to picture background and light; "
@@ -191,9 +210,9 @@ def make_bench(
 
 @app.command()
 def train(
-    store: Annotated[Path, typer.Argument(help="Feature store folder (from `coincide ingest`).")],
-    run: Annotated[
-        Path, typer.Option("--run", help="Run folder; one that holds a checkpoint resumes.")
+    run: Annotated[Path, typer.Argument(help="Run folder; one that holds a checkpoint resumes.")],
+    store: Annotated[
+        Path, typer.Option("--store", help="Feature store to train on (from `coincide ingest`).")
     ],
     config: Annotated[
         list[str] | None,
@@ -207,10 +226,10 @@ def train(
         list[str] | None,
         typer.Option("--set", help="Override a config key: key.sub=value (repeatable)."),
     ] = None,
-    eval_store: Annotated[
+    test_store: Annotated[
         Path | None,
         typer.Option(
-            "--eval-store",
+            "--test-store",
             help="Labeled held-out store: QbE mAP during training (RUN/eval_curve.csv).",
         ),
     ] = None,
@@ -225,15 +244,31 @@ def train(
             "coincide run / export folder (a new run only; resuming keeps its own).",
         ),
     ] = None,
+    nproc: Annotated[
+        int,
+        typer.Option(
+            "--nproc",
+            min=1,
+            help="Processes on this machine (one per GPU; gloo on the CPU), started by torch's "
+            "elastic agent as torchrun would.",
+        ),
+    ] = 1,
 ) -> None:
     """Train the curriculum (av -> coin -> joint; audio-only: aa -> aa_clust), resumably.
 
-    Several GPUs: torchrun --nproc_per_node N -m coincide.cli -- train STORE --run RUN ...
-    (the -- stops torchrun from reading --run as its own --run-path).
-    """
-    from coincide.train.loop import run as run_training
+    Several GPUs (or CPU processes) of one machine: --nproc N.
 
-    run_training(store, run, config or [], overrides or [], eval_store, eval_every, init_from)
+    Several machines: torchrun ... -m coincide.cli train RUN --store STORE (no -- needed).
+    """
+    args = (store, run, config or [], overrides or [], test_store, eval_every, init_from)
+    if nproc > 1:
+        from coincide.launch import launch
+
+        launch(nproc, "coincide.train.loop:run", *args)
+    else:
+        from coincide.train.loop import run as run_training
+
+        run_training(*args)
 
 
 @app.command()
@@ -241,10 +276,10 @@ def cluster(
     run: Annotated[Path, typer.Argument(help="Run folder (from `coincide train`).")],
     store: Annotated[Path, typer.Option("--store", help="Feature store whose windows to cluster.")],
     method: Annotated[
-        str,
+        ClusterMethod,
         typer.Option("--method", help="head (the run's p_clust) or kmeans (on f's embeddings)."),
     ] = "head",
-    k: Annotated[int | None, typer.Option("--k", min=1, help="k-means centres.")] = None,
+    k: Annotated[int | None, typer.Option("--clusters", min=1, help="k-means centres.")] = None,
     checkpoint: Annotated[
         Path | None,
         typer.Option(
@@ -270,13 +305,15 @@ def label(
         typer.Option("--oracle", help="Simulated annotator: 'store' or a path,label CSV."),
     ] = None,
     strategy: Annotated[
-        str, typer.Option("--strategy", help="cluster (propagate) or random (N windows).")
+        LabelStrategy,
+        typer.Option("--strategy", help="cluster (propagate) or random (N windows)."),
     ] = "cluster",
     select: Annotated[
-        str, typer.Option("--select", help="Cluster order: random (paper) or size (largest first).")
+        ClusterOrder,
+        typer.Option("--select", help="Cluster order: random (paper) or size (largest first)."),
     ] = "random",
     member: Annotated[
-        str, typer.Option("--member", help="Member shown: random (paper) or medoid.")
+        MemberChoice, typer.Option("--member", help="Member shown: random (paper) or medoid.")
     ] = "random",
     session: Annotated[
         str | None, typer.Option("--session", help="Session name (default: cluster / random).")
@@ -285,8 +322,10 @@ def label(
         Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the selection.")] = 0,
-    method: Annotated[str, typer.Option("--method", help="Clustering: head or kmeans.")] = "head",
-    k: Annotated[int | None, typer.Option("--k", min=1, help="k-means centres.")] = None,
+    method: Annotated[
+        ClusterMethod, typer.Option("--method", help="Clustering: head or kmeans.")
+    ] = "head",
+    k: Annotated[int | None, typer.Option("--clusters", min=1, help="k-means centres.")] = None,
     serve: Annotated[
         bool, typer.Option("--serve", help="Label in a web page (until Ctrl+C), then propagate.")
     ] = False,
@@ -326,7 +365,9 @@ def label(
     )
 
 
-labels_app = typer.Typer(help="Labels given in labeling sessions.", no_args_is_help=True)
+labels_app = typer.Typer(
+    cls=VocabGroup, help="Labels given in labeling sessions.", no_args_is_help=True
+)
 app.add_typer(labels_app, name="labels")
 
 
@@ -334,7 +375,7 @@ app.add_typer(labels_app, name="labels")
 def labels_export(
     run: Annotated[Path, typer.Argument(help="Run folder holding the label store.")],
     fmt: Annotated[
-        str,
+        LabelsFormat,
         typer.Option("--format", help="csv (one row per label), json, or label-studio (tasks)."),
     ] = "csv",
     session: Annotated[
@@ -409,7 +450,7 @@ def finetune(
     run: Annotated[Path, typer.Argument(help="Run folder (curriculum checkpoint, labels).")],
     store: Annotated[Path, typer.Option("--store", help="Feature store the labels refer to.")],
     strategy: Annotated[
-        str,
+        FinetuneStrategy,
         typer.Option(
             "--strategy", help="cluster, random-scratch, random-pretrained or all (topline)."
         ),
@@ -417,8 +458,9 @@ def finetune(
     session: Annotated[
         str | None, typer.Option("--session", help="Labeling session (default by strategy).")
     ] = None,
-    out: Annotated[
-        str | None, typer.Option("--out", help="Output subfolder of RUN/finetune/.")
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Name of its folder RUN/finetune/NAME (default: strategy)."),
     ] = None,
     test_store: Annotated[
         Path | None, typer.Option("--test-store", help="Labeled store to score clips on.")
@@ -444,17 +486,19 @@ def finetune(
     cfg = FinetuneConfig(
         steps=steps, batch_size=batch_size, lr=lr, multilabel=multilabel, seed=seed
     )
-    run_finetune(run, store, strategy, session, out, test_store, oracle, None, cfg)
+    run_finetune(run, store, strategy, session, name, test_store, oracle, None, cfg)
 
 
 @app.command()
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder (from `coincide train`).")],
-    store: Annotated[Path, typer.Option("--store", help="Labeled test store to measure on.")],
-    train_store: Annotated[
+    test_store: Annotated[
+        Path, typer.Option("--test-store", help="Labeled test store to measure on.")
+    ],
+    store: Annotated[
         Path | None,
         typer.Option(
-            "--train-store",
+            "--store",
             help="Labeled store to train the shallow classifier on (default: half the test "
             "store's media).",
         ),
@@ -468,123 +512,27 @@ def evaluate(
     from coincide.evaluate import EVAL_DIR, METRICS_TABLE
     from coincide.evaluate import run as run_evaluate
 
-    run_evaluate(run, store, train_store, shallow_seed=seed, max_train_windows=max_train_windows)
+    run_evaluate(run, test_store, store, shallow_seed=seed, max_train_windows=max_train_windows)
     typer.echo((run / EVAL_DIR / METRICS_TABLE).read_text(encoding="utf-8"))
-
-
-from coincide.cli_reproduce import reproduce_app  # noqa: E402
-
-app.add_typer(reproduce_app, name="reproduce")
-
-
-@app.command()
-def predict(
-    run: Annotated[
-        Path, typer.Argument(help="Run folder, fine-tuning folder, checkpoint or export folder.")
-    ],
-    paths: Annotated[
-        list[Path], typer.Argument(help="Media files or folders (searched recursively).")
-    ],
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", help="FILE.csv or FILE.json with per-second and clip scores."),
-    ] = None,
-    threshold: Annotated[
-        float | None, typer.Option("--threshold", help="Label every class scoring >= T.")
-    ] = None,
-    top: Annotated[
-        int | None, typer.Option("--top", help="Label the K best classes of each row.")
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-) -> None:
-    """Class scores for every second of media files, and labels for each clip."""
-    from coincide.predict import run as run_predict
-
-    raise typer.Exit(run_predict(run, paths, out, threshold, top, device))
-
-
-@app.command()
-def embed(
-    run: Annotated[
-        Path, typer.Argument(help="Run folder, fine-tuning folder, checkpoint or export folder.")
-    ],
-    paths: Annotated[
-        list[Path], typer.Argument(help="Media files or folders (searched recursively).")
-    ],
-    out: Annotated[
-        Path, typer.Option("--out", help="FILE.parquet: media_path, time_s, embedding.")
-    ],
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-) -> None:
-    """Write the embedding of every second of media files to a Parquet table."""
-    from coincide.embed import run as run_embed
-
-    raise typer.Exit(run_embed(run, paths, out, device))
-
-
-@app.command()
-def search(
-    run: Annotated[
-        Path, typer.Argument(help="Run folder, fine-tuning folder, checkpoint or export folder.")
-    ],
-    store: Annotated[Path, typer.Option("--store", help="Feature store to search in.")],
-    query: Annotated[
-        str | None,
-        typer.Option("--query", help="MEDIA or MEDIA@SECONDS: the example to search for."),
-    ] = None,
-    query_window: Annotated[
-        int | None,
-        typer.Option("--query-window", min=0, help="A window of the store as the example."),
-    ] = None,
-    top: Annotated[int, typer.Option("--top", min=1, help="Number of hits.")] = 10,
-    html: Annotated[
-        Path | None, typer.Option("--html", help="Write OUT.html with a player per hit.")
-    ] = None,
-    nprobe: Annotated[
-        int | None,
-        typer.Option("--nprobe", min=1, help="Index lists scanned (large stores; default auto)."),
-    ] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-) -> None:
-    """Find the store windows that sound most like an example (cosine distance)."""
-    from coincide.search import run as run_search
-
-    run_search(run, store, query, query_window, top, html, nprobe, device)
-
-
-@app.command()
-def export(
-    run: Annotated[
-        Path, typer.Argument(help="Run folder, fine-tuning folder or checkpoint to export.")
-    ],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the exported model.")],
-    onnx: Annotated[
-        bool, typer.Option("--onnx/--no-onnx", help="Also write model.onnx (waveform in).")
-    ] = True,
-) -> None:
-    """Export f and the classifier: safetensors, config.json, labels.txt and an ONNX graph."""
-    from coincide.export import run as run_export
-
-    raise typer.Exit(run_export(run, out, onnx))
 
 
 @app.command()
 def report(
     run: Annotated[Path, typer.Argument(help="Run folder (from `coincide train`).")],
-    store: Annotated[
+    test_store: Annotated[
         Path | None,
-        typer.Option("--store", help="Labeled test store whose embeddings to map in 2-D."),
+        typer.Option("--test-store", help="Labeled test store whose embeddings to map in 2-D."),
     ] = None,
     table3: Annotated[
         Path | None,
         typer.Option("--table3", help="Folder of `coincide reproduce table3` (its --out)."),
     ] = None,
-    out: Annotated[
+    html: Annotated[
         Path | None,
-        typer.Option("--out", help="FILE.html (default RUN/report.html); PNGs in FILE_files/."),
+        typer.Option("--html", help="FILE.html (default RUN/report.html); PNGs in FILE_files/."),
     ] = None,
     projection: Annotated[
-        str,
+        Projection,
         typer.Option(
             "--map", help="Embedding map: pca (a second) or tsne (about a minute for 3000 windows)."
         ),
@@ -597,7 +545,15 @@ def report(
     """Write an HTML page: loss curves, cluster sizes, embedding map and Table 3 of a run."""
     from coincide.report import run as run_report
 
-    run_report(run, store, table3, out, projection, map_windows, seed)
+    run_report(run, test_store, table3, html, projection, map_windows, seed)
+
+
+from coincide import cli_models  # noqa: E402
+from coincide.cli_reproduce import reproduce_app  # noqa: E402
+
+app.add_typer(reproduce_app, name="reproduce")
+for command in (cli_models.predict, cli_models.embed, cli_models.search, cli_models.export):
+    app.command()(command)
 
 
 # A full disk, a full quota, or a file over the size limit (RLIMIT_FSIZE: Python ignores SIGXFSZ).

@@ -8,9 +8,12 @@ from typing import Annotated
 
 import typer
 
+from coincide.choices import ClusterMethod, ClusterOrder, MemberChoice, Pooling
+from coincide.cli_vocab import VocabGroup
 from coincide.errors import UserError
 
 reproduce_app = typer.Typer(
+    cls=VocabGroup,
     help="Reproduce the paper's tables on a benchmark, one command per table.",
     no_args_is_help=True,
 )
@@ -25,24 +28,23 @@ def _int_list(text: str, flag: str) -> list[int]:
 
 @reproduce_app.command("table1")
 def reproduce_table1(
-    train_store: Annotated[
-        Path, typer.Option("--train-store", help="Labeled store to train every row on.")
-    ],
+    store: Annotated[Path, typer.Option("--store", help="Labeled store to train every row on.")],
     test_store: Annotated[Path, typer.Option("--test-store", help="Labeled store to measure on.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for runs/ and table1.md.")],
     config: Annotated[
         str, typer.Option("--config", help="Base preset (small, paper) or YAML file.")
     ] = "small",
     rows: Annotated[
-        str, typer.Option("--rows", help="Rows to run, e.g. a,b,e,f (a and b always run).")
+        str, typer.Option("--row", help="Rows to run, e.g. a,b,e,f (a and b always run).")
     ] = "a,b,c,d,e,f,g,h,i,j,k",
-    seeds: Annotated[str, typer.Option("--seeds", help="Training seeds, e.g. 0,1,2.")] = "0",
+    seeds: Annotated[str, typer.Option("--seed", help="Training seeds, e.g. 0,1,2.")] = "0",
     overrides: Annotated[
         list[str] | None,
         typer.Option("--set", help="Override a config key of every row: key.sub=value."),
     ] = None,
     logmel_pooling: Annotated[
-        str, typer.Option("--logmel-pooling", help="Row b: flatten (6144-d) or mean_std (128-d).")
+        Pooling,
+        typer.Option("--logmel-pooling", help="Row b: flatten (6144-d) or mean_std (128-d)."),
     ] = "flatten",
     max_train_windows: Annotated[
         int, typer.Option("--max-train-windows", min=1, help="Cap on classifier training windows.")
@@ -55,24 +57,21 @@ def reproduce_table1(
     ] = 0,
 ) -> None:
     """Table 1: train every row the data supports, measure each, write table1.md (resumable)."""
-    from coincide.representations import POOLINGS
     from coincide.table1 import Settings, parse_rows
     from coincide.table1 import run as run_table1
 
-    if logmel_pooling not in POOLINGS:
-        raise UserError(f"--logmel-pooling {logmel_pooling!r}: use one of {', '.join(POOLINGS)}.")
-    seed_list = tuple(_int_list(seeds, "--seeds"))
+    seed_list = tuple(_int_list(seeds, "--seed"))
     if not seed_list:
-        raise UserError("--seeds is empty; give at least one seed, e.g. --seeds 0.")
+        raise UserError("--seed is empty; give at least one seed, e.g. --seed 0.")
     settings = Settings(
-        train_store=train_store,
+        train_store=store,
         test_store=test_store,
         out=out,
         config=config,
         rows=parse_rows(rows),
         seeds=seed_list,
         overrides=tuple(overrides or ()),
-        logmel_pooling=logmel_pooling,  # type: ignore[arg-type]  # checked against POOLINGS
+        logmel_pooling=logmel_pooling,
         max_train_windows=max_train_windows,
         eval_every=eval_every,
     )
@@ -81,20 +80,19 @@ def reproduce_table1(
 
 @reproduce_app.command("table2")
 def reproduce_table2(
-    run: Annotated[
-        list[Path], typer.Option("--run", help="Run with a p_clust (repeat: one per K).")
-    ],
+    run: Annotated[list[Path], typer.Argument(help="Runs with a p_clust (one per K).")],
     store: Annotated[Path, typer.Option("--store", help="Labeled store to cluster and score.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for table2.md and table2.csv.")],
     oracle: Annotated[str, typer.Option("--oracle", help="'store' or a path,label CSV.")] = "store",
     k: Annotated[
-        str, typer.Option("--k", help="K1,K2,...: k-means rows on the first run's embeddings.")
+        str,
+        typer.Option("--clusters", help="K1,K2,...: k-means rows on the first run's embeddings."),
     ] = "",
     budgets: Annotated[
-        str, typer.Option("--budgets", help="Clusters labeled per row (default 0.37 K).")
+        str, typer.Option("--budget", help="Clusters labeled per row (default 0.37 K).")
     ] = "",
-    select: Annotated[str, typer.Option("--select", help="random or size.")] = "random",
-    member: Annotated[str, typer.Option("--member", help="random or medoid.")] = "random",
+    select: Annotated[ClusterOrder, typer.Option("--select", help="random or size.")] = "random",
+    member: Annotated[MemberChoice, typer.Option("--member", help="random or medoid.")] = "random",
     seed: Annotated[int, typer.Option("--seed", help="Seed of selection and k-means.")] = 0,
 ) -> None:
     """Table 2: K, active clusters, V-measure, labeled, label recall and precision."""
@@ -105,8 +103,8 @@ def reproduce_table2(
         store,
         out,
         oracle,
-        _int_list(k, "--k"),
-        _int_list(budgets, "--budgets") or None,
+        _int_list(k, "--clusters"),
+        _int_list(budgets, "--budget") or None,
         order=select,
         member=member,
         seed=seed,
@@ -115,18 +113,18 @@ def reproduce_table2(
 
 @reproduce_app.command("table3")
 def reproduce_table3(
-    run: Annotated[Path, typer.Option("--run", help="Curriculum run (checkpoint + p_clust).")],
-    train_store: Annotated[
-        Path, typer.Option("--train-store", help="Store to label and train on.")
-    ],
+    run: Annotated[Path, typer.Argument(help="Curriculum run (checkpoint + p_clust).")],
+    store: Annotated[Path, typer.Option("--store", help="Store to label and train on.")],
     test_store: Annotated[Path, typer.Option("--test-store", help="Labeled store to score on.")],
-    budgets: Annotated[str, typer.Option("--budgets", help="Label budgets, e.g. 10,20,50,100.")],
+    budgets: Annotated[str, typer.Option("--budget", help="Label budgets, e.g. 10,20,50,100.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for table3.md/.csv/.png and runs.")],
     oracle: Annotated[str, typer.Option("--oracle", help="'store' or a path,label CSV.")] = "store",
-    method: Annotated[str, typer.Option("--method", help="Clustering: head or kmeans.")] = "head",
-    k: Annotated[int | None, typer.Option("--k", min=1, help="k-means centres.")] = None,
-    select: Annotated[str, typer.Option("--select", help="random or size.")] = "random",
-    member: Annotated[str, typer.Option("--member", help="random or medoid.")] = "random",
+    method: Annotated[
+        ClusterMethod, typer.Option("--method", help="Clustering: head or kmeans.")
+    ] = "head",
+    k: Annotated[int | None, typer.Option("--clusters", min=1, help="k-means centres.")] = None,
+    select: Annotated[ClusterOrder, typer.Option("--select", help="random or size.")] = "random",
+    member: Annotated[MemberChoice, typer.Option("--member", help="random or medoid.")] = "random",
     steps: Annotated[int, typer.Option("--steps", min=1, help="Fine-tuning steps per row.")] = 2000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per step.")] = 64,
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-4,
@@ -148,9 +146,9 @@ def reproduce_table3(
     )
     run_table3(
         run,
-        train_store,
+        store,
         test_store,
-        _int_list(budgets, "--budgets"),
+        _int_list(budgets, "--budget"),
         out,
         oracle,
         cfg,

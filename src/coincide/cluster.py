@@ -23,16 +23,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from coincide.choices import CLUSTER_METHODS, ClusterMethod
 from coincide.embed_store import DEFAULT_BATCH_SIZE, assign_windows, embed_windows
 from coincide.errors import UserError
 from coincide.store.features import FeatureStore, open_store
 
-Method = Literal["head", "kmeans"]
-METHODS: tuple[str, ...] = ("head", "kmeans")
+Method = ClusterMethod
 
 ASSIGNMENT_FILE = "assignment.npy"
 SIZES_FILE = "sizes.csv"
@@ -63,9 +63,9 @@ def clustering_dir(
         return base
     if method == "kmeans":
         if k is None:
-            raise UserError("k-means needs the number of clusters; pass --k K.")
+            raise UserError("k-means needs the number of clusters; pass --clusters K.")
         return base / f"kmeans-{k}"
-    raise UserError(f"clustering method '{method}' is unknown; use one of {', '.join(METHODS)}.")
+    raise ValueError(f"clustering method {method!r} is not one of {CLUSTER_METHODS}")
 
 
 def clustering_name(method: Method, k: int | None) -> str:
@@ -221,7 +221,7 @@ def load_clustering(
     folder = clustering_dir(run, store_root, method, k)
     summary_path = folder / SUMMARY_FILE
     if not summary_path.is_file():
-        k_flag = f" --k {k}" if method == "kmeans" else ""
+        k_flag = f" --clusters {k}" if method == "kmeans" else ""
         raise UserError(
             f"{Path(store_root).name} has no '{clustering_name(method, k)}' clustering in {run}; "
             f"run `coincide cluster {run} --store {store_root} --method {method}{k_flag}` first."
@@ -274,7 +274,7 @@ def kmeans_assign(embeddings: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
     n = len(embeddings)
     if not 1 <= k <= n:
-        raise UserError(f"k-means with --k {k} needs 1 <= K <= {n} (the number of windows).")
+        raise UserError(f"k-means with --clusters {k} needs 1 <= K <= {n} (the number of windows).")
     unit = np.asarray(embeddings, dtype=np.float32)
     unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
     # Batches of at least a few points per centre keep every centre updated in each step.
@@ -354,7 +354,7 @@ def cluster_store(
         if "cluster_head" not in models:
             raise UserError(
                 f"{checkpoint} has no cluster head p_clust (its curriculum had no clustering "
-                "stage); use --method kmeans --k K, or train a joint stage."
+                "stage); use --method kmeans --clusters K, or train a joint stage."
             )
         device = device or _device()
         encoder, head = models["audio"].to(device), models["cluster_head"].to(device)
@@ -415,7 +415,9 @@ def run(
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist; train a run first.")
     if method == "head" and k is not None:
-        raise UserError("--k sets the number of k-means centres; the head's K comes from the run.")
+        raise UserError(
+            "--clusters sets the number of k-means centres; the head's K comes from the run."
+        )
     store = open_store(store_path)
     if len(store) == 0:
         raise UserError(f"feature store {store_path} holds no windows; ingest media first.")

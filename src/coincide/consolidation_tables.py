@@ -2,10 +2,10 @@
 
 Table 2 (clustering and the labels it propagates), one row per clustering:
     K, active clusters, V-measure, labeled (clusters asked), label recall, label precision
-A row's clustering is either a run's p_clust (`--run`, one per K: the paper trains p_clust for
-each K) or k-means with K centres on a run's frozen embeddings (`--k K1,K2,...`); the `source`
-column says which. V-measure needs one class per window, so it is computed over the windows
-whose clip has exactly one label (the `vm_windows` column counts them).
+A row's clustering is a run's p_clust (RUN, one per K: the paper trains p_clust for each K)
+or k-means with K centres on a run's frozen embeddings (`--clusters K1,K2,...`), as `source`
+says. V-measure needs one class per window: it is computed over the windows whose clip has
+exactly one label (the `vm_windows` column counts them).
 
 Table 3 (classifiers), for each budget N and each strategy:
     random (from scratch), random (pretrained), cluster labeling; plus the topline (all labels)
@@ -146,7 +146,7 @@ def table2(
     """
     if budgets is not None and len(budgets) not in (1, len(sources)):
         raise UserError(
-            f"--budgets has {len(budgets)} values for {len(sources)} table rows; give one value "
+            f"--budget has {len(budgets)} values for {len(sources)} table rows; give one value "
             "or one per row."
         )
     rows = []
@@ -212,7 +212,7 @@ def run_table2(
     """`coincide reproduce table2`: rows for each run's p_clust, then k-means at each K on the
     first run's embeddings; writes DIR/table2.csv and DIR/table2.md and prints the table."""
     if not runs:
-        raise UserError("give at least one --run (a trained run folder).")
+        raise UserError("give at least one RUN (a trained run folder).")
     for run_dir in runs:
         if not Path(run_dir).is_dir():
             raise UserError(f"run folder {run_dir} does not exist; train it first.")
@@ -222,7 +222,7 @@ def run_table2(
     sources = heads + [ClusteringSource(Path(runs[0]), "kmeans", k) for k in kmeans_k]
     if not sources:
         raise UserError(
-            "none of the runs has a cluster head; add k-means rows with --k K1,K2,... ."
+            "none of the runs has a cluster head; add k-means rows with --clusters K1,K2,... ."
         )
     rows = table2(sources, store, window_labels, budgets, budget_fraction, order, member, seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -348,7 +348,7 @@ def table3(
     """
     budgets = sorted(set(budgets))
     if not budgets or budgets[0] < 1:
-        raise UserError("--budgets must list positive label budgets, e.g. 10,20,50,100.")
+        raise UserError("--budget must list positive label budgets, e.g. 10,20,50,100.")
     checkpoint = default_checkpoint(run_dir)
     clustering = ensure_clustering(run_dir, train_store, method, k, checkpoint, seed=seed)
     members = ClusterMembers(clustering.assignment)

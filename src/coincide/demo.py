@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     # 1. Benchmark videos composed from real spoken digits, handwritten digits and ambient sound.
     _step(
         "compose the demo benchmark videos",
-        ["make-bench", str(bench), "--preset", "demo", "--force"],
+        ["make-bench", "--out", str(bench), "--preset", "demo", "--force"],
     )
     # 2. Ingest: log-mel windows and 1 Hz frames into feature stores (resumable, idempotent).
     _step(
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
             str(bench / "labels_test.csv"),
         ],
     )
-    _step("summarise the training store", ["info", str(train_store)])
+    _step("summarise the training store", ["info", "--store", str(train_store)])
 
     # 3. Self-supervised training: av -> coin -> joint with the CPU-sized `small` preset,
     #    measuring held-out query-by-example mAP along the way.
@@ -73,12 +73,12 @@ def main(argv: list[str] | None = None) -> None:
         "train the curriculum (small preset)",
         [
             "train",
-            str(train_store),
-            "--run",
             str(run),
+            "--store",
+            str(train_store),
             "--config",
             "small",
-            "--eval-store",
+            "--test-store",
             str(test_store),
             "--eval-every",
             "40",
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     # 4. Measure the representation: QbE retrieval and a shallow classifier (Table 1 metrics).
     _step(
         "evaluate the audio encoder",
-        ["evaluate", str(run), "--store", str(test_store), "--train-store", str(train_store)],
+        ["evaluate", str(run), "--test-store", str(test_store), "--store", str(train_store)],
     )
     # 5. Consolidation: cluster every window, label one member of 20 clusters (the store's
     #    clip labels play the annotator, as in the paper), propagate, fine-tune.
@@ -105,14 +105,14 @@ def main(argv: list[str] | None = None) -> None:
     # 6. Table 3 in small: cluster labeling against random labeling at equal budgets.
     _step(
         "compare cluster labeling with random labeling (Table 3)",
-        ["reproduce", "table3", "--run", str(run), "--train-store", str(train_store)]
-        + ["--test-store", str(test_store), "--budgets", "5,20", "--out", str(out / "table3")]
+        ["reproduce", "table3", str(run), "--store", str(train_store)]
+        + ["--test-store", str(test_store), "--budget", "5,20", "--out", str(out / "table3")]
         + ["--steps", str(DEMO_STEPS)],
     )
     # 7. One page to look at: loss curves, cluster sizes, a map of the test embeddings, Table 3.
     _step(
         "write the report",
-        ["report", str(run), "--store", str(test_store), "--table3", str(out / "table3")],
+        ["report", str(run), "--test-store", str(test_store), "--table3", str(out / "table3")],
     )
 
     print(

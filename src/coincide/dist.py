@@ -1,8 +1,9 @@
 """Process-group helpers that fall back to one process.
 
-The same code runs as `coincide train ...` (one process: every helper is the identity) and as
-`torchrun --nproc_per_node N coincide train ...` (`setup` joins the group torchrun describes in
-the environment: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
+The same code runs as `coincide train ...` (one process: every helper is the identity), as
+`coincide train ... --nproc N` (`coincide.launch`) and as `torchrun --nproc-per-node N -m
+coincide.cli train ...` (`setup` joins the group the launcher describes in the environment:
+RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
 
 Gradient convention of the two collectives with gradient: each is the exact adjoint of its
 forward summed over ranks, i.e. backward propagates the gradient of sum_r L_r (the sum of every

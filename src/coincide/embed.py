@@ -84,13 +84,12 @@ def run(
     Raises UserError for a bad output name, no media found, or when every file was skipped (then
     no table is written).
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
+    from coincide.console import files_progress
     from coincide.ingest import find_media
 
     console = console or Console(stderr=True)
     if out.suffix.lower() != ".parquet":
-        raise UserError(f"--out {printable(out)} must end in .parquet; rename it.")
+        raise UserError(f"--parquet {printable(out)} must end in .parquet; rename it.")
     model = load_model(model_path, device)
     files = find_media(paths)
     if not files:
@@ -103,15 +102,7 @@ def run(
     pending: list[tuple[str, np.ndarray, np.ndarray]] = []
     pending_rows = windows = skipped = 0
     sizes = {p: p.stat().st_size if p.is_file() else 0 for p in files}
-    progress = Progress(
-        TextColumn("embed"),
-        BarColumn(),
-        TextColumn("{task.fields[files]}"),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
+    progress = files_progress("embed", console)
     started = time.perf_counter()
     try:
         with pq.ParquetWriter(tmp, schema) as writer, progress:

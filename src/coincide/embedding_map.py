@@ -4,15 +4,13 @@ coloured by class."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from coincide.choices import PROJECTIONS, Projection
 from coincide.errors import UserError
 from coincide.plots import literal, pyplot
 
-Projection = Literal["pca", "tsne"]
-PROJECTIONS: tuple[str, ...] = ("pca", "tsne")
 NO_LABEL = "(no label)"
 
 
@@ -25,8 +23,8 @@ def project_2d(embeddings: np.ndarray, projection: Projection = "pca", seed: int
     t-SNE (scikit-learn, PCA start, perplexity at most 30), which keeps neighbourhoods but
     takes about a minute for 3000 windows on 2 cores.
     """
-    if projection not in PROJECTIONS:
-        raise UserError(f"--map {projection} is unknown; use one of {', '.join(PROJECTIONS)}.")
+    if projection not in PROJECTIONS:  # the command line checks it; this is a caller's typo
+        raise ValueError(f"projection {projection!r} is not one of {PROJECTIONS}")
     unit = np.asarray(embeddings, dtype=np.float64)
     unit = unit / np.maximum(np.linalg.norm(unit, axis=1, keepdims=True), 1e-12)
     n = len(unit)

@@ -104,7 +104,7 @@ def split_by_media(
     if len(media) < 2:
         raise UserError(
             "the test store has labeled windows from fewer than 2 media, so it cannot be split "
-            "for the shallow classifier; pass --train-store with a labeled training store."
+            "for the shallow classifier; pass --store with a labeled training store."
         )
     order = np.random.default_rng([seed, 0xC1A55]).permutation(len(media))
     train_media = media[np.sort(order[: len(media) // 2])]
@@ -147,7 +147,7 @@ def evaluate_representation(
     if len(test) == 0:
         raise UserError(
             f"the test store {test_store.root} has no labeled windows; attach clip labels with "
-            "`coincide add-labels STORE LABELS.csv` first."
+            "`coincide add-labels --store STORE --labels LABELS.csv` first."
         )
     started = time.monotonic()
     test_vectors = representation.embed(test_store, test.positions)
@@ -224,7 +224,7 @@ def _shallow(
         if len(train) == 0:
             raise UserError(
                 f"the training store {train_store.root} has no labeled windows; attach clip "
-                "labels with `coincide add-labels` or leave out --train-store."
+                "labels with `coincide add-labels` or leave out --store."
             )
         train = train.subset(cap_windows(len(train), max_train_windows))
         train_vectors, train_labels = (
@@ -280,7 +280,7 @@ def run(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(
-            f"run folder {run_dir} does not exist; give the --run folder of a training."
+            f"run folder {run_dir} does not exist; give a run folder (from `coincide train`)."
         )
     # -- representation and stores
     representation = run_representation(run_dir, device)
@@ -408,7 +408,7 @@ class TrainingProbe:
         windows = labeled_windows(store)
         if len(windows) == 0:
             raise UserError(
-                f"--eval-store {store.root} has no labeled windows; QbE needs class labels, so "
+                f"--test-store {store.root} has no labeled windows; QbE needs class labels, so "
                 "give a store ingested with --labels."
             )
         windows = windows.subset(cap_windows(len(windows), max_windows, seed))
@@ -431,7 +431,7 @@ class TrainingProbe:
         )
         if not per_class:
             raise UserError(
-                f"no class of --eval-store {self.store.root} has labeled windows from 2 media "
+                f"no class of --test-store {self.store.root} has labeled windows from 2 media "
                 "and a window without it in the probe subset; use a held-out store with several "
                 "clips per class."
             )

@@ -42,6 +42,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from coincide.choices import FINETUNE_STRATEGIES, FinetuneStrategy
 from coincide.embed_store import DEFAULT_BATCH_SIZE, default_device, score_windows
 from coincide.errors import UserError, short_reason
 from coincide.losses import ClassificationLoss
@@ -59,8 +60,8 @@ from coincide.train.checkpoint import CHECKSUM_KEY, payload_checksum, verify_che
 from coincide.train.monitor import Monitor, Throughput
 from coincide.train.report import plot_stage
 
-Strategy = Literal["cluster", "random-scratch", "random-pretrained", "all"]
-STRATEGIES: tuple[str, ...] = ("cluster", "random-scratch", "random-pretrained", "all")
+Strategy = FinetuneStrategy
+STRATEGIES = FINETUNE_STRATEGIES
 # Where each strategy's f starts: the curriculum checkpoint or fresh weights.
 STARTS_FROM_CURRICULUM = {
     "cluster": True,
@@ -295,7 +296,7 @@ def train_classifier(
         if payload["config"] != settings:
             raise UserError(
                 f"{checkpoint_path} was made with other fine-tuning settings; "
-                "choose another --out folder or delete it."
+                "choose another --name or delete that folder."
             )
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
@@ -460,8 +461,6 @@ def finetune_strategy(
     """Train and (with a test store) evaluate one strategy into `out_dir`; returns the metrics
     dict also written to `metrics.json`. A folder whose metrics.json was made with the same
     settings is not redone (its metrics are returned)."""
-    if strategy not in STRATEGIES:
-        raise UserError(f"--strategy {strategy} is unknown; use one of {', '.join(STRATEGIES)}.")
     settings = {
         "strategy": strategy,
         "start": _checkpoint_identity(checkpoint)
@@ -529,8 +528,6 @@ def run(
     from coincide.store.features import open_store
 
     cfg = cfg or FinetuneConfig()
-    if strategy not in STRATEGIES:
-        raise UserError(f"--strategy {strategy} is unknown; use one of {', '.join(STRATEGIES)}.")
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist; train a run first.")
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(run_dir)

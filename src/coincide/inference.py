@@ -63,6 +63,8 @@ FINETUNE_SETTINGS = "finetune.json"
 BLOCK_WINDOWS = 64
 # Samples resampled per libswresample call (bounds the copies an hour of audio would need).
 _RESAMPLE_CHUNK = 1 << 20
+# A waveform axis this short holds channels (7.1 surround has 8); audio is far longer than this.
+MAX_AUTO_CHANNELS = 8
 
 
 class Prediction(NamedTuple):
@@ -192,27 +194,46 @@ class SoundModel:
         assert scores is not None
         return scores
 
-    def predict(self, waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Prediction:
+    def predict(
+        self,
+        waveform: np.ndarray,
+        sample_rate: int = SAMPLE_RATE,
+        *,
+        channels_first: bool | None = None,
+    ) -> Prediction:
         """Class scores of every one-second window of a waveform and of the whole clip.
 
         Args:
-            waveform: `(samples,)` mono or `(channels, samples)` (channels are averaged);
-                float in [-1, 1], or integer PCM (scaled by its type's range).
+            waveform: `(samples,)` mono, or two axes of channels and samples in either order
+                (channels are averaged); float in [-1, 1], or integer PCM (scaled by its type's
+                range).
             sample_rate: of `waveform`, in Hz; other rates than 16000 are resampled.
+            channels_first: True for `(channels, samples)` (librosa, torchaudio), False for
+                `(samples, channels)` (soundfile, scipy.io.wavfile). None: the one axis of at
+                most `MAX_AUTO_CHANNELS` entries holds the channels; a shape where that is not
+                exactly one axis is refused with a sentence asking for `channels_first`.
 
         Returns:
             `Prediction(window_scores (n, C), clip_scores (C,), classes)`; window j starts at
             j seconds.
         """
         self.require_classifier()
-        blocks = [self.score_logmel(block) for block in logmel_blocks(waveform, sample_rate)]
+        windows = logmel_blocks(waveform, sample_rate, channels_first=channels_first)
+        blocks = [self.score_logmel(block) for block in windows]
         window_scores = np.concatenate(blocks)
         return Prediction(window_scores, window_scores.mean(axis=0), list(self.classes))
 
-    def embed(self, waveform: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    def embed(
+        self,
+        waveform: np.ndarray,
+        sample_rate: int = SAMPLE_RATE,
+        *,
+        channels_first: bool | None = None,
+    ) -> np.ndarray:
         """Embeddings f(x) `(n_windows, d)` float32 of every one-second window of a waveform
         (arguments as `predict`)."""
-        blocks = [self.embed_logmel(block) for block in logmel_blocks(waveform, sample_rate)]
+        windows = logmel_blocks(waveform, sample_rate, channels_first=channels_first)
+        blocks = [self.embed_logmel(block) for block in windows]
         return np.concatenate(blocks)
 
 
@@ -220,17 +241,34 @@ class SoundModel:
 # Waveforms to windows
 
 
-def _as_mono_float(waveform: np.ndarray) -> np.ndarray:
+def _as_mono_float(waveform: np.ndarray, channels_first: bool | None = None) -> np.ndarray:
+    """`(samples,)` or a two-axis array of channels and samples -> mono float32 `(samples,)`."""
     samples = np.asarray(waveform)
     if samples.ndim not in (1, 2):
         raise UserError(
-            f"a waveform must be (samples,) or (channels, samples), not shape {samples.shape}; "
-            "reshape it."
+            f"a waveform must be (samples,), (channels, samples) or (samples, channels), not "
+            f"shape {samples.shape}; reshape it."
         )
     if samples.size == 0:
         raise UserError("the waveform is empty; give at least one sample of audio.")
-    samples = _scaled(samples)
-    return samples.mean(axis=0, dtype=np.float32) if samples.ndim == 2 else samples
+    if samples.ndim == 2:
+        channel_axis = _channel_axis(samples.shape, channels_first)
+        return _scaled(samples).mean(axis=channel_axis, dtype=np.float32)
+    return _scaled(samples)
+
+
+def _channel_axis(shape: tuple[int, ...], channels_first: bool | None) -> int:
+    """The axis of a two-axis waveform that holds the channels (see `SoundModel.predict`)."""
+    if channels_first is not None:
+        return 0 if channels_first else 1
+    few = [axis for axis in (0, 1) if shape[axis] <= MAX_AUTO_CHANNELS]
+    if len(few) != 1:
+        raise UserError(
+            f"a waveform of shape {shape} does not say which axis holds the channels; pass "
+            "channels_first=True for (channels, samples) or channels_first=False for "
+            "(samples, channels)."
+        )
+    return few[0]
 
 
 def _scaled(samples: np.ndarray) -> np.ndarray:
@@ -260,7 +298,11 @@ def resample(waveform: np.ndarray, sample_rate: int) -> np.ndarray:
 
 
 def logmel_blocks(
-    waveform: np.ndarray, sample_rate: int = SAMPLE_RATE, block_windows: int = BLOCK_WINDOWS
+    waveform: np.ndarray,
+    sample_rate: int = SAMPLE_RATE,
+    block_windows: int = BLOCK_WINDOWS,
+    *,
+    channels_first: bool | None = None,
 ) -> Iterator[np.ndarray]:
     """Log-mel windows of a waveform, `(<= block_windows, 64, 96)` float32 blocks in order.
 
@@ -268,7 +310,7 @@ def logmel_blocks(
     frontend applied to the slice from window b * block_windows to the end of its last window:
     the blocks concatenate to `logmel_windows` of the whole signal.
     """
-    samples = resample(_as_mono_float(waveform), sample_rate)
+    samples = resample(_as_mono_float(waveform, channels_first), sample_rate)
     n_windows = num_windows(len(samples))
     for first in range(0, n_windows, block_windows):
         last = min(first + block_windows, n_windows) - 1

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from coincide.console import files_progress, print_table
 from coincide.errors import UserError
 from coincide.ingest_workers import AlreadyStored, Outcome, Skipped, outcomes
 from coincide.store.features import open_store
@@ -264,15 +264,7 @@ def run(
 
         # Decode in parallel, store in order; the bar advances by bytes, so its ETA holds for
         # files of any length.
-        progress = Progress(
-            TextColumn("ingest"),
-            BarColumn(),
-            TextColumn("{task.fields[files]}"),
-            TextColumn("{task.fields[rate]}"),
-            TimeRemainingColumn(),
-            console=console,
-            transient=True,
-        )
+        progress = files_progress("ingest", console)
         t0 = time.perf_counter()
         with progress:
             total_bytes = sum(sizes.get(p, 0) for p in todo)
@@ -405,7 +397,7 @@ def info(store: Path, console: Console | None = None) -> None:
     summary.add_row("chunks", str(len(features.chunk_ids())))
     labeled = int((media["labels"].map(len) > 0).sum()) if len(media) else 0
     summary.add_row("media with labels", str(labeled))
-    console.print(summary)
+    print_table(summary, console)
 
     counts: dict[str, list[int]] = {}
     for labels, n_windows in zip(media["labels"], media["n_windows"], strict=True):
@@ -419,4 +411,4 @@ def info(store: Path, console: Console | None = None) -> None:
         per_class.add_column("windows", justify="right")
         for label, (media_count, window_count) in sorted(counts.items()):
             per_class.add_row(label, str(media_count), str(window_count))
-        console.print(per_class)
+        print_table(per_class, console)

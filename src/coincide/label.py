@@ -31,11 +31,12 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
 
+from coincide.choices import ClusterMethod, ClusterOrder, LabelStrategy, MemberChoice
 from coincide.cluster import Clustering, ClusterMembers, load_clustering, store_clusters_dir
 from coincide.errors import UserError
 from coincide.metrics import labels_to_matrix, propagated_label_quality
@@ -43,9 +44,8 @@ from coincide.store.features import FeatureStore, open_store
 from coincide.store.labels import Answer, LabelStore, Request, Session, SQLiteLabelStore
 from coincide.store.media_labels import read_labels_csv
 
-Strategy = Literal["cluster", "random"]
-Order = Literal["random", "size"]
-MemberChoice = Literal["random", "medoid"]
+Strategy = LabelStrategy
+Order = ClusterOrder
 STRATEGIES: tuple[str, ...] = ("cluster", "random")
 ORACLE_ANNOTATOR = "oracle"
 PROPAGATED_FILE = "propagated.parquet"
@@ -75,7 +75,7 @@ def cluster_order(sizes: np.ndarray, order: Order = "random", seed: int = 0) -> 
         return shuffled
     if order == "size":
         return shuffled[np.argsort(-sizes[shuffled], kind="stable")]
-    raise UserError(f"cluster order '{order}' is unknown; use random or size.")
+    raise ValueError(f"cluster order {order!r} is not random or size")
 
 
 def pick_member(
@@ -112,7 +112,7 @@ def pick_member(
         unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         centroid = unit.mean(axis=0)
         return int(np.sort(members)[int(np.argmax(unit @ centroid))])
-    raise UserError(f"member choice '{how}' is unknown; use random or medoid.")
+    raise ValueError(f"member choice {how!r} is not random or medoid")
 
 
 def select_requests(
@@ -538,7 +538,7 @@ def run(
     session_name: str | None = None,
     db: Path | None = None,
     seed: int = 0,
-    method: Literal["head", "kmeans"] = "head",
+    method: ClusterMethod = "head",
     k: int | None = None,
     serve: bool = False,
     host: str = "127.0.0.1",
@@ -554,8 +554,6 @@ def run(
         raise UserError(f"run folder {run_dir} does not exist; train a run first.")
     if budget < 1:
         raise UserError(f"--budget is {budget}; give a positive number of labels.")
-    if strategy not in STRATEGIES:
-        raise UserError(f"--strategy {strategy} is unknown; use cluster or random.")
     store = open_store(store_path)
     if len(store) == 0:
         raise UserError(f"feature store {store_path} holds no windows; ingest media first.")

@@ -11,13 +11,14 @@ Labels: with `--threshold T` every class scoring at least T; with `--top K` the 
 by default the best class for a softmax classifier, and the classes scoring at least 0.5 for a
 multi-label one (a sigmoid per class).
 
-Outputs:
-- no `--out`: a table of each clip's labels on the terminal;
-- `--out FILE.csv`: one row per window (`scope` = second) and one per clip (`scope` = clip), with
+Outputs (any together):
+- stdout, by `--format`: `table` (default) a table of each clip's labels; `csv` or `json` the
+  documents below, streamed as the files are scored (progress and notes go to stderr);
+- `--csv FILE`: one row per window (`scope` = second) and one per clip (`scope` = clip), with
   columns media_path, scope, time_s, duration_s, labels (joined by ";") and one score per class;
-- `--out FILE.json`: {"classes", "media": [{media_path, duration_s, clip: {scores, labels},
+- `--json FILE`: {"classes", "media": [{media_path, duration_s, clip: {scores, labels},
   seconds: [{time_s, scores, labels}]}], "skipped": [{media_path, reason}]}.
-Both files are written as the files are scored (each file's rows at once) and appear under their
+Files are written as the media are scored (each file's rows at once) and appear under their
 final name only when complete.
 """
 
@@ -26,23 +27,23 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import numpy as np
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from coincide.console import files_progress, print_table
 from coincide.errors import MediaError, UserError
 from coincide.inference import BLOCK_WINDOWS, SoundModel, load_model
 
 MULTILABEL_THRESHOLD = 0.5
-OUT_FORMATS = (".csv", ".json")
 
 
 def printable(path: str | Path) -> str:
@@ -196,6 +197,9 @@ class _JsonOut:
         self.stream.write('\n], "skipped": ' + json.dumps(skipped) + "}\n")
 
 
+STDOUT_WRITERS = {"csv": _CsvOut, "json": _JsonOut}
+
+
 def _clip_table(results: list[tuple[str, float, list[str], list[float]]]) -> Table:
     table = Table(title="clip labels")
     table.add_column("media")
@@ -225,32 +229,20 @@ def atomic_output(path: Path, newline: str | None = None) -> Iterator[IO[str]]:
         tmp.unlink(missing_ok=True)
 
 
-def _progress(console: Console) -> Progress:
-    return Progress(
-        TextColumn("predict"),
-        BarColumn(),
-        TextColumn("{task.fields[files]}"),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    )
-
-
 def _predict_all(
     model: SoundModel,
     files: list[Path],
-    writer: _CsvOut | _JsonOut | None,
+    writers: list[_CsvOut | _JsonOut],
     rule: LabelRule,
     console: Console,
 ) -> tuple[list[dict[str, str]], list[tuple[str, float, list[str], list[float]]], int]:
-    """Score every file, feeding `writer`; returns (skipped, clip rows for the table, windows)."""
+    """Score every file, feeding `writers`; returns (skipped, clip rows for the table, windows)."""
     skipped: list[dict[str, str]] = []
     rows: list[tuple[str, float, list[str], list[float]]] = []
     windows = 0
     sizes = {p: p.stat().st_size if p.is_file() else 0 for p in files}
     started = time.perf_counter()
-    progress = _progress(console)
+    progress = files_progress("predict", console)
     with progress:
         task = progress.add_task("", total=max(sum(sizes.values()), 1), files="", rate="")
         for done, path in enumerate(files, start=1):
@@ -261,13 +253,12 @@ def _predict_all(
                 say(progress.console, f"skipped {printable(path)}: {err}")
             else:
                 windows += len(result.time_s)
-                if writer is not None:
+                for writer in writers:
                     writer.add(result)
-                else:
-                    chosen = rule.indices(result.clip_scores[None])[0]
-                    names = [model.classes[c] for c in chosen]
-                    scores = [float(result.clip_scores[c]) for c in chosen]
-                    rows.append((printable(path), result.duration_s, names, scores))
+                chosen = rule.indices(result.clip_scores[None])[0]
+                names = [model.classes[c] for c in chosen]
+                scores = [float(result.clip_scores[c]) for c in chosen]
+                rows.append((printable(path), result.duration_s, names, scores))
             rate = windows / max(time.perf_counter() - started, 1e-9)
             progress.update(
                 task,
@@ -275,15 +266,18 @@ def _predict_all(
                 files=f"{done}/{len(files)} files",
                 rate=f"{rate:,.0f} windows/s",
             )
-    if writer is not None:
-        writer.close(skipped)
+    if len(skipped) < len(files):
+        for writer in writers:
+            writer.close(skipped)
     return skipped, rows, windows
 
 
 def run(
     model_path: Path,
     paths: Sequence[Path],
-    out: Path | None = None,
+    fmt: str = "table",
+    csv_out: Path | None = None,
+    json_out: Path | None = None,
     threshold: float | None = None,
     top: int | None = None,
     device: str | None = None,
@@ -291,14 +285,13 @@ def run(
 ) -> int:
     """Predict labels for media files and folders with a run's classifier; returns 0.
 
-    Raises UserError for a model without classifier, a bad flag or output name, no media found,
-    or when every file was skipped (then no output file is written).
+    fmt: what stdout shows (table, csv or json); csv_out / json_out: files to write as well.
+    Raises UserError for a model without classifier, a bad flag, no media found, or when every
+    file was skipped (then no output file is written).
     """
     from coincide.ingest import find_media
 
     console = console or Console(stderr=True)
-    if out is not None and out.suffix.lower() not in OUT_FORMATS:
-        raise UserError(f"--out {printable(out)} must end in .csv or .json; rename it.")
     model = load_model(model_path, device)
     model.require_classifier()
     rule = LabelRule.for_model(model, threshold, top)
@@ -307,24 +300,24 @@ def run(
         shown = " ".join(printable(p) for p in paths)
         raise UserError(f"no media files under {shown}; give media files or folders.")
 
-    def none_read() -> UserError:
-        return UserError(
-            f"none of the {len(files)} media files could be read; the reasons are printed above."
-        )
-
-    if out is None:
-        skipped, rows, windows = _predict_all(model, files, None, rule, console)
+    with ExitStack() as outputs:
+        writers: list[_CsvOut | _JsonOut] = []
+        for path, kind in ((csv_out, _CsvOut), (json_out, _JsonOut)):
+            if path is not None:
+                stream = outputs.enter_context(atomic_output(path, newline=""))
+                writers.append(kind(stream, model.classes, rule))
+        if fmt in STDOUT_WRITERS:
+            writers.append(STDOUT_WRITERS[fmt](sys.stdout, model.classes, rule))
+        skipped, rows, windows = _predict_all(model, files, writers, rule, console)
         if len(skipped) == len(files):
-            raise none_read()
-        Console().print(_clip_table(rows))
-    else:
-        with atomic_output(out, newline="") as stream:
-            kind = _CsvOut if out.suffix.lower() == ".csv" else _JsonOut
-            writer = kind(stream, model.classes, rule)
-            skipped, _, windows = _predict_all(model, files, writer, rule, console)
-            if len(skipped) == len(files):
-                raise none_read()
-    where = f"; wrote {printable(out)}" if out is not None else ""
+            raise UserError(
+                f"none of the {len(files)} media files could be read; the reasons are printed "
+                "above."
+            )
+    if fmt == "table":
+        print_table(_clip_table(rows))
+    written = [printable(p) for p in (csv_out, json_out) if p is not None]
+    where = f"; wrote {' and '.join(written)}" if written else ""
     say(
         console,
         f"{len(files)} files: {len(files) - len(skipped)} predicted ({windows} seconds), "

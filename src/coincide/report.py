@@ -35,7 +35,6 @@ import pandas as pd
 from coincide.cluster import SIZES_FILE, SUMMARY_FILE
 from coincide.embed_store import default_device
 from coincide.embedding_map import (
-    PROJECTIONS,
     Projection,
     first_labels,
     plot_map,
@@ -147,7 +146,7 @@ def _qbe_curve(run: Path, pictures: Pictures) -> str:
     if not curve:
         return missing(
             f"the held-out QbE curve ({run / CURVE_FILE})",
-            f"coincide train STORE --run {printable(run)} --eval-store TEST_STORE --eval-every N",
+            f"coincide train {printable(run)} --store STORE --test-store TEST_STORE --eval-every N",
         )
     steps = [row["step"] for row in curve]
     maps = [row["qbe_map"] for row in curve]
@@ -176,7 +175,7 @@ def _metrics(run: Path) -> str:
     if metrics is None:
         return missing(
             f"the evaluation ({run / EVAL_DIR / METRICS_FILE})",
-            f"coincide evaluate {printable(run)} --store TEST_STORE",
+            f"coincide evaluate {printable(run)} --test-store TEST_STORE",
         )
     parts = ["<h3>Evaluation (coincide evaluate)</h3>", key_table(metrics)]
     for key, mapping in metrics.items():
@@ -205,7 +204,7 @@ def training_section(run: Path, pictures: Pictures) -> str:
         parts = [
             missing(
                 f"the training record ({run / STATE_FILE} and train_log.csv)",
-                f"coincide train STORE --run {printable(run)}",
+                f"coincide train {printable(run)} --store STORE",
             )
         ]
     else:
@@ -325,13 +324,13 @@ def embeddings_section(
         checkpoint = run / CHECKPOINTS_DIR / LAST_CHECKPOINT
     if store_path is None:
         return missing(
-            "a test store to map (no --store given)",
+            "a test store to map (no --test-store given)",
             "coincide ingest MEDIA --store TEST_STORE --labels LABELS.csv",
-            "Then pass --store TEST_STORE to coincide report.",
+            "Then pass --test-store TEST_STORE to coincide report.",
         )
     if not checkpoint.is_file():
         return missing(
-            f"the run's encoder ({checkpoint})", f"coincide train STORE --run {printable(run)}"
+            f"the run's encoder ({checkpoint})", f"coincide train {printable(run)} --store STORE"
         )
     store = open_store(store_path)
     if len(store) < 3:
@@ -374,8 +373,8 @@ def table3_section(run: Path, table3_dir: Path | None, pictures: Pictures) -> st
     """Section 4 (HTML): DIR/table3.md rendered (or table3.csv when there is no .md), and the
     mAP-against-budget plot."""
     command = (
-        f"coincide reproduce table3 --run {printable(run)} --train-store TRAIN_STORE "
-        "--test-store TEST_STORE --budgets 5,20 --out DIR"
+        f"coincide reproduce table3 {printable(run)} --store TRAIN_STORE "
+        "--test-store TEST_STORE --budget 5,20 --out DIR"
     )
     if table3_dir is None:
         return missing(
@@ -499,20 +498,20 @@ def run(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(
-            f"run folder {run_dir} does not exist; give the --run folder of a training."
+            f"run folder {run_dir} does not exist; give a run folder (from `coincide train`)."
         )
     out = Path(out) if out is not None else run_dir / REPORT_FILE
     if out.suffix.lower() not in (".html", ".htm"):
-        raise UserError(f"--out {printable(out)} must end in .html; rename it.")
+        raise UserError(f"--html {printable(out)} must end in .html; rename it.")
     if store is not None and not Path(store).is_dir():
-        raise UserError(f"--store {printable(store)} is not a feature store folder; fix the path.")
+        raise UserError(
+            f"--test-store {printable(store)} is not a feature store folder; fix the path."
+        )
     if table3 is not None and not Path(table3).is_dir():
         raise UserError(
             f"--table3 {printable(table3)} is not a folder; give the --out folder of "
             "`coincide reproduce table3`."
         )
-    if projection not in PROJECTIONS:
-        raise UserError(f"--map {projection} is unknown; use one of {', '.join(PROJECTIONS)}.")
     if map_windows < 3:
         raise UserError(f"--map-windows {map_windows} is too few; a map needs at least 3.")
     path = write_report(

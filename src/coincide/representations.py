@@ -21,19 +21,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
+from coincide.choices import POOLINGS, Pooling
 from coincide.embed_store import DEFAULT_BATCH_SIZE, default_device, embed_windows
 from coincide.errors import UserError
 from coincide.store.features import FeatureStore
 
 REPRESENTATION_FILE = "representation.json"
-Pooling = Literal["flatten", "mean_std"]
-POOLINGS: tuple[str, ...] = ("flatten", "mean_std")
 
 
 class Representation(Protocol):
@@ -59,7 +58,7 @@ def pool_logmel(logmel: np.ndarray, pooling: Pooling = "flatten") -> np.ndarray:
         return windows.reshape(len(windows), -1).copy()
     if pooling == "mean_std":
         return np.concatenate([windows.mean(axis=2), windows.std(axis=2)], axis=1)
-    raise UserError(f"log-mel pooling '{pooling}' is unknown; use one of {', '.join(POOLINGS)}.")
+    raise ValueError(f"log-mel pooling {pooling!r} is not one of {POOLINGS}")
 
 
 def _chunks(positions: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -138,10 +137,6 @@ def embed_positions(
 
 def write_fixed_representation(run_dir: Path, pooling: Pooling = "flatten") -> None:
     """Mark `run_dir` as the log-mel baseline (no training; `coincide evaluate` reads this)."""
-    if pooling not in POOLINGS:
-        raise UserError(
-            f"log-mel pooling '{pooling}' is unknown; use one of {', '.join(POOLINGS)}."
-        )
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = {"kind": "logmel", "pooling": pooling}
     (run_dir / REPRESENTATION_FILE).write_text(json.dumps(payload, indent=1), encoding="utf-8")

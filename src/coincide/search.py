@@ -19,28 +19,28 @@ and used at billion scale): inner product over unit vectors is cosine similarity
   on a laptop CPU, and the vectors are stored exactly, so the distances shown are exact.
   `benchmarks/predict.py` measures its recall@10 and speed against a brute-force search.
 
-The query is a store window (`--query-window i`, found first, at distance 0), one second of a
-media file (`MEDIA@SECONDS`: the window starting at the whole second at or before SECONDS), or a
-whole media file (`MEDIA`: the mean of its unit-length window embeddings). `--html OUT.html`
-writes a page with a player per hit: short WAV excerpts (the window with one second of context
-on each side) are written to `OUT_files/` next to the page, so it plays in any browser, offline.
+The query is a store window (`--query-window i`), one second of a media file (`MEDIA@SECONDS`:
+the window starting at the whole second at or before SECONDS), or a whole media file (`MEDIA`:
+the mean of its unit-length window embeddings). The query's own window (the store window, or the
+store's window of MEDIA@SECONDS) is never a hit: it would always be the first, at distance 0;
+`--exclude-same-media` also leaves out every window of the query's media. The query is checked
+and embedded before the index is built. `--html OUT.html` writes a page with a player per hit
+(`coincide.search_output`).
 """
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
 import wave
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import numpy as np
 from rich.console import Console
-from rich.table import Table
 
 from coincide.errors import MediaError, UserError
 from coincide.inference import SoundModel, load_model
@@ -261,15 +261,11 @@ def check_frontend(store: FeatureStore) -> None:
         )
 
 
-def query_vector(model: SoundModel, query: Query, store_index: StoreIndex) -> np.ndarray:
-    """The query's embedding `(d,)` float32."""
+def media_vector(model: SoundModel, query: Query) -> np.ndarray:
+    """The embedding `(d,)` float32 of a media query: its window at `seconds`, or the mean of
+    its unit-length window embeddings (UserError for a missing file or a time past its end)."""
     from coincide.media.decode import iter_features
 
-    if query.window is not None:
-        n = len(store_index.embeddings)
-        if not 0 <= query.window < n:
-            raise UserError(f"--query-window {query.window} is not in 0..{n - 1}; pick a window.")
-        return np.asarray(store_index.embeddings[query.window], dtype=np.float32)
     assert query.media is not None
     if not query.media.is_file():
         raise UserError(f"query media {printable(query.media)} does not exist; give a media file.")
@@ -294,6 +290,33 @@ def query_vector(model: SoundModel, query: Query, store_index: StoreIndex) -> np
     return (total / windows).astype(np.float32)
 
 
+def media_rows(store: FeatureStore, media: str | Path) -> np.ndarray:
+    """Store windows `(m,)` of one media file (the same file under any spelling of its path)."""
+    paths = store.index["media_path"]
+    target = os.path.realpath(media)
+    same = [p for p in paths.unique() if p == str(media) or os.path.realpath(p) == target]
+    return np.flatnonzero(paths.isin(same).to_numpy())
+
+
+def left_out_windows(store: FeatureStore, query: Query, same_media: bool) -> set[int]:
+    """Store windows never reported as hits: the query's own window (a store window, or the
+    store's window of MEDIA@SECONDS), and with `same_media` every window of the query's media."""
+    if query.window is not None:
+        media: str | Path = str(store.index["media_path"].iat[query.window])
+        own = {query.window}
+    else:
+        assert query.media is not None
+        media, own = query.media, set()
+        if query.seconds is not None:
+            rows = media_rows(store, media)
+            second = math.floor(query.seconds)
+            times = store.index["time_s"].to_numpy()[rows]
+            own = {int(r) for r in rows[np.floor(times) == second]}
+    if same_media:
+        return own | {int(r) for r in media_rows(store, media)}
+    return own
+
+
 @dataclass(frozen=True)
 class Hit:
     """One result: a store window, its media and start time, its cosine distance to the query."""
@@ -311,15 +334,18 @@ def find_similar(
     store_index: StoreIndex,
     vector: np.ndarray,
     k: int,
-    query_window: int | None = None,
+    left_out: Collection[int] = (),
     nprobe: int | None = None,
 ) -> list[Hit]:
-    """The k windows nearest to `vector`, nearest first. A query that is a store window comes
-    first (its distance to itself is 0, and ties with duplicates must not hide it)."""
-    distances, ids = search_index(store_index.index, vector[None], k, nprobe)
-    found = [(int(i), float(d)) for i, d in zip(ids[0], distances[0], strict=True) if i >= 0]
-    if query_window is not None:
-        found = [(query_window, 0.0)] + [(i, d) for i, d in found if i != query_window]
+    """The k windows nearest to `vector`, nearest first, none of them in `left_out` (the index
+    is asked for k + len(left_out), so that k remain when every left-out window is near)."""
+    wanted = min(k + len(left_out), int(store_index.index.ntotal))
+    distances, ids = search_index(store_index.index, vector[None], wanted, nprobe)
+    found = [
+        (int(i), float(d))
+        for i, d in zip(ids[0], distances[0], strict=True)
+        if i >= 0 and int(i) not in left_out
+    ]
     index = store.index
     return [
         Hit(
@@ -335,23 +361,7 @@ def find_similar(
 
 
 # ---------------------------------------------------------------------------------------------
-# Output: a terminal table and an HTML page with players
-
-
-def hits_table(hits: list[Hit], title: str) -> Table:
-    table = Table(title=title)
-    table.add_column("#", justify="right")
-    table.add_column("media")
-    table.add_column("time (s)", justify="right")
-    table.add_column("distance", justify="right")
-    if any(hit.labels for hit in hits):
-        table.add_column("labels")
-    for hit in hits:
-        row = [str(hit.rank), printable(hit.media_path), f"{hit.time_s:.2f}", f"{hit.distance:.4g}"]
-        if any(h.labels for h in hits):
-            row.append(", ".join(hit.labels))
-        table.add_row(*row)
-    return table
+# Excerpts for the page's players
 
 
 def read_excerpt(path: Path, start_s: float, seconds: float) -> np.ndarray:
@@ -411,76 +421,6 @@ def write_wav(path: Path, samples: np.ndarray, sample_rate: int = 16000) -> None
         out.writeframes(pcm.tobytes())
 
 
-def _excerpt_cell(media: Path, start_s: float, wav: Path, page_dir: Path) -> str:
-    """An <audio> player for an excerpt written to `wav`, or why there is none (HTML)."""
-    begin = max(0.0, start_s - EXCERPT_CONTEXT_S)
-    try:
-        samples = read_excerpt(media, begin, start_s + WINDOW_S + EXCERPT_CONTEXT_S - begin)
-    except MediaError as err:
-        return f'<span class="missing">cannot play: {html.escape(str(err))}</span>'
-    write_wav(wav, samples)
-    source = quote(wav.relative_to(page_dir).as_posix())
-    return f'<audio controls preload="none" src="{html.escape(source)}"></audio>'
-
-
-PAGE_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; }
-th, td { padding: 0.3em 0.8em; border-bottom: 1px solid #ddd; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.missing { color: #a00; }
-"""
-
-
-def write_page(
-    out: Path, query: Query, query_media: tuple[Path, float] | None, hits: list[Hit], title: str
-) -> None:
-    """The HTML page of a search: the query's player, then one row and player per hit."""
-    files = out.with_name(f"{out.stem}_files")
-    files.mkdir(parents=True, exist_ok=True)
-    page_dir = out.parent
-    rows = []
-    for hit in hits:
-        player = _excerpt_cell(
-            Path(hit.media_path), hit.time_s, files / f"hit{hit.rank:03d}.wav", page_dir
-        )
-        rows.append(
-            "<tr>"
-            f'<td class="num">{hit.rank}</td>'
-            f"<td>{html.escape(printable(hit.media_path))}</td>"
-            f'<td class="num">{hit.time_s:.2f}</td>'
-            f'<td class="num">{hit.distance:.4g}</td>'
-            f"<td>{html.escape(', '.join(hit.labels))}</td>"
-            f"<td>{player}</td>"
-            "</tr>"
-        )
-    query_player = ""
-    if query_media is not None:
-        media, start_s = query_media
-        query_player = _excerpt_cell(media, start_s, files / "query.wav", page_dir)
-    body = f"""<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{html.escape(title)}</title>
-<style>{PAGE_STYLE}</style>
-</head>
-<body>
-<h1>{html.escape(title)}</h1>
-<p>Query: {html.escape(query.describe())} {query_player}</p>
-<p>Distance: cosine distance between embeddings (0 = same direction). Each player plays the
-0.96 s window with {EXCERPT_CONTEXT_S:g} s of context on each side.</p>
-<table>
-<tr><th>#</th><th>media</th><th>time (s)</th><th>distance</th><th>labels</th><th>listen</th></tr>
-{chr(10).join(rows)}
-</table>
-</body>
-</html>
-"""
-    with atomic_output(out) as stream:
-        stream.write(body)
-
-
 # ---------------------------------------------------------------------------------------------
 # The command
 
@@ -492,15 +432,29 @@ def search(
     k: int = 10,
     nprobe: int | None = None,
     console: Console | None = None,
+    exclude_same_media: bool = False,
 ) -> list[Hit]:
-    """The k store windows nearest to the query (building the store's index when needed)."""
+    """The k store windows nearest to the query (building the store's index when needed),
+    leaving out the query's own window, and with `exclude_same_media` its media's windows.
+
+    The query is checked (and a media query decoded and embedded) before the index is built, so
+    a typo or a time past the end of the file fails in seconds, not after indexing a store."""
     if k < 1:
         raise UserError(f"--top must be at least 1, not {k}.")
-    if query.media is not None:
+    vector = None
+    if query.window is not None:
+        if not 0 <= query.window < len(store):
+            raise UserError(
+                f"--query-window {query.window} is not in 0..{len(store) - 1}; pick a window."
+            )
+    else:
         check_frontend(store)
+        vector = media_vector(model, query)
+    left_out = left_out_windows(store, query, exclude_same_media)
     store_index = ensure_index(model, store, console=console)
-    vector = query_vector(model, query, store_index)
-    return find_similar(store, store_index, vector, k, query.window, nprobe)
+    if vector is None:
+        vector = np.asarray(store_index.embeddings[query.window], dtype=np.float32)
+    return find_similar(store, store_index, vector, k, left_out, nprobe)
 
 
 def run(
@@ -513,21 +467,28 @@ def run(
     nprobe: int | None = None,
     device: str | None = None,
     console: Console | None = None,
+    exclude_same_media: bool = False,
+    fmt: str = "table",
 ) -> list[Hit]:
-    """The `coincide search` command: print the hits as a table, optionally write the page."""
+    """The `coincide search` command: print the hits (a table, CSV or JSON on stdout),
+    optionally write the page."""
+    from coincide.search_output import print_hits, title_of, write_page
+
     console = console or Console(stderr=True)
     query = parse_query(query_text, query_window)
     if html_out is not None and html_out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--html {printable(html_out)} must end in .html; rename it.")
+    if query.media is not None and not query.media.is_file():
+        raise UserError(f"query media {printable(query.media)} does not exist; give a media file.")
     if not Path(store_path).is_dir():
         raise UserError(
             f"no feature store at {printable(store_path)}; create one with `coincide ingest`."
         )
     model = load_model(model_path, device)
     store = open_store(store_path)
-    hits = search(model, store, query, k, nprobe, console)
-    title = f"Nearest windows to {query.describe()}"
-    Console().print(hits_table(hits, title))
+    hits = search(model, store, query, k, nprobe, console, exclude_same_media)
+    title = title_of(query, exclude_same_media)
+    print_hits(hits, title, fmt)
     if html_out is not None:
         if query.window is not None:
             row = store.index.iloc[query.window]

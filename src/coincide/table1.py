@@ -100,8 +100,7 @@ def parse_rows(text: str) -> tuple[str, ...]:
     unknown = sorted(asked - set(ROW_KEYS))
     if unknown:
         raise UserError(
-            f"--rows names unknown row(s) {', '.join(unknown)}; "
-            f"use letters of {','.join(ROW_KEYS)}."
+            f"--row names unknown row(s) {', '.join(unknown)}; use letters of {','.join(ROW_KEYS)}."
         )
     asked |= {BASELINE, TOPLINE}
     return tuple(key for key in ROW_KEYS if key in asked)
@@ -133,7 +132,7 @@ def run(settings: Settings) -> Path:
     # -- the stores: frames decide the AV rows, labels are needed for a and the metrics ---
     train_store = open_store(settings.train_store)
     test_store = open_store(settings.test_store)
-    _check_labels(train_store, "--train-store", "to train row a and the shallow classifiers")
+    _check_labels(train_store, "--store", "to train row a and the shallow classifiers")
     _check_labels(test_store, "--test-store", "to measure retrieval and classification")
     has_frames = bool(train_store.index["has_frame"].any())
     rows = [row for row in ROWS if row.key in settings.rows]
@@ -201,7 +200,7 @@ def _check_labels(store: FeatureStore, flag: str, why: str) -> None:
     if len(labeled_windows(store)) == 0:
         raise UserError(
             f"{flag} {store.root} has no clip labels, which Table 1 needs {why}; attach them "
-            "with `coincide add-labels STORE LABELS.csv`."
+            "with `coincide add-labels --store STORE --labels LABELS.csv`."
         )
 
 

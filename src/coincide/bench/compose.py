@@ -15,7 +15,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.progress import MofNCompleteColumn, Progress
 
 from coincide.bench.benchmark import plan_benchmark
 from coincide.bench.mp4 import write_mp4
@@ -26,6 +26,8 @@ from coincide.bench.presets import PRESET_CLIPS, SourceArgs, resolve_inputs
 from coincide.bench.readme import summarise, write_bench_json, write_readme
 from coincide.bench.render import Material, render_audio, render_frames
 from coincide.bench.sources import SPLITS
+from coincide.console import EtaColumn
+from coincide.console import progress as progress_display
 from coincide.errors import UserError
 
 # Everything `run` writes, and so everything `--force` may remove.
@@ -155,8 +157,8 @@ def _write_clips(
     workers: int,
     console: Console,
 ) -> None:
-    columns = (*Progress.get_default_columns()[:2], MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console) as progress:
+    columns = (*Progress.get_default_columns()[:2], MofNCompleteColumn(), EtaColumn())
+    with progress_display(*columns, console=console) as progress:
         task = progress.add_task("composing clips", total=len(plans))
         if workers <= 1:
             for plan in plans:

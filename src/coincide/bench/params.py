@@ -7,14 +7,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from coincide.choices import SceneModel
 from coincide.errors import UserError
 
 # Sample rates that AAC in mp4 supports and that keep the 8 kHz band of 16 kHz ingestion.
 AAC_RATES = (16000, 22050, 24000, 32000, 44100, 48000)
-# How what is heard and what is seen share a place besides the class (docs/benchmark.md):
-# "shared" draws a scene per clip that ties its ambience to its picture background family and
-# light; "independent" draws every nuisance of each modality on its own (the first design).
-SCENE_MODELS = ("shared", "independent")
 
 
 @dataclass(frozen=True)
@@ -37,7 +34,10 @@ class BenchParams:
     hold_s: tuple[int, int] = (2, 4)  # an image stays on screen this many whole seconds
     image_scale: tuple[float, float] = (0.45, 0.85)  # image's longer side / frame side
     textures: tuple[int, int, int] = (48, 16, 16)  # generated picture backgrounds: train, val, test
-    scene: str = "shared"  # one of SCENE_MODELS
+    # How what is heard and what is seen share a place besides the class (docs/benchmark.md):
+    # "shared" draws a scene per clip that ties its ambience to its picture background family
+    # and light; "independent" draws every nuisance of each modality on its own (the first one).
+    scene: SceneModel = "shared"
     scenes: int = 8  # scenes per split ("shared")
     sync_visibility: bool = False  # show the class's image only in seconds in which it sounds
     tint: float = 0.35  # strength of a scene's coloured light, 0 = white
@@ -76,7 +76,6 @@ class BenchParams:
                 len(self.textures) == 3 and min(self.textures) >= 1,
                 "each split (train, val, test) needs at least one generated texture",
             ),
-            (self.scene in SCENE_MODELS, f"--scene must be one of {', '.join(SCENE_MODELS)}"),
             (self.scenes >= 1, "--scenes must be at least 1"),
             (0 <= self.tint <= 1, "the scene tint must be in [0, 1]"),
             (

@@ -25,9 +25,9 @@ from coincide.bench.sources import (
     read_labeled_csv,
     read_pairing_csv,
 )
+from coincide.choices import BENCH_PRESETS
 from coincide.errors import UserError
 
-PRESETS = ("avmnist", "demo")
 # Default (train, val, test) clip counts: the demo stays small enough to ingest and train on 2
 # cores in a few minutes; avmnist is a real benchmark (about 4.3 hours of video).
 PRESET_CLIPS = {"demo": (60, 12, 20), "avmnist": (1000, 200, 333)}
@@ -119,7 +119,7 @@ def resolve_inputs(args: SourceArgs) -> Inputs:
     elif args.preset == "avmnist":
         inputs = _avmnist_inputs(args.data_dir)
     else:
-        raise UserError(f"unknown preset {args.preset!r}; use one of {', '.join(PRESETS)}")
+        raise ValueError(f"preset {args.preset!r} is not one of {BENCH_PRESETS}")
 
     if args.sounds is not None:
         inputs.sounds = read_labeled_csv(args.sounds, "sound")

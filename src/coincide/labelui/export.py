@@ -1,7 +1,7 @@
 """`coincide labels export RUN --format csv|json`: a session's answers and the window labels they
 propagate, for people and other tools.
 
-Two files in `--out` (default `RUN/labels/<session>/`, next to `propagated.parquet`):
+Two files in the `--out` folder (default `RUN/labels/<session>/`, next to `propagated.parquet`):
 
 - `answers.csv|json`: every request of the session in order, with its current answer: session,
   position, cluster_id, cluster_size, window_index, media_path, time_s, state, kind, labels,
@@ -31,8 +31,8 @@ from coincide.labelui.campaign import find_session, session_assignment
 from coincide.store.features import open_store
 from coincide.store.labels import Session, SQLiteLabelStore
 
+# The table formats (`labels export --format label-studio` is coincide.labelui.label_studio_export).
 Format = Literal["csv", "json"]
-FORMATS: tuple[str, ...] = ("csv", "json")
 
 ANSWER_COLUMNS = [
     "session",
@@ -147,8 +147,6 @@ def run(
     out: Path | None = None,
 ) -> list[Path]:
     """The `coincide labels export` command; returns the two files written."""
-    if fmt not in FORMATS:
-        raise UserError(f"--format {fmt} is unknown; use csv, json or label-studio.")
     chosen_format: Format = "csv" if fmt == "csv" else "json"
     run_dir = Path(run_dir)
     with SQLiteLabelStore(label_store_file(run_dir, db)) as labels:

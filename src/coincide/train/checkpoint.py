@@ -217,7 +217,7 @@ def run_checkpoint(run_dir: str | Path, which: str = "best", announce: bool = Tr
     if not last.is_file() and not best.is_file():
         raise UserError(
             f"{run_dir} holds no {CHECKPOINTS_DIR}/{LAST_CHECKPOINT}; train it first with "
-            f"`coincide train STORE --run {run_dir}`."
+            f"`coincide train {run_dir} --store STORE`."
         )
     if which == "best" and best.is_file():
         info = read_best_info(run_dir)

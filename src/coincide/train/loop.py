@@ -1,4 +1,4 @@
-"""`coincide train STORE --run RUN`: the learning curriculum of paper 3.4, resumable.
+"""`coincide train RUN --store STORE`: the learning curriculum of paper 3.4, resumable.
 
 One entry point for CPU, one GPU and `torchrun --nproc_per_node N coincide train ...`. The
 stages of the configuration run in order (av -> coin -> joint by default; a store without frames
@@ -113,7 +113,7 @@ def run(
     uses the `laptop` preset (`small` with stages long enough to learn).
     """
     if Path(run_dir).exists() and not Path(run_dir).is_dir():
-        raise UserError(f"--run {run_dir} is a file; give a folder for the run.")
+        raise UserError(f"run folder {run_dir} is a file; give a folder for the run.")
     sources = list(config_sources)
     if not sources:
         saved = Path(run_dir) / CONFIG_FILE
@@ -150,9 +150,9 @@ def train(
     if eval_every < 0:
         raise UserError(f"--eval-every {eval_every} is negative; give a number of steps >= 0.")
     if eval_store is not None and eval_every == 0:
-        raise UserError("--eval-store needs --eval-every N (steps between measurements).")
+        raise UserError("--test-store needs --eval-every N (steps between measurements).")
     if eval_every and eval_store is None:
-        raise UserError("--eval-every needs --eval-store TEST_STORE (a labeled held-out store).")
+        raise UserError("--eval-every needs --test-store TEST_STORE (a labeled held-out store).")
     device = dist.setup(cfg.device)
     try:
         _Run(cfg, store_path, run_dir, device, eval_store, eval_every, init_from).train()
@@ -515,7 +515,7 @@ class _Run:
         return restored
 
     def _probe(self, step: int) -> None:
-        """QbE mAP of the audio encoder on the --eval-store subset (rank 0 only)."""
+        """QbE mAP of the audio encoder on the --test-store subset (rank 0 only)."""
         assert self.probe is not None
         score = self.probe(self.models["audio"], step)
         self._say(f"step {step}: held-out QbE mAP {score:.4f}")

@@ -16,15 +16,9 @@ import pandas as pd
 import torch
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+from coincide.console import ElapsedColumn, EtaColumn, progress
 
 if TYPE_CHECKING:
     from coincide.train.validation import HeldOut
@@ -123,16 +117,14 @@ class Monitor:
         """Open the progress bar of a stage of `total` steps (cap), `done` already taken."""
         if not self._show_progress:
             return
-        self._progress = Progress(
+        self._progress = progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(bar_width=24),
             MofNCompleteColumn(),
             TextColumn("{task.fields[losses]}  {task.fields[speed]}"),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
+            ElapsedColumn(),
+            EtaColumn(),
             console=self.console,
-            transient=False,
         )
         self._progress.start()
         self._task = self._progress.add_task(

@@ -113,12 +113,12 @@ def check_resumable(
             raise UserError(
                 f"{last_path} was trained with another {key} ({before} vs {after} "
                 "now); resume with the run's own config (omit --config and --set) or "
-                "use a new --run folder."
+                "use a new run folder."
             )
     if list(models.keys()) != list(ckpt["parts"]):
         raise UserError(
             f"{last_path} holds model parts {ckpt['parts']}, this curriculum needs "
-            f"{list(models.keys())}; use a new --run folder."
+            f"{list(models.keys())}; use a new run folder."
         )
 
 
