@@ -49,9 +49,25 @@ from coincide.qbe import qbe_map
 # Configuration overrides of each variant, on top of --config. `plain` turns every regulariser
 # off (the laptop preset has augmentation, head dropout and weight decay on); `augment` is the
 # preset as it is.
+SCENE_AUGMENT = [
+    "augment.audio.filter_db=6",
+    "augment.audio.gain_db=12",
+    "augment.image.grayscale=0.5",
+]
 VARIANTS: dict[str, list[str]] = {
     "plain": ["augment={}", "model.head_dropout=0.0", "optim.weight_decay=0.0"],
     "augment": [],
+    # The levers against the scene shortcut (benchmarks/README.md): a cosine coincidence head,
+    # augmentation that takes colour, level and light away from two views of one media, and
+    # hard-negative weights.
+    "cosine": ["model.coincidence_head=cosine"],
+    "cosine_aug": ["model.coincidence_head=cosine", *SCENE_AUGMENT],
+    "cosine_hn": ["model.coincidence_head=cosine", "curriculum.hard_negatives=1.0"],
+    "cosine_aug_hn": [
+        "model.coincidence_head=cosine",
+        *SCENE_AUGMENT,
+        "curriculum.hard_negatives=1.0",
+    ],
 }
 ROW_TITLES = {"e": "AA only (L_AA)", "f": "AV only (L_AV)", "k": "default curriculum (L_joint)"}
 FSDD_TEST_TAKES = range(5)  # the FSDD README's official test split: takes 0-4
