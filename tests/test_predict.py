@@ -288,9 +288,9 @@ def peak_kib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 run_dir, short, hour, out = map(Path, sys.argv[1:5])
-run(run_dir, [short], out=out, console=quiet())
+run(run_dir, [short], csv_out=out, console=quiet())
 before = peak_kib()
-run(run_dir, [hour], out=out, console=quiet())
+run(run_dir, [hour], csv_out=out, console=quiet())
 after = peak_kib()
 print(before, after)
 """
@@ -304,7 +304,8 @@ def test_an_hour_long_file_streams_in_bounded_memory(tiny: TinyRun, tmp_path: Pa
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parent)}
     completed = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert completed.returncode == 0, completed.stderr
-    before_kib, after_kib = map(int, completed.stdout.split())
+    # The last line: predict itself prints its table to stdout before it.
+    before_kib, after_kib = map(int, completed.stdout.strip().splitlines()[-1].split())
     peak = after_kib * 1024  # the child's own peak, imports included
     growth = (after_kib - before_kib) * 1024
     print(

@@ -420,14 +420,17 @@ def test_aa_batchnorm_sets_which_windows_share_batch_statistics(mode):
 
 def test_hard_negatives_weight_training_but_the_held_out_loss_stays_equation_1():
     from coincide.losses import CoincidenceLoss
+    from coincide.models.heads import CosineCoincidenceHead
     from coincide.train.checkpoint import build_models
     from coincide.train.objective import StageObjective
 
     cfg = load_config(["small"], [*TINY, "curriculum.hard_negatives=2.0"])
     stage = cfg.curriculum.audio_only_stages[0]  # aa
+    torch.manual_seed(0)
     models = build_models(cfg, ["audio", "aa_head"])
-    with torch.no_grad():  # spread the fresh head's logits, which all start near 0
-        models["aa_head"].output.weight.mul_(300.0)
+    # A cosine head: logits 10 cos(e1, e2) spread around 0 (a fresh MLP head's sit close
+    # together), so the weights of the negatives differ.
+    models["aa_head"] = CosineCoincidenceHead()
     objective = StageObjective(cfg, stage, models)
     torch.manual_seed(0)
     batch = {"audio": torch.randn(6, 1, MEL, FRAMES), "aa_audio": torch.randn(6, 1, MEL, FRAMES)}
@@ -438,8 +441,8 @@ def test_hard_negatives_weight_training_but_the_held_out_loss_stays_equation_1()
         logits = models["aa_head"].pairwise_logits(emb.anchor, emb.aa)
     torch.testing.assert_close(held_out, CoincidenceLoss()(logits))
     assert not torch.allclose(held_out, CoincidenceLoss(2.0)(logits))
-    # In training mode the term is the weighted loss (dropout is 0 in `small`, so the logits of
-    # an eval-mode head are the training logits; BatchNorm is kept in eval mode for that).
+    # In training mode the term is the weighted loss (BatchNorm is kept in eval mode, so the
+    # logits are the same).
     objective.terms.train()
     with torch.no_grad():
         trained = objective(batch, collective=False)["aa"]
