@@ -116,9 +116,15 @@ def page_head(text: str) -> str:
 
 
 def main(argv: list[str]) -> int:
-    check = "--check" in argv
-    paths = [arg for arg in argv if arg != "--check"]
-    page = Path(paths[0]) if paths else DEFAULT_PAGE
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m coincide.cli_docs", description="Write the CLI reference page."
+    )
+    parser.add_argument("page", nargs="?", type=Path, default=DEFAULT_PAGE)
+    parser.add_argument("--check", action="store_true", help="exit 1 when the page is stale")
+    args = parser.parse_args(argv)
+    check, page = args.check, args.page
     current = page.read_text(encoding="utf-8") if page.is_file() else "# Command line\n"
     wanted = generate(page_head(current))
     if check:
