@@ -273,10 +273,8 @@ def _outcomes(paths: list[str], known_ids: frozenset[str], workers: int) -> Iter
         return
     # forkserver: workers fork from a clean server that imported the decoder once, instead of
     # from this process (fork after threads started is unsafe) or from scratch (spawn is slow).
-    # librosa.filters (the mel filter bank) is imported lazily by the frontend and is the
-    # slowest import of all, so the server takes it too.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["coincide.media.decode", "librosa.filters"])
+    context.set_forkserver_preload(["coincide.media.decode"])
     with ProcessPoolExecutor(
         workers, mp_context=context, initializer=_init_worker, initargs=(known_ids, os.getpid())
     ) as pool:
