@@ -32,7 +32,6 @@ import html
 import json
 import math
 import os
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,7 @@ from rich.table import Table
 
 from coincide.errors import MediaError, UserError
 from coincide.inference import SoundModel, load_model
+from coincide.media.wav import write_wav
 from coincide.predict import atomic_output, printable, say
 from coincide.store.features import FeatureStore, open_store
 
@@ -401,24 +401,16 @@ def read_excerpt(path: Path, start_s: float, seconds: float) -> np.ndarray:
     return samples[first : first + round(seconds * SAMPLE_RATE)]
 
 
-def write_wav(path: Path, samples: np.ndarray, sample_rate: int = 16000) -> None:
-    """16-bit PCM mono WAV of float samples in [-1, 1]."""
-    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(pcm.tobytes())
-
-
 def _excerpt_cell(media: Path, start_s: float, wav: Path, page_dir: Path) -> str:
     """An <audio> player for an excerpt written to `wav`, or why there is none (HTML)."""
+    from coincide.media.frontend import SAMPLE_RATE  # read_excerpt's rate (torch: imported late)
+
     begin = max(0.0, start_s - EXCERPT_CONTEXT_S)
     try:
         samples = read_excerpt(media, begin, start_s + WINDOW_S + EXCERPT_CONTEXT_S - begin)
     except MediaError as err:
         return f'<span class="missing">cannot play: {html.escape(str(err))}</span>'
-    write_wav(wav, samples)
+    write_wav(wav, samples, SAMPLE_RATE)
     source = quote(wav.relative_to(page_dir).as_posix())
     return f'<audio controls preload="none" src="{html.escape(source)}"></audio>'
 
