@@ -66,7 +66,7 @@ Data: by default a temporary store of synthetic features written with the store'
 (`StoreWriter`) in the shapes `coincide ingest` writes (64 mel x 96 frames per window, one
 128 x 128 x 3 frame per window), `--media` media of 10 windows each (default: enough that the
 training share left after the held-out media covers one batch); `--store PATH` reads an
-existing store instead. Nothing here imports `coincide.media` (librosa, PyAV), so the script
+existing store instead. Nothing here imports `coincide.media` (PyAV), so the script
 runs on a GPU machine with torch alone.
 
 Exits 1 when a bar that applies is missed, 2 on a usage error.
@@ -108,8 +108,8 @@ from coincide.triplets import stage_sampler
 MIN_RATIO_GPU = 0.9
 TARGET_PAIRS_PER_S_H100 = 7000.0
 # The shapes `coincide ingest` writes (coincide.ingest.frontend_parameters; a test keeps them in
-# step). Not imported from there: coincide.media needs librosa and PyAV, which a GPU box for
-# training may lack.
+# step). Not imported from there: coincide.media needs PyAV, which a GPU box for training may
+# lack.
 N_MELS = 64
 WINDOW_FRAMES = 96
 FRAME_SIZE = 128

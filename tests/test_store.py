@@ -6,7 +6,10 @@ checked against what was written.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import pickle
+import signal
 
 import numpy as np
 import pytest
@@ -242,6 +245,29 @@ def test_one_writer_at_a_time(store_path):
         StoreWriter(store_path, FRONTEND).__enter__()
     with store_lock(store_path):  # released again after the writer left
         pass
+
+
+def _hold_lock_forever(root, held) -> None:
+    with store_lock(root):
+        held.set()
+        signal.pause()
+
+
+def test_the_lock_of_another_process_is_refused_and_freed_when_it_is_killed(tmp_path):
+    context = multiprocessing.get_context("fork")
+    held = context.Event()
+    holder = context.Process(target=_hold_lock_forever, args=(tmp_path / "s", held))
+    holder.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(UserError, match="another coincide process is writing"):
+            StoreWriter(tmp_path / "s", FRONTEND).__enter__()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join()
+    with StoreWriter(tmp_path / "s", FRONTEND) as writer:  # the kernel released the dead lock
+        writer.add(record("a", 2, None, seed=1))
+    assert len(coincide.open_store(tmp_path / "s")) == 2
 
 
 def test_store_made_with_other_frontend_parameters_is_refused(store_path):

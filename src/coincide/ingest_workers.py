@@ -248,10 +248,8 @@ def outcomes(
         return
     # forkserver: workers fork from a clean server that imported the decoder once, instead of
     # from this process (fork after threads started is unsafe) or from scratch (spawn is slow).
-    # librosa.filters (the mel filter bank) is imported lazily by the frontend and is the
-    # slowest import of all, so the server takes it too.
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["coincide.media.decode", "librosa.filters"])
+    context.set_forkserver_preload(["coincide.media.decode"])
     # Spools live in the store (the same file system as the chunks, not a RAM-backed /tmp); a
     # killed run's are removed by the next writer with the rest of its temp files.
     spool_root = writer.root / f"{TEMP_PREFIX}spool-{os.getpid()}"

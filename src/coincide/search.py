@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import wave
 from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -409,16 +408,6 @@ def read_excerpt(path: Path, start_s: float, seconds: float) -> np.ndarray:
     samples = np.concatenate(pieces)
     first = max(0, round((start_s - begin_s) * SAMPLE_RATE))
     return samples[first : first + round(seconds * SAMPLE_RATE)]
-
-
-def write_wav(path: Path, samples: np.ndarray, sample_rate: int = 16000) -> None:
-    """16-bit PCM mono WAV of float samples in [-1, 1]."""
-    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(sample_rate)
-        out.writeframes(pcm.tobytes())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ from rich.table import Table
 
 from coincide.console import print_table
 from coincide.errors import MediaError
+from coincide.media.wav import write_wav
 from coincide.predict import atomic_output, printable
-from coincide.search import EXCERPT_CONTEXT_S, WINDOW_S, Hit, Query, read_excerpt, write_wav
+from coincide.search import EXCERPT_CONTEXT_S, WINDOW_S, Hit, Query, read_excerpt
 
 HIT_COLUMNS = ["rank", "window", "media_path", "time_s", "distance", "labels"]
 
@@ -73,12 +74,14 @@ def hits_table(hits: list[Hit], title: str) -> Table:
 
 def _excerpt_cell(media: Path, start_s: float, wav: Path, page_dir: Path) -> str:
     """An <audio> player for an excerpt written to `wav`, or why there is none (HTML)."""
+    from coincide.media.frontend import SAMPLE_RATE  # read_excerpt's rate (torch: imported late)
+
     begin = max(0.0, start_s - EXCERPT_CONTEXT_S)
     try:
         samples = read_excerpt(media, begin, start_s + WINDOW_S + EXCERPT_CONTEXT_S - begin)
     except MediaError as err:
         return f'<span class="missing">cannot play: {html.escape(str(err))}</span>'
-    write_wav(wav, samples)
+    write_wav(wav, samples, SAMPLE_RATE)
     source = quote(wav.relative_to(page_dir).as_posix())
     return f'<audio controls preload="none" src="{html.escape(source)}"></audio>'
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import io
 import logging
-import wave
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from coincide.errors import MediaError
+from coincide.media.wav import write_wav
 
 logger = logging.getLogger(__name__)
 
@@ -150,13 +150,8 @@ def decode_span(path: Path, span: ClipSpan) -> np.ndarray:
 
 def wav_bytes(samples: np.ndarray, rate: int = SAMPLE_RATE) -> bytes:
     """A mono 16-bit PCM WAV file holding `(samples,)` float audio in [-1, 1]."""
-    pcm = np.round(np.clip(samples, -1.0, 1.0) * 32767).astype("<i2")
     buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(pcm.tobytes())
+    write_wav(buffer, samples, rate)
     return buffer.getvalue()
 
 

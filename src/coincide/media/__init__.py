@@ -6,4 +6,6 @@
   each window's centre, times), whole or in bounded-memory blocks; bad files raise `MediaError`.
 - `audio`: decoded audio frames -> 16 kHz mono float (libswresample).
 - `frames`: decoded video frames -> the 128 x 128 RGB frame shown at each window's centre.
+- `mel`: the Slaney mel scale and filter bank (numpy).
+- `wav`: the one WAV writer (mono 16-bit PCM, by soundfile).
 """

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import functools
 
-import librosa
 import numpy as np
 import torch
 from torch import nn
+
+from coincide.media.mel import mel_filterbank as slaney_mel_filterbank
 
 SAMPLE_RATE = 16000
 N_MELS = 64
@@ -30,10 +31,10 @@ N_FRAMES = 96  # 0.96 s
 # limit of 16 kHz audio where resampling filters roll off.
 FMIN = 125.0
 FMAX = 7500.0
-# Unit-peak mel triangles (norm=None), as VGGish, whose log offset is used below. librosa's default
-# area normalisation ("slaney") makes mel values ~40x smaller at these band widths, so with the
-# 0.01 offset quiet recordings sit on the floor (measured on an FSDD clip: 0.2% of mel bins above
-# 0.01 with "slaney", 17% with unit-peak triangles).
+# Unit-peak mel triangles (norm=None), as VGGish, whose log offset is used below. The area
+# normalisation (norm="slaney", librosa's default) makes mel values ~40x smaller at these band
+# widths, so with the 0.01 offset quiet recordings sit on the floor (measured on an FSDD clip:
+# 0.2% of mel bins above 0.01 with "slaney", 17% with unit-peak triangles).
 MEL_NORM: str | None = None
 # Stabilised log, log(mel + 0.01), on the magnitude mel spectrogram (VGGish uses the same offset):
 # it bounds the log of silent bins instead of sending them to -inf.
@@ -54,10 +55,10 @@ def num_windows(n_samples: int) -> int:
 
 
 def mel_filterbank() -> np.ndarray:
-    """librosa's (Slaney-style) mel filter bank, (N_MELS, N_FFT // 2 + 1) float32."""
-    return librosa.filters.mel(
-        sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=N_MELS, fmin=FMIN, fmax=FMAX, norm=MEL_NORM
-    ).astype(np.float32)
+    """The frontend's Slaney-scale mel filter bank, (N_MELS, N_FFT // 2 + 1) float32."""
+    return slaney_mel_filterbank(SAMPLE_RATE, N_FFT, N_MELS, FMIN, FMAX, MEL_NORM).astype(
+        np.float32
+    )
 
 
 def _band_groups(mel_basis: np.ndarray) -> list[tuple[int, int, int, int]]:
@@ -138,7 +139,7 @@ class LogMelFrontend(nn.Module):
 
 @functools.cache
 def _shared_frontend() -> LogMelFrontend:
-    # Building the filter bank costs about a second (librosa's first call): once per process.
+    # One filter bank and window per process, shared by every call.
     return LogMelFrontend()
 
 

@@ -11,7 +11,7 @@ STORE/
   chunks/.tmp-...       a chunk being written; never read, removed by the next writer
   labels.json           clip-level labels {media_id: [label, ...]}
   ingest_report.json    skipped files and the counts of each ingest run
-  .lock                 held (flock) by the one process allowed to write
+  .lock                 held (filelock) by the one process allowed to write
 ```
 """
 

@@ -2,8 +2,9 @@
 
 A chunk is written into a temporary folder and renamed into place: the rename is the commit, so
 a process killed at any moment leaves either a complete chunk or a temp folder that the next
-writer deletes. One writer at a time is enforced with `flock` on `STORE/.lock` (released by the
-kernel when the process dies, so a killed run never leaves the store locked).
+writer deletes. One writer at a time is enforced with a `filelock` lock on `STORE/.lock` (an
+OS lock, flock on POSIX: released by the kernel when the process dies, so a killed run never
+leaves the store locked).
 
 A media file is written into the open chunk's files block by block as it is decoded
 (`StoreWriter.media`, `chunk_files`), so memory holds one block, not a file or a chunk. It belongs
@@ -15,7 +16,6 @@ writer appends the spool when it takes the file (`add_spooled`).
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 from collections.abc import Iterator
@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from filelock import FileLock, Timeout
 
 from coincide.errors import UserError
 from coincide.store.chunk_files import (
@@ -83,18 +84,18 @@ class MediaRecord:
 def store_lock(root: Path) -> Iterator[None]:
     """Hold the store's write lock; a second writer gets a UserError instead of waiting."""
     root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK_FILE, "a+b") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as err:
-            raise UserError(
-                f"another coincide process is writing to {root}; wait for it to finish, "
-                "then run this command again."
-            ) from err
-        try:
-            yield
-        finally:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+    lock = FileLock(root / LOCK_FILE, timeout=0)
+    try:
+        lock.acquire()
+    except Timeout as err:
+        raise UserError(
+            f"another coincide process is writing to {root}; wait for it to finish, "
+            "then run this command again."
+        ) from err
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def read_stored_media(root: Path) -> pd.DataFrame:

@@ -1,5 +1,6 @@
 """What a training run shows and records: a progress bar per stage, log lines, RUN/train_log.csv,
-TensorBoard scalars in RUN/tb, and the cluster-usage watch (active clusters, marginal entropy,
+TensorBoard scalars in RUN/tb (when the optional `tensorboard` package is installed: the CSV log
+holds the same numbers), and the cluster-usage watch (active clusters, marginal entropy,
 a warning when the clusters collapse). Only rank 0 creates a Monitor.
 """
 
@@ -25,6 +26,10 @@ if TYPE_CHECKING:
 
 LOG_FILE = "train_log.csv"
 TB_DIR = "tb"
+NO_TENSORBOARD = (
+    "TensorBoard is not installed, so this run logs to train_log.csv and its plots only; "
+    "pip install 'coincide[tensorboard]' to also get TensorBoard logs in RUN/tb."
+)
 BASE_COLUMNS = ["step", "stage", "stage_step", "split", "total"]
 EXTRA_COLUMNS = [
     "lr",
@@ -94,6 +99,8 @@ class Monitor:
         self._csv_file = _open_log(run_dir / LOG_FILE, self.columns, resume_step)
         self._csv = csv.DictWriter(self._csv_file, fieldnames=self.columns)
         self._tb = _summary_writer(run_dir / TB_DIR, resume_step)
+        if isinstance(self._tb, _NoTensorBoard):
+            self.line(NO_TENSORBOARD)
         self._show_progress = progress
         self._progress: Progress | None = None
         self._task: TaskID | None = None
@@ -101,8 +108,9 @@ class Monitor:
 
     @property
     def writer(self) -> Any:
-        """The run's TensorBoard writer (other scalars, e.g. the QbE probe, go there too)."""
-        return self._tb
+        """The run's TensorBoard writer (other scalars, e.g. the QbE probe, go there too), or
+        None without TensorBoard."""
+        return None if isinstance(self._tb, _NoTensorBoard) else self._tb
 
     # -- console ---------------------------------------------------------------------------
 
@@ -217,10 +225,25 @@ def _open_log(path: Path, columns: list[str], resume_step: int) -> Any:
     return open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (kept open: the log)
 
 
-def _summary_writer(folder: Path, resume_step: int) -> Any:
-    # Imported here: TensorBoard takes seconds to import, and only rank 0 writes.
-    from torch.utils.tensorboard import SummaryWriter
+class _NoTensorBoard:
+    """What the monitor writes scalars to when TensorBoard is not installed: nothing (every
+    scalar is also a column of RUN/train_log.csv)."""
 
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _summary_writer(folder: Path, resume_step: int) -> Any:
+    """A TensorBoard SummaryWriter over `folder`, or `_NoTensorBoard` when the optional
+    `tensorboard` package is missing (torch raises ImportError then)."""
+    # Imported here: TensorBoard takes seconds to import, and only rank 0 writes.
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return _NoTensorBoard()
     return SummaryWriter(str(folder), purge_step=resume_step + 1, flush_secs=10)
 
 
