@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from coincide import finetune as finetune_stage
+from coincide.classifier_fit import is_multilabel, target_matrix
 from coincide.cli import app
 from coincide.errors import UserError
 from coincide.finetune import (
@@ -20,10 +21,8 @@ from coincide.finetune import (
     LabeledWindows,
     evaluate_classifier,
     finetune_strategy,
-    is_multilabel,
     load_classifier,
     starting_encoder,
-    target_matrix,
 )
 from coincide.store.features import open_store
 from coincide.train.checkpoint import load_models
@@ -33,7 +32,9 @@ from consolidation_helpers import balanced_clips, make_run, make_store  # noqa: 
 
 torch.set_num_threads(1)
 
-FAST = FinetuneConfig(steps=4, batch_size=8, progress=False, checkpoint_every=2)
+FAST = FinetuneConfig(
+    steps=4, batch_size=8, progress=False, checkpoint_every=2, eval_every=2, patience=2
+)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,12 @@ def test_each_strategy_trains_and_writes_metrics(workspace, strategy):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["mAP"] == metrics["mAP"] and saved["strategy"] == strategy
     payload = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert payload["step"] == FAST.steps and payload["stage"] == "finetune"
+    # Early stopping picked the steps (at most FAST.steps), then trained that many on all labels.
+    assert payload["step"] == payload["selected"]["steps"] == metrics["steps"] <= FAST.steps
+    assert payload["stage"] == "finetune"
+    assert payload["selected"]["validation_windows"] > 0
+    if strategy in ("random-scratch", "all"):
+        assert metrics["head_steps"] == 0  # no warm start for a fresh f
     model = load_classifier(out / "checkpoint.pt", torch.device("cpu"))
     assert model.classes == metrics["classes"]
 
@@ -116,7 +122,10 @@ def test_a_finished_run_is_not_redone_and_a_foreign_checkpoint_is_refused(worksp
 def test_a_stopped_run_resumes_to_the_same_weights(workspace):
     root, train, _, checkpoint = workspace
     labeled = LabeledWindows(np.array([0, 4, 8, 40, 44, 80]), [["a"], ["b"], ["c"]] * 2)
-    cfg = FinetuneConfig(steps=4, batch_size=4, progress=False, checkpoint_every=2, cache_windows=0)
+    # Fixed steps: the checkpoints belong to the final training (step selection is redone).
+    cfg = FinetuneConfig(
+        steps=4, batch_size=4, progress=False, checkpoint_every=2, cache_windows=0, early_stop=False
+    )
     cpu = torch.device("cpu")
 
     class CountingStore:

@@ -380,7 +380,7 @@ def finetune(
 ) -> None:
     """Fine-tune f with a classifier p_class on labeled windows (L_class only); score clips."""
     from coincide.finetune import FinetuneConfig
-    from coincide.finetune import run as run_finetune
+    from coincide.finetune_command import run as run_finetune
 
     cfg = FinetuneConfig(
         steps=steps, batch_size=batch_size, lr=lr, multilabel=multilabel, seed=seed

@@ -20,12 +20,15 @@ Evaluation (paper 4.2): window scores p_class(f(x)) on a test store, averaged ov
 windows, scored with clip-level mAP and d' over the test classes. A test class the classifier
 never saw gets a constant score (it was never labeled: the cost of missing a class).
 
-Outputs in the output folder: `checkpoint.pt` (atomic; a run stopped midway resumes from it),
-`metrics.json` (when there is a test store) and `finetune.json` (the settings).
+How long to train is picked on held-out labeled media; a pretrained f starts with a p_class
+fitted on its frozen embeddings (`coincide.classifier_fit`). Outputs: `checkpoint.pt` (atomic;
+a run stopped in its final training resumes from it), `metrics.json` (with a test store) and
+`finetune.json` (the settings). The command itself is `coincide.finetune_command.run`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -40,9 +43,17 @@ import pandas as pd
 import torch
 from torch import nn
 
-from coincide.embed_store import DEFAULT_BATCH_SIZE, default_device, score_windows
+from coincide.classifier_fit import (
+    LabelTargets,
+    batch_positions,
+    choose_steps,
+    classifier_loss,
+    fit_head,
+    freeze_batchnorm,
+    is_multilabel,
+)
+from coincide.embed_store import DEFAULT_BATCH_SIZE, default_device, embed_rows, score_windows
 from coincide.errors import UserError, short_reason
-from coincide.losses import ClassificationLoss
 from coincide.metrics import clip_scores, labels_to_matrix, mean_average_precision, mean_d_prime
 from coincide.models.encoders import Encoder, EncoderConfig, build_encoder
 from coincide.models.heads import ClassifierHead
@@ -67,8 +78,15 @@ SETTINGS_FILE = "finetune.json"
 class FinetuneConfig:
     """Settings of one fine-tuning run.
 
-    steps: optimizer steps; batch_size: windows per step, drawn uniformly with replacement
-        from the labeled windows (seeded per step, so a resumed run draws the same batches).
+    steps: optimizer steps of f and p_class; with `early_stop`, the most that are tried.
+    batch_size: windows per step, drawn with replacement (seeded per step: a resumed run draws
+        the same batches); a labeled set no larger than a batch is used whole at every step.
+    early_stop: pick the number of steps on a held-out share (`val_fraction`) of the labeled
+        media, measured every `eval_every` steps and stopping after `patience` measurements
+        without improvement, then train again on every label (`coincide.classifier_fit`);
+        `val_windows` caps the validation windows measured. False: exactly `steps` steps.
+    head_steps, head_lr: with a pretrained f, p_class is first fitted alone on the frozen
+        embeddings (full batch, at most `head_steps` AdamW steps at `head_lr`).
     lr, weight_decay: AdamW (one learning rate for f and p_class).
     multilabel: sigmoid per class (True), softmax (False), or None: multi-label when some
         labeled window has more than one label.
@@ -92,22 +110,39 @@ class FinetuneConfig:
     cache_windows: int = 20000
     eval_batch_size: int = DEFAULT_BATCH_SIZE
     amp: Literal["auto", "bf16", "fp32"] = "auto"
+    early_stop: bool = True
+    val_fraction: float = 0.2
+    eval_every: int = 25
+    patience: int = 4
+    val_windows: int = 512
+    head_steps: int = 300
+    head_lr: float = 1e-2
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "eval_batch_size"):
+        positive = ("steps", "batch_size", "checkpoint_every", "eval_batch_size", "eval_every")
+        for name in (*positive, "patience", "val_windows", "head_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"finetune {name} is {getattr(self, name)}; it must be positive.")
-        if self.lr <= 0 or self.weight_decay < 0 or self.hidden < 0:
+        if self.lr <= 0 or self.head_lr <= 0 or self.weight_decay < 0 or self.hidden < 0:
             raise UserError("finetune lr must be positive, weight_decay and hidden not negative.")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"finetune val_fraction is {self.val_fraction}; give one in (0, 1).")
 
 
 @dataclass(frozen=True)
 class LabeledWindows:
-    """The training set: `windows` `(m,)` int64 store indices and their `labels` (m lists)."""
+    """The training set: `windows` `(m,)` int64 store indices and their `labels` (m lists).
+
+    Partial labels (search answers) add `negatives` (m lists of classes known to be absent) and
+    `closed` `(m,)` bool: False for a window whose other classes are unknown. None means no
+    negatives and every window closed-world (cluster and random labels).
+    """
 
     windows: np.ndarray
     labels: list[list[str]]
+    negatives: list[list[str]] | None = None
+    closed: np.ndarray | None = None
 
     @classmethod
     def from_frame(cls, frame: pd.DataFrame) -> LabeledWindows:
@@ -129,7 +164,14 @@ class LabeledWindows:
         """A short hash of the windows and their labels (a checkpoint belongs to one set)."""
         digest = hashlib.sha256(self.windows.tobytes())
         digest.update(json.dumps(self.labels).encode())
+        if self.negatives is not None or self.closed is not None:
+            digest.update(json.dumps(self.negatives).encode())
+            digest.update(np.asarray(self.closed, dtype=bool).tobytes())
         return digest.hexdigest()[:16]
+
+    def classes(self) -> list[str]:
+        """The classes p_class outputs: every positive label, sorted."""
+        return sorted({c for names in self.labels for c in names})
 
 
 class Classifier(nn.Module):
@@ -140,6 +182,10 @@ class Classifier(nn.Module):
         self.encoder = encoder
         self.head = head
         self.classes = classes
+        # Steps f was trained (0: only p_class learned, f's embeddings are unchanged) and the
+        # step counts training chose (`coincide.classifier_fit.choose_steps`).
+        self.encoder_steps = 0
+        self.selected: dict[str, Any] = {}
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
         """`(batch, 1, mel, frames)` -> class logits `(batch, C)`."""
@@ -148,29 +194,6 @@ class Classifier(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 # Targets and batches
-
-
-def is_multilabel(labels: list[list[str]], setting: bool | None) -> bool:
-    """The classifier kind: the setting when given, else multi-label iff some window has
-    several labels."""
-    if setting is not None:
-        return setting
-    return any(len(set(names)) > 1 for names in labels)
-
-
-def target_matrix(labels: list[list[str]], classes: list[str], multilabel: bool) -> np.ndarray:
-    """`(m, C)` float32 targets: multi-hot rows (multi-label) or rows that sum to 1 spread
-    evenly over the window's labels (single-label)."""
-    matrix, _ = labels_to_matrix(labels, classes)
-    targets = matrix.astype(np.float32)
-    if not multilabel:
-        targets /= np.maximum(targets.sum(axis=1, keepdims=True), 1.0)
-    return targets
-
-
-def _batch_windows(count: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """`(batch_size,)` positions into the labeled set for one step, seeded by (seed, step)."""
-    return np.random.default_rng([seed, step]).integers(count, size=batch_size)
 
 
 def _autocast(device: torch.device, amp: str) -> AbstractContextManager[object]:
@@ -187,6 +210,8 @@ def _autocast(device: torch.device, amp: str) -> AbstractContextManager[object]:
 FINETUNE_KEYS = frozenset(
     {"model", "optimizer", "step", "config", "encoder_config", "head_config", "classes"}
 )
+# Older checkpoints have no "selected" (the step counts early stopping chose): they are trained
+# with a fixed step count and never resumed by this version (their settings differ).
 
 
 def _save_atomic(payload: dict[str, Any], path: Path) -> None:
@@ -242,6 +267,7 @@ def train_classifier(
     cfg: FinetuneConfig,
     settings: dict[str, Any],
     device: torch.device | None = None,
+    frozen: np.ndarray | None = None,
 ) -> Classifier:
     """Fine-tune `encoder` with a new p_class on the labeled windows, with L_class only.
 
@@ -253,6 +279,8 @@ def train_classifier(
             is resumed, one made with other settings is a UserError.
         settings: what identifies this run (strategy, labels, start, config), kept in the
             checkpoint.
+        frozen: `(m, d)` embeddings of the labeled windows under the starting f (pretrained f
+            only): p_class is first fitted on them, and BatchNorm keeps f's statistics.
 
     Returns:
         The trained classifier, in eval mode.
@@ -261,7 +289,7 @@ def train_classifier(
         raise UserError("there is no labeled window to train the classifier on; label first.")
     device = device or default_device()
     torch.manual_seed(cfg.seed)
-    classes = sorted({c for names in labeled.labels for c in names})
+    classes = labeled.classes()
     multilabel = is_multilabel(labeled.labels, cfg.multilabel)
     head_config = {
         "embed_dim": encoder.config.embed_dim,
@@ -270,14 +298,51 @@ def train_classifier(
         "hidden": cfg.hidden,
     }
     model = Classifier(encoder, ClassifierHead(**head_config), classes).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = ClassificationLoss(multilabel)
-    targets = torch.from_numpy(target_matrix(labeled.labels, classes, multilabel))
+    start = copy.deepcopy(model.state_dict())
+    targets = LabelTargets.build(
+        labeled.labels, classes, multilabel, labeled.negatives, labeled.closed
+    ).to(device)
+    frozen_rows = None if frozen is None else torch.as_tensor(np.asarray(frozen)).to(device)
+
+    # Small labeled sets are read once; big ones (propagated labels) batch by batch.
+    cached = None
+    if len(labeled.windows) <= cfg.cache_windows:
+        cached = torch.from_numpy(store.logmel[labeled.windows])
+
+    def batch(positions: np.ndarray) -> tuple[torch.Tensor, LabelTargets]:
+        """Log-mel inputs `(b, 1, mel, frames)` of labeled positions, and their targets."""
+        if cached is None:
+            # Sorted rows keep memory-mapped reads sequential within chunks.
+            positions = positions[np.argsort(labeled.windows[positions], kind="stable")]
+            logmel = torch.from_numpy(store.logmel[labeled.windows[positions]])
+        else:
+            logmel = cached[positions]
+        return logmel.unsqueeze(1).to(device, non_blocking=True), targets.rows(positions)
+
+    def train_mode() -> None:
+        model.train()
+        if frozen_rows is not None:
+            freeze_batchnorm(model)
+
+    def step_loss(optimizer: torch.optim.Optimizer, positions: np.ndarray, step: int) -> float:
+        logmel, batch_targets = batch(positions)
+        with _autocast(device, cfg.amp):
+            logits = model(logmel)
+        loss = classifier_loss(logits.float(), batch_targets)
+        if not torch.isfinite(loss):
+            raise UserError(
+                f"the fine-tuning loss became {loss.item()} at step {step}; lower the learning "
+                f"rate (--lr) and rerun (the last good checkpoint is in {out_dir})."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.item())
 
     # Resume from this folder's checkpoint when it belongs to the same run.
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / CHECKPOINT_FILE
-    step = 0
+    payload = None
     if checkpoint_path.is_file():
         payload = read_checkpoint(checkpoint_path)
         if payload["config"] != settings:
@@ -285,6 +350,39 @@ def train_classifier(
                 f"{checkpoint_path} was made with other fine-tuning settings; "
                 "choose another --out folder or delete it."
             )
+
+    # How many steps: chosen on held-out media (or the fixed counts), unless resuming.
+    if payload is not None:
+        selected = dict(payload["selected"])
+    else:
+        # Which media file each labeled window comes from: the validation split keeps files whole.
+        media = store.index["media_id"].to_numpy()[labeled.windows] if cfg.early_stop else None
+        with _progress(cfg.progress, f"{out_dir.name}: choosing steps") as progress:
+            task = progress.add_task("select", total=cfg.steps, loss=float("nan"))
+
+            def shown_step(optimizer: torch.optim.Optimizer, rows: np.ndarray, at: int) -> float:
+                loss = step_loss(optimizer, rows, at)
+                progress.update(task, completed=at + 1, loss=loss)
+                return loss
+
+            selected = choose_steps(
+                model, media, targets, frozen_rows, cfg, train_mode, shown_step, batch
+            )
+        model.load_state_dict(start)
+        if frozen_rows is not None:
+            fit_head(
+                model.head,
+                frozen_rows,
+                targets,
+                selected["head_steps"],
+                cfg.head_lr,
+                cfg.weight_decay,
+            )
+
+    # Training on every label for the chosen number of steps.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    if payload is not None:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         step = int(payload["step"])
@@ -298,6 +396,7 @@ def train_classifier(
                 "step": at_step,
                 "stage": "finetune",
                 "config": settings,
+                "selected": selected,
                 "encoder_config": dataclasses.asdict(encoder.config),
                 "head_config": head_config,
                 "classes": classes,
@@ -305,42 +404,20 @@ def train_classifier(
             checkpoint_path,
         )
 
-    # Small labeled sets are read once; big ones (propagated labels) batch by batch.
-    cached = None
-    if len(labeled.windows) <= cfg.cache_windows:
-        cached = torch.from_numpy(store.logmel[labeled.windows])
-
-    model.train()
-    progress = _progress(cfg.progress, out_dir.name)
-    with progress:
-        task = progress.add_task("finetune", total=cfg.steps, completed=step, loss=float("nan"))
-        while step < cfg.steps:
-            picks = _batch_windows(len(labeled.windows), cfg.batch_size, cfg.seed, step)
-            if cached is not None:
-                logmel = cached[picks]
-            else:
-                # Reading sorted rows keeps memory-mapped reads sequential within chunks.
-                order = np.argsort(labeled.windows[picks], kind="stable")
-                picks = picks[order]
-                logmel = torch.from_numpy(store.logmel[labeled.windows[picks]])
-            inputs = logmel.unsqueeze(1).to(device, non_blocking=True)
-            batch_targets = targets[picks].to(device, non_blocking=True)
-            with _autocast(device, cfg.amp):
-                logits = model(inputs)
-            loss = loss_fn(logits.float(), batch_targets)
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"the fine-tuning loss became {loss.item()} at step {step}; the last good "
-                    f"checkpoint is in {checkpoint_path}; lower the learning rate (--lr) and rerun."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+    total = int(selected["steps"])
+    train_mode()
+    with _progress(cfg.progress, out_dir.name) as progress:
+        task = progress.add_task("finetune", total=total, completed=step, loss=float("nan"))
+        while step < total:
+            picks = batch_positions(len(labeled.windows), cfg.batch_size, cfg.seed, step)
+            loss = step_loss(optimizer, picks, step)
             step += 1
-            progress.update(task, advance=1, loss=loss.item())
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            progress.update(task, advance=1, loss=loss)
+            if step % cfg.checkpoint_every == 0:
                 save(step)
+    save(step)
     model.eval()
+    model.encoder_steps, model.selected = total, selected
     return model
 
 
@@ -375,6 +452,7 @@ def evaluate_classifier(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: torch.device | None = None,
     test_labels: list[list[str]] | None = None,
+    test_embeddings: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Clip-level mAP and d' of the classifier on a labeled test store (paper 4.2).
 
@@ -383,6 +461,8 @@ def evaluate_classifier(
 
     Args:
         test_labels: one label list per test window (the clip's labels); None reads the store's.
+        test_embeddings: `(n, d)` f(x) of the test windows under the classifier's f, when f
+            was not trained (`model.encoder_steps == 0`): only p_class runs then.
 
     Returns:
         {"mAP", "d_prime", "test_clips", "test_classes", "untrained_classes"}.
@@ -395,7 +475,12 @@ def evaluate_classifier(
             f"test store {test_store.root} has no labels, so the classifier cannot be scored; "
             "attach labels with `coincide add-labels`."
         )
-    window_scores = score_windows(model.encoder, model.head, test_store, batch_size, device)
+    if test_embeddings is not None and model.encoder_steps == 0:
+        with torch.no_grad():
+            rows = torch.as_tensor(np.asarray(test_embeddings, dtype=np.float32)).to(device)
+            window_scores = model.head.probs(rows).float().cpu().numpy()
+    else:
+        window_scores = score_windows(model.encoder, model.head, test_store, batch_size, device)
     column = {name: c for c, name in enumerate(model.classes)}
     scores = np.zeros((len(window_scores), len(test_classes)), dtype=np.float32)
     for t, name in enumerate(test_classes):
@@ -446,10 +531,19 @@ def finetune_strategy(
     test_labels: list[list[str]] | None = None,
     extra: dict[str, Any] | None = None,
     device: torch.device | None = None,
+    embeddings: np.ndarray | None = None,
+    test_embeddings: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train and (with a test store) evaluate one strategy into `out_dir`; returns the metrics
     dict also written to `metrics.json`. A folder whose metrics.json was made with the same
-    settings is not redone (its metrics are returned)."""
+    settings is not redone (its metrics are returned).
+
+    Args:
+        embeddings, test_embeddings: `(n, d)` f(x) of every window of `store` and of
+            `test_store` under the checkpoint's f, when the caller has them (Table 3 embeds
+            each store once): the warm start reads them instead of running f, and a classifier
+            whose f was not trained is scored from them. Computed when needed otherwise.
+    """
     if strategy not in STRATEGIES:
         raise UserError(f"--strategy {strategy} is unknown; use one of {', '.join(STRATEGIES)}.")
     settings = {
@@ -470,95 +564,33 @@ def finetune_strategy(
         if done.get("settings") == settings:
             return done
     device = device or default_device()
-    encoder = starting_encoder(strategy, checkpoint, cfg.seed)
-    model = train_classifier(encoder, store, labeled, out_dir, cfg, settings, device)
+    encoder = starting_encoder(strategy, checkpoint, cfg.seed).to(device)
+    frozen = None
+    if STARTS_FROM_CURRICULUM[strategy]:
+        frozen = (
+            np.asarray(embeddings[labeled.windows], dtype=np.float32)
+            if embeddings is not None
+            else embed_rows(encoder, store, labeled.windows, cfg.eval_batch_size, device)
+        )
+    model = train_classifier(encoder, store, labeled, out_dir, cfg, settings, device, frozen)
     metrics: dict[str, Any] = {
         "strategy": strategy,
         "labeled_windows": int(len(labeled.windows)),
         "classes": model.classes,
         "multilabel": model.head.multilabel,
-        "steps": cfg.steps,
+        "steps": model.encoder_steps,
+        "head_steps": model.selected["head_steps"],
+        "validation_windows": model.selected["validation_windows"],
         **(extra or {}),
     }
     if test_store is not None:
+        untouched = test_embeddings if frozen is not None else None
         metrics.update(
-            evaluate_classifier(model, test_store, cfg.eval_batch_size, device, test_labels)
+            evaluate_classifier(
+                model, test_store, cfg.eval_batch_size, device, test_labels, untouched
+            )
         )
     metrics["settings"] = settings
     _write_json(out_dir / SETTINGS_FILE, settings)
     _write_json(metrics_path, metrics)
-    return metrics
-
-
-def default_session(strategy: Strategy) -> str | None:
-    """The labeling session a strategy reads by default (`coincide label`'s default names)."""
-    if strategy == "cluster":
-        return "cluster"
-    if strategy.startswith("random"):
-        return "random"
-    return None
-
-
-def run(
-    run_dir: Path,
-    store_path: Path,
-    strategy: Strategy = "cluster",
-    session: str | None = None,
-    out: str | None = None,
-    test_store_path: Path | None = None,
-    oracle: str = "store",
-    checkpoint: Path | None = None,
-    cfg: FinetuneConfig | None = None,
-) -> dict[str, Any]:
-    """The `coincide finetune` command: read the labels, train, evaluate, write."""
-    from coincide.cluster import default_checkpoint
-    from coincide.label import check_propagated_current, oracle_window_labels, read_propagated
-    from coincide.store.features import open_store
-
-    cfg = cfg or FinetuneConfig()
-    if strategy not in STRATEGIES:
-        raise UserError(f"--strategy {strategy} is unknown; use one of {', '.join(STRATEGIES)}.")
-    if not Path(run_dir).is_dir():
-        raise UserError(f"run folder {run_dir} does not exist; train a run first.")
-    checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(run_dir)
-    store = open_store(store_path)
-    test_store = open_store(test_store_path) if test_store_path else None
-
-    # The labels of this strategy.
-    extra: dict[str, Any] = {}
-    if strategy == "all":
-        labeled = LabeledWindows.from_window_labels(oracle_window_labels(store, oracle))
-    else:
-        session = session or default_session(strategy)
-        assert session is not None
-        summary_path = Path(run_dir) / "labels" / session / "summary.json"
-        propagated = read_propagated(run_dir, session)
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        wanted = "cluster" if strategy == "cluster" else "random"
-        if summary.get("strategy") != wanted:
-            raise UserError(
-                f"session {session!r} holds {summary.get('strategy')} labels but --strategy "
-                f"{strategy} trains on {wanted} labels; pass --session with a {wanted} session."
-            )
-        check_propagated_current(run_dir, session, summary)
-        labeled = LabeledWindows.from_frame(propagated)
-        extra = {"session": session, "budget": summary.get("requests")}
-        if int(labeled.windows.max(initial=-1)) >= len(store):
-            raise UserError(
-                f"session {session!r} labels windows beyond the {len(store)} of {store_path}; "
-                "fine-tune on the store the session labeled."
-            )
-
-    default_out = strategy if strategy == "all" else f"{strategy}-{session}"
-    out_dir = Path(run_dir) / "finetune" / (out or default_out)
-    metrics = finetune_strategy(
-        strategy, checkpoint, store, labeled, out_dir, cfg, test_store, extra=extra
-    )
-    line = (
-        f"{strategy}: trained on {metrics['labeled_windows']} labeled windows, "
-        f"{len(metrics['classes'])} classes"
-    )
-    if "mAP" in metrics:
-        line += f"; clip-level mAP {metrics['mAP']:.3f}, d' {metrics['d_prime']:.2f}"
-    print(f"{line}; wrote {out_dir}")
     return metrics
