@@ -20,6 +20,7 @@ from coincide.classifier_fit import (
     fit_head,
     media_split,
     select_steps,
+    validation_measure,
 )
 from coincide.finetune import (
     Classifier,
@@ -50,6 +51,18 @@ def test_media_split_keeps_each_file_on_one_side():
     assert len(set(media[media_split(media, 0.01, 0)[1]])) == 1
     assert len(set(media[media_split(media, 0.99, 0)[0]])) == 1
     assert media_split(np.array(["x", "x"]), 0.5, 0)[1].size == 0
+
+
+def test_media_split_never_holds_out_a_class_that_training_would_lack():
+    media = np.array(["a", "b", "c", "d", "e", "f"])
+    labels = [["dog"], ["dog"], ["cat"], ["bird"], ["bird"], ["dog", "cat"]]
+    for seed in range(20):
+        train, validation = media_split(media, 0.5, seed, labels)
+        trained = {c for i in train for c in labels[i]}
+        assert all(c in trained for i in validation for c in labels[i])
+        assert len(validation) >= 1
+    # Only singleton classes: nothing can be held out.
+    assert media_split(media[:3], 0.5, 0, [["x"], ["y"], ["z"]])[1].size == 0
 
 
 def test_batches_use_a_small_set_whole_and_draw_a_large_one():
@@ -92,15 +105,29 @@ def test_partial_multi_label_loss_counts_only_known_classes():
 
 
 def test_step_selection_stops_after_patience_and_returns_the_best_step():
-    losses = iter([5.0, 4.0, 3.0, 3.5, 3.2, 3.1, 2.0])
+    # (loss, mAP) measured at steps 0, 2, 4, ...: the score decides, the loss breaks ties.
+    measures = iter([(5.0, 0.2), (4.0, 0.5), (4.5, 0.7), (3.0, 0.7), (3.5, 0.6), (2.0, 0.65)])
     steps_taken = []
-    best = select_steps(steps_taken.append, lambda: next(losses), 100, eval_every=2, patience=3)
-    # Measured at steps 0, 2, 4, 6, 8, 10: best 3.0 at step 4, then three worse measurements.
-    assert best == 4 and len(steps_taken) == 10
+    best = select_steps(steps_taken.append, lambda: next(measures), 100, eval_every=2, patience=2)
+    # Best at step 6 (score 0.7 tied, lower loss); steps 8 and 10 are not better: stop.
+    assert best == 6 and len(steps_taken) == 10
     selector = StepSelector(patience=1, min_delta=0.1)
     selector.measure(0, 1.0)
-    selector.measure(5, 0.95)  # less than 10 % better: not an improvement
+    selector.measure(5, 0.95)  # no score: less than 10 % lower loss is not better
     assert selector.best_step == 0 and selector.stop
+
+
+def test_validation_measure_is_the_loss_and_the_label_ranking_of_the_scores():
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 2.0], [1.0, 0.5, 0.0]])
+    targets = LabelTargets.build([["a"], ["b"], ["b"]], ["a", "b", "c"], False)
+    loss, score = validation_measure(logits, targets)
+    assert loss == pytest.approx(float(F.cross_entropy(logits, torch.tensor([0, 1, 1]))))
+    # The true class ranks 1st, 2nd and 2nd: reciprocal ranks 1, 1/2, 1/2.
+    assert score == pytest.approx((1 + 0.5 + 0.5) / 3)
+    # One window is enough to tell a better ranking from a worse one.
+    one, good = targets.rows([1]), torch.tensor([[0.0, 2.0, 1.0]])
+    assert validation_measure(good, one)[1] == pytest.approx(1.0)
+    assert validation_measure(-good, one)[1] == pytest.approx(1 / 3)
 
 
 def test_fit_head_learns_and_keeps_its_best_validation_step():

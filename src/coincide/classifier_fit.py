@@ -25,13 +25,14 @@ windows are closed-world (every class not named is absent: cluster and random la
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import label_ranking_average_precision_score
 from torch import nn
 
 from coincide.losses import ClassificationLoss
@@ -155,15 +156,21 @@ def classifier_loss(logits: torch.Tensor, targets: LabelTargets) -> torch.Tensor
 
 
 def media_split(
-    media_ids: Sequence[str] | np.ndarray, fraction: float, seed: int
+    media_ids: Sequence[str] | np.ndarray,
+    fraction: float,
+    seed: int,
+    labels: Sequence[Sequence[Hashable]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Positions of the labeled windows for training and for validation, split by media file.
 
     Args:
         media_ids: `(m,)` the media file of each labeled window.
-        fraction: share of the media files held out (rounded, at least one file when there are
-            two or more; none when all windows come from one file).
-        seed: the seeded permutation of the files.
+        fraction: share of the media files held out (rounded, at least one when there are two
+            or more files; none when all windows come from one file).
+        seed: the seeded order in which files are considered.
+        labels: the windows' labels: a file is held out only if each of its labels stays on
+            some training file, so validation never measures a class that training cannot
+            learn (and a class labeled once is never held out).
 
     Returns:
         `(train, validation)` int64 positions, ascending; validation is empty when nothing can
@@ -171,8 +178,22 @@ def media_split(
     """
     ids = np.asarray(media_ids).astype(str)
     files = np.unique(ids)
-    held = 0 if len(files) < 2 else min(len(files) - 1, max(1, round(fraction * len(files))))
-    chosen = files[np.random.default_rng(seed).permutation(len(files))[:held]]
+    wanted = 0 if len(files) < 2 else min(len(files) - 1, max(1, round(fraction * len(files))))
+    file_labels: dict[str, set[Hashable]] = {name: set() for name in files}
+    for name, names in zip(ids, labels if labels is not None else [()] * len(ids), strict=True):
+        file_labels[name].update(names)
+    files_with = {c: 0 for names in file_labels.values() for c in names}
+    for names in file_labels.values():
+        for c in names:
+            files_with[c] += 1
+    chosen: list[str] = []
+    for name in files[np.random.default_rng(seed).permutation(len(files))]:
+        if len(chosen) == wanted:
+            break
+        if all(files_with[c] >= 2 for c in file_labels[name]):
+            chosen.append(str(name))
+            for c in file_labels[name]:
+                files_with[c] -= 1
     in_validation = np.isin(ids, chosen)
     return np.flatnonzero(~in_validation), np.flatnonzero(in_validation)
 
@@ -182,31 +203,65 @@ def media_split(
 
 
 class StepSelector:
-    """Early stopping on a validation loss measured every few steps: remembers the best step
-    (and, when asked, the model's weights there); `stop` after `patience` measurements that
-    did not improve on the best by a relative `min_delta`."""
+    """Early stopping on validation measurements taken every few steps.
 
-    def __init__(self, patience: int, min_delta: float = 1e-3) -> None:
+    A measurement is better when its ranking score (`validation_measure`: the test metric
+    ranks too) is higher, or, at an equal score, when its loss is lower by a relative `min_delta`:
+    a loss alone keeps rising while a classifier grows confident on a few labels although it
+    still ranks better. Remembers the best step (and, when asked, the model's weights there);
+    `stop` after `patience` measurements that were not better.
+    """
+
+    def __init__(self, patience: int, min_delta: float = 1e-3, score_tolerance: float = 1e-4):
         self.patience = patience
         self.min_delta = min_delta
+        self.score_tolerance = score_tolerance
+        self.best_score = -float("inf")
         self.best_loss = float("inf")
         self.best_step = 0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.measured = 0
         self.bad = 0
 
-    def measure(self, step: int, loss: float, model: nn.Module | None = None) -> None:
-        if loss < self.best_loss - self.min_delta * abs(self.best_loss) or not np.isfinite(
-            self.best_loss
-        ):
-            self.best_loss, self.best_step, self.bad = loss, step, 0
+    def _better(self, score: float, loss: float) -> bool:
+        if self.measured == 0:
+            return True
+        if score > self.best_score + self.score_tolerance:
+            return True
+        tied = not score < self.best_score - self.score_tolerance  # NaN scores tie
+        return tied and loss < self.best_loss - self.min_delta * abs(self.best_loss)
+
+    def measure(
+        self, step: int, loss: float, score: float = float("nan"), model: nn.Module | None = None
+    ) -> None:
+        """Record the validation `loss` and ranking `score` (NaN: none) at `step`."""
+        if self._better(score, loss):
+            self.best_score, self.best_loss, self.best_step, self.bad = score, loss, step, 0
             if model is not None:
                 self.best_state = copy.deepcopy(model.state_dict())
         else:
             self.bad += 1
+        self.measured += 1
 
     @property
     def stop(self) -> bool:
         return self.bad >= self.patience
+
+
+def validation_measure(logits: torch.Tensor, targets: LabelTargets) -> tuple[float, float]:
+    """`(loss, score)` of validation logits `(n, C)`: L_class, and the label ranking average
+    precision (scikit-learn's LRAP: for each window, how high its labels rank among the classes)
+    over the windows with a positive label; NaN when none has. A per-window ranking score stays
+    informative with a single validation window, where a per-class AP is 1 whatever the scores.
+    """
+    loss = float(classifier_loss(logits, targets))
+    truth = (targets.positive > 0).cpu().numpy()
+    rows = truth.any(axis=1)
+    if not rows.any() or truth.shape[1] < 2:
+        return loss, float("nan")
+    probs = torch.sigmoid(logits) if targets.multilabel else torch.softmax(logits, dim=-1)
+    scores = probs.float().cpu().numpy()
+    return loss, float(label_ranking_average_precision_score(truth[rows], scores[rows]))
 
 
 def fit_head(
@@ -225,9 +280,9 @@ def fit_head(
     Args:
         embeddings: `(m, d)` f(x) of the training windows; targets: theirs.
         steps: at most this many steps (exactly this many without `validation`).
-        validation: `(embeddings, targets)` of held-out windows: training stops when their
-            loss has not improved for `patience` measurements, and the head is put back to its
-            best step.
+        validation: `(embeddings, targets)` of held-out windows, measured every `eval_every`
+            steps: training stops after `patience` measurements without a better one
+            (`StepSelector`), and the head is put back to its best step.
 
     Returns:
         The number of steps the head was trained (the best step with validation).
@@ -238,16 +293,15 @@ def fit_head(
     for step in range(steps + 1):
         if validation is not None and step % eval_every == 0:
             with torch.no_grad():
-                selector.measure(
-                    step, float(classifier_loss(head(validation[0]), validation[1])), head
-                )
+                loss, score = validation_measure(head(validation[0]), validation[1])
+            selector.measure(step, loss, score, head)
             if selector.stop:
                 break
         if step == steps:
             break
-        loss = classifier_loss(head(embeddings), targets)
+        loss_value = classifier_loss(head(embeddings), targets)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_value.backward()
         optimizer.step()
     head.eval()
     if validation is None:
@@ -279,19 +333,20 @@ def freeze_batchnorm(model: nn.Module) -> None:
 
 def select_steps(
     train_step: Callable[[int], float],
-    validation_loss: Callable[[], float],
+    measure: Callable[[], tuple[float, float]],
     max_steps: int,
     eval_every: int,
     patience: int,
 ) -> int:
-    """Run `train_step(step)` until the validation loss (measured at step 0 and every
-    `eval_every` steps) stops improving, or up to `max_steps`; returns the best step (0: the
-    starting weights were best). The caller then trains again from the start on all labels."""
+    """Run `train_step(step)` until the validation `(loss, score)` from `measure` (taken at
+    step 0 and every `eval_every` steps) stops getting better (`StepSelector`), or up to
+    `max_steps`; returns the best step (0: the starting weights were best). The caller then
+    trains again from the start on all labels."""
     selector = StepSelector(patience)
     step = 0
     while True:
         if step % eval_every == 0 or step == max_steps:
-            selector.measure(step, validation_loss())
+            selector.measure(step, *measure())
             if selector.stop:
                 break
         if step == max_steps:
@@ -309,7 +364,7 @@ def choose_steps(
     cfg: FinetuneConfig,
     train_mode: Callable[[], None],
     step_loss: Callable[[torch.optim.Optimizer, np.ndarray, int], float],
-    batch: Callable[[np.ndarray], tuple[torch.Tensor, LabelTargets]],
+    batch: Callable[[np.ndarray], tuple[torch.Tensor, np.ndarray]],
 ) -> dict[str, Any]:
     """The steps of p_class alone (`head_steps`, pretrained f only) and of f with p_class
     (`steps`), picked on a held-out share of the labeled media, and the validation windows
@@ -322,12 +377,13 @@ def choose_steps(
         frozen: `(m, d)` embeddings under the starting f, for the warm start (pretrained f).
         train_mode: puts the model in its training mode; step_loss(optimizer, positions,
             step): one optimizer step on those labeled positions; batch(positions): their
-            inputs and targets.
+            inputs and the positions in the inputs' order.
     """
     fixed = {"head_steps": cfg.head_steps if frozen is not None else 0, "steps": cfg.steps}
     if not cfg.early_stop or media is None:
         return {**fixed, "validation_windows": 0}
-    train_pos, val_pos = media_split(media, cfg.val_fraction, cfg.seed)
+    classes_of = [tuple(np.flatnonzero(row)) for row in targets.positive.cpu().numpy() > 0]
+    train_pos, val_pos = media_split(media, cfg.val_fraction, cfg.seed, classes_of)
     if len(val_pos) == 0:
         return {**fixed, "validation_windows": 0}
     if len(val_pos) > cfg.val_windows:
@@ -351,18 +407,19 @@ def choose_steps(
         picks = train_pos[batch_positions(len(train_pos), cfg.batch_size, cfg.seed, step)]
         return step_loss(optimizer, picks, step)
 
-    def validation_loss() -> float:
+    def validation() -> tuple[float, float]:
         model.eval()
-        total = 0.0
+        logits, order = [], []
         with torch.no_grad():
             for start in range(0, len(val_pos), cfg.eval_batch_size):
                 logmel, rows = batch(val_pos[start : start + cfg.eval_batch_size])
-                total += float(classifier_loss(model(logmel).float(), rows)) * len(logmel)
+                logits.append(model(logmel).float())
+                order.append(rows)
         train_mode()
-        return total / len(val_pos)
+        return validation_measure(torch.cat(logits), targets.rows(np.concatenate(order)))
 
     train_mode()
-    steps = select_steps(train_step, validation_loss, cfg.steps, cfg.eval_every, cfg.patience)
+    steps = select_steps(train_step, validation, cfg.steps, cfg.eval_every, cfg.patience)
     return {
         "head_steps": head_steps,
         "steps": steps,

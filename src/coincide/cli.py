@@ -245,11 +245,17 @@ def cluster(
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per pass.")] = 512,
     seed: Annotated[int, typer.Option("--seed", help="k-means seed.")] = 0,
+    head_steps: Annotated[
+        int,
+        typer.Option(
+            "--head-steps", min=0, help="Train p_clust N more steps on the frozen embeddings."
+        ),
+    ] = 0,
 ) -> None:
     """Assign every window of a store to its arg-max cluster (or k-means), with sizes."""
     from coincide.cluster import run as run_cluster
 
-    run_cluster(run, store, method, k, checkpoint, batch_size, seed)
+    run_cluster(run, store, method, k, checkpoint, batch_size, seed, head_steps)
 
 
 @app.command()
@@ -265,11 +271,18 @@ def label(
         str, typer.Option("--strategy", help="cluster (propagate) or random (N windows).")
     ] = "cluster",
     select: Annotated[
-        str, typer.Option("--select", help="Cluster order: random (paper) or size (largest first).")
+        str,
+        typer.Option("--select", help="Cluster order: random (paper), size or size-uncertainty."),
     ] = "random",
     member: Annotated[
-        str, typer.Option("--member", help="Member shown: random (paper) or medoid.")
+        str, typer.Option("--member", help="Member shown: random (paper), medoid or typical.")
     ] = "random",
+    checks: Annotated[
+        int,
+        typer.Option(
+            "--checks", min=0, help="Ask a check (another member) after every N clusters."
+        ),
+    ] = 0,
     session: Annotated[
         str | None, typer.Option("--session", help="Session name (default: cluster / random).")
     ] = None,
@@ -279,6 +292,9 @@ def label(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the selection.")] = 0,
     method: Annotated[str, typer.Option("--method", help="Clustering: head or kmeans.")] = "head",
     k: Annotated[int | None, typer.Option("--k", min=1, help="k-means centres.")] = None,
+    head_steps: Annotated[
+        int, typer.Option("--head-steps", min=0, help="The clustering of `cluster --head-steps`.")
+    ] = 0,
     serve: Annotated[
         bool, typer.Option("--serve", help="Label in a web page (until Ctrl+C), then propagate.")
     ] = False,
@@ -315,6 +331,8 @@ def label(
         port=port,
         vocab=vocab,
         annotator=annotator,
+        head_steps=head_steps,
+        check_every=checks,
     )
 
 

@@ -115,7 +115,7 @@ class FinetuneConfig:
     eval_every: int = 25
     patience: int = 4
     val_windows: int = 512
-    head_steps: int = 300
+    head_steps: int = 500
     head_lr: float = 1e-2
     progress: bool = True
 
@@ -302,22 +302,25 @@ def train_classifier(
     targets = LabelTargets.build(
         labeled.labels, classes, multilabel, labeled.negatives, labeled.closed
     ).to(device)
-    frozen_rows = None if frozen is None else torch.as_tensor(np.asarray(frozen)).to(device)
+    frozen_rows = (
+        None if frozen is None else torch.from_numpy(np.array(frozen, dtype=np.float32)).to(device)
+    )
 
     # Small labeled sets are read once; big ones (propagated labels) batch by batch.
     cached = None
     if len(labeled.windows) <= cfg.cache_windows:
         cached = torch.from_numpy(store.logmel[labeled.windows])
 
-    def batch(positions: np.ndarray) -> tuple[torch.Tensor, LabelTargets]:
-        """Log-mel inputs `(b, 1, mel, frames)` of labeled positions, and their targets."""
+    def batch(positions: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Log-mel inputs `(b, 1, mel, frames)` of labeled positions, and the positions in
+        the order of the inputs."""
         if cached is None:
             # Sorted rows keep memory-mapped reads sequential within chunks.
             positions = positions[np.argsort(labeled.windows[positions], kind="stable")]
             logmel = torch.from_numpy(store.logmel[labeled.windows[positions]])
         else:
             logmel = cached[positions]
-        return logmel.unsqueeze(1).to(device, non_blocking=True), targets.rows(positions)
+        return logmel.unsqueeze(1).to(device, non_blocking=True), positions
 
     def train_mode() -> None:
         model.train()
@@ -325,10 +328,10 @@ def train_classifier(
             freeze_batchnorm(model)
 
     def step_loss(optimizer: torch.optim.Optimizer, positions: np.ndarray, step: int) -> float:
-        logmel, batch_targets = batch(positions)
+        logmel, rows = batch(positions)
         with _autocast(device, cfg.amp):
             logits = model(logmel)
-        loss = classifier_loss(logits.float(), batch_targets)
+        loss = classifier_loss(logits.float(), targets.rows(rows))
         if not torch.isfinite(loss):
             raise UserError(
                 f"the fine-tuning loss became {loss.item()} at step {step}; lower the learning "
@@ -477,7 +480,7 @@ def evaluate_classifier(
         )
     if test_embeddings is not None and model.encoder_steps == 0:
         with torch.no_grad():
-            rows = torch.as_tensor(np.asarray(test_embeddings, dtype=np.float32)).to(device)
+            rows = torch.from_numpy(np.array(test_embeddings, dtype=np.float32)).to(device)
             window_scores = model.head.probs(rows).float().cpu().numpy()
     else:
         window_scores = score_windows(model.encoder, model.head, test_store, batch_size, device)
