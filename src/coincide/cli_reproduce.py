@@ -1,5 +1,5 @@
 """`coincide reproduce table1|table2|table3`: the paper's tables, one command each (parsing
-only; the work is in coincide.table1 and coincide.consolidation_tables)."""
+only; the work is in coincide.table1, coincide.consolidation_tables and coincide.table3)."""
 
 from __future__ import annotations
 
@@ -93,9 +93,22 @@ def reproduce_table2(
     budgets: Annotated[
         str, typer.Option("--budgets", help="Clusters labeled per row (default 0.37 K).")
     ] = "",
-    select: Annotated[str, typer.Option("--select", help="random or size.")] = "random",
-    member: Annotated[str, typer.Option("--member", help="random or medoid.")] = "random",
+    select: Annotated[
+        str, typer.Option("--select", help="random, size or size-uncertainty.")
+    ] = "random",
+    member: Annotated[str, typer.Option("--member", help="random, medoid or typical.")] = "random",
     seed: Annotated[int, typer.Option("--seed", help="Seed of selection and k-means.")] = 0,
+    head_steps: Annotated[
+        str,
+        typer.Option("--head-steps", help="N1,N2,...: rows of p_clust trained N more steps."),
+    ] = "",
+    kmeans_at_head_k: Annotated[
+        bool,
+        typer.Option(
+            "--kmeans-at-head-k/--no-kmeans-at-head-k",
+            help="A k-means row at each head's K, on the same embeddings.",
+        ),
+    ] = True,
 ) -> None:
     """Table 2: K, active clusters, V-measure, labeled, label recall and precision."""
     from coincide.consolidation_tables import run_table2
@@ -107,9 +120,11 @@ def reproduce_table2(
         oracle,
         _int_list(k, "--k"),
         _int_list(budgets, "--budgets") or None,
-        order=select,
-        member=member,
+        order=select,  # type: ignore[arg-type]  # checked by the selection
+        member=member,  # type: ignore[arg-type]
         seed=seed,
+        head_steps=_int_list(head_steps, "--head-steps"),
+        kmeans_at_head_k=kmeans_at_head_k,
     )
 
 
@@ -125,11 +140,32 @@ def reproduce_table3(
     oracle: Annotated[str, typer.Option("--oracle", help="'store' or a path,label CSV.")] = "store",
     method: Annotated[str, typer.Option("--method", help="Clustering: head or kmeans.")] = "head",
     k: Annotated[int | None, typer.Option("--k", min=1, help="k-means centres.")] = None,
-    select: Annotated[str, typer.Option("--select", help="random or size.")] = "random",
-    member: Annotated[str, typer.Option("--member", help="random or medoid.")] = "random",
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Fine-tuning steps per row.")] = 2000,
+    head_steps: Annotated[
+        int, typer.Option("--head-steps", min=0, help="p_clust trained N more steps first.")
+    ] = 0,
+    seeds: Annotated[
+        str, typer.Option("--seeds", help="Label draws (and row training seeds), e.g. 0,1,2.")
+    ] = "0,1,2",
+    queries: Annotated[
+        str,
+        typer.Option(
+            "--queries",
+            help="Extra cluster rows: member=medoid|typical, order=size|size-uncertainty, "
+            "checks=N, or all.",
+        ),
+    ] = "",
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, help="Most fine-tuning steps per row.")
+    ] = 2000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per step.")] = 64,
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-4,
+    early_stop: Annotated[
+        bool,
+        typer.Option(
+            "--early-stop/--fixed-steps",
+            help="Steps chosen on held-out labeled media (default), or exactly --steps.",
+        ),
+    ] = True,
     multilabel: Annotated[
         bool | None,
         typer.Option("--multilabel/--single-label", help="Default: from the labels."),
@@ -137,14 +173,27 @@ def reproduce_table3(
     topline: Annotated[
         bool, typer.Option("--topline/--no-topline", help="Also train on all labels.")
     ] = True,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of selection and training.")] = 0,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Rows trained at once (default: one per core)."),
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", hidden=True, help="One label draw (--seeds S).")
+    ] = None,
 ) -> None:
-    """Table 3: mAP and d' against label budget for random and cluster labeling, and a plot."""
-    from coincide.consolidation_tables import run_table3
+    """Table 3: mAP and d' against label budget for random and cluster labeling (mean and
+    spread over label draws), label-efficiency ratios, and a plot."""
     from coincide.finetune import FinetuneConfig
+    from coincide.table3 import parse_queries, run_table3
 
+    seed_list = [seed] if seed is not None else _int_list(seeds, "--seeds")
     cfg = FinetuneConfig(
-        steps=steps, batch_size=batch_size, lr=lr, multilabel=multilabel, seed=seed
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        multilabel=multilabel,
+        seed=seed_list[0] if seed_list else 0,
+        early_stop=early_stop,
     )
     run_table3(
         run,
@@ -154,10 +203,11 @@ def reproduce_table3(
         out,
         oracle,
         cfg,
-        method,
+        method,  # type: ignore[arg-type]  # checked by the clustering
         k,
-        select,
-        member,
-        seed,
-        topline,
+        seeds=seed_list,
+        queries=parse_queries(queries),
+        topline=topline,
+        workers=workers,
+        head_steps=head_steps,
     )

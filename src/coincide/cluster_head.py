@@ -121,14 +121,15 @@ def train_head(
         rows = np.sort(np.random.default_rng([seed, step]).integers(n, size=min(batch_size, n)))
         batch = torch.from_numpy(np.array(embeddings[rows], dtype=np.float32)).to(device)
         loss = loss_fn(head(batch))
-        if not math.isfinite(float(loss)):
+        value = float(loss.detach())
+        if not math.isfinite(value):
             raise UserError(
-                f"the clustering loss became {float(loss)} at step {step} of --head-steps; "
+                f"the clustering loss became {value} at step {step} of --head-steps; "
                 "use fewer steps."
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if on_step is not None:
-            on_step(step + 1, float(loss))
+            on_step(step + 1, value)
     return head.eval()
