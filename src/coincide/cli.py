@@ -228,182 +228,13 @@ def train(
     run_training(store, run, config or [], overrides or [], eval_store, eval_every)
 
 
-@app.command()
-def cluster(
-    run: Annotated[Path, typer.Argument(help="Run folder (from `coincide train`).")],
-    store: Annotated[Path, typer.Option("--store", help="Feature store whose windows to cluster.")],
-    method: Annotated[
-        str,
-        typer.Option("--method", help="head (the run's p_clust) or kmeans (on f's embeddings)."),
-    ] = "head",
-    k: Annotated[int | None, typer.Option("--k", min=1, help="k-means centres.")] = None,
-    checkpoint: Annotated[
-        Path | None,
-        typer.Option(
-            "--checkpoint", help="Checkpoint (default RUN/checkpoints/best.pt, best held-out)."
-        ),
-    ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per pass.")] = 512,
-    seed: Annotated[int, typer.Option("--seed", help="k-means seed.")] = 0,
-    head_steps: Annotated[
-        int,
-        typer.Option(
-            "--head-steps", min=0, help="Train p_clust N more steps on the frozen embeddings."
-        ),
-    ] = 0,
-) -> None:
-    """Assign every window of a store to its arg-max cluster (or k-means), with sizes."""
-    from coincide.cluster import run as run_cluster
+# The consolidation commands (cluster, label, labels export, finetune) live in cli_labeling.
+from coincide.cli_labeling import cluster, finetune, label, labels_app  # noqa: E402
 
-    run_cluster(run, store, method, k, checkpoint, batch_size, seed, head_steps)
-
-
-@app.command()
-def label(
-    run: Annotated[Path, typer.Argument(help="Run folder with a clustering of the store.")],
-    store: Annotated[Path, typer.Option("--store", help="Feature store that was clustered.")],
-    budget: Annotated[int, typer.Option("--budget", min=1, help="Labels to ask (N clusters).")],
-    oracle: Annotated[
-        str | None,
-        typer.Option("--oracle", help="Simulated annotator: 'store' or a path,label CSV."),
-    ] = None,
-    strategy: Annotated[
-        str, typer.Option("--strategy", help="cluster (propagate) or random (N windows).")
-    ] = "cluster",
-    select: Annotated[
-        str,
-        typer.Option("--select", help="Cluster order: random (paper), size or size-uncertainty."),
-    ] = "random",
-    member: Annotated[
-        str, typer.Option("--member", help="Member shown: random (paper), medoid or typical.")
-    ] = "random",
-    checks: Annotated[
-        int,
-        typer.Option(
-            "--checks", min=0, help="Ask a check (another member) after every N clusters."
-        ),
-    ] = 0,
-    session: Annotated[
-        str | None, typer.Option("--session", help="Session name (default: cluster / random).")
-    ] = None,
-    db: Annotated[
-        Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the selection.")] = 0,
-    method: Annotated[str, typer.Option("--method", help="Clustering: head or kmeans.")] = "head",
-    k: Annotated[int | None, typer.Option("--k", min=1, help="k-means centres.")] = None,
-    head_steps: Annotated[
-        int, typer.Option("--head-steps", min=0, help="The clustering of `cluster --head-steps`.")
-    ] = 0,
-    serve: Annotated[
-        bool, typer.Option("--serve", help="Label in a web page (until Ctrl+C), then propagate.")
-    ] = False,
-    host: Annotated[
-        str, typer.Option("--host", help="Page address; not loopback: a token is required.")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Page port.")] = 8750,
-    vocab: Annotated[
-        Path | None,
-        typer.Option("--vocab", help="Label suggestions: text list or AudioSet ontology.json."),
-    ] = None,
-    annotator: Annotated[
-        str | None, typer.Option("--annotator", help="Default annotator name in the page.")
-    ] = None,
-) -> None:
-    """Label clusters (one member each, propagated to the cluster) or random windows."""
-    from coincide.label import run as run_label
-
-    run_label(
-        run,
-        store,
-        budget,
-        oracle,
-        strategy,
-        select,
-        member,
-        session,
-        db,
-        seed,
-        method,
-        k,
-        serve=serve,
-        host=host,
-        port=port,
-        vocab=vocab,
-        annotator=annotator,
-        head_steps=head_steps,
-        check_every=checks,
-    )
-
-
-labels_app = typer.Typer(help="Labels given in labeling sessions.", no_args_is_help=True)
+app.command()(cluster)
+app.command()(label)
 app.add_typer(labels_app, name="labels")
-
-
-@labels_app.command("export")
-def labels_export(
-    run: Annotated[Path, typer.Argument(help="Run folder holding the label store.")],
-    fmt: Annotated[str, typer.Option("--format", help="csv (one row per label) or json.")] = "csv",
-    session: Annotated[
-        str | None, typer.Option("--session", help="Session name (default: the only one).")
-    ] = None,
-    db: Annotated[
-        Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
-    ] = None,
-    store: Annotated[
-        Path | None, typer.Option("--store", help="Feature store (default: the session's).")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Folder (default RUN/labels/<session>/).")
-    ] = None,
-) -> None:
-    """Write a session's answers and its propagated window labels (answers.*, windows.*)."""
-    from coincide.labelui.export import run as run_export
-
-    run_export(run, fmt, session, db, store, out)
-
-
-@app.command()
-def finetune(
-    run: Annotated[Path, typer.Argument(help="Run folder (curriculum checkpoint, labels).")],
-    store: Annotated[Path, typer.Option("--store", help="Feature store the labels refer to.")],
-    strategy: Annotated[
-        str,
-        typer.Option(
-            "--strategy", help="cluster, random-scratch, random-pretrained or all (topline)."
-        ),
-    ] = "cluster",
-    session: Annotated[
-        str | None, typer.Option("--session", help="Labeling session (default by strategy).")
-    ] = None,
-    out: Annotated[
-        str | None, typer.Option("--out", help="Output subfolder of RUN/finetune/.")
-    ] = None,
-    test_store: Annotated[
-        Path | None, typer.Option("--test-store", help="Labeled store to score clips on.")
-    ] = None,
-    oracle: Annotated[
-        str, typer.Option("--oracle", help="Labels for --strategy all: 'store' or a CSV.")
-    ] = "store",
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimizer steps.")] = 2000,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per step.")] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-4,
-    multilabel: Annotated[
-        bool | None,
-        typer.Option(
-            "--multilabel/--single-label", help="Sigmoid or softmax (default: from the labels)."
-        ),
-    ] = None,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of batches and fresh weights.")] = 0,
-) -> None:
-    """Fine-tune f with a classifier p_class on labeled windows (L_class only); score clips."""
-    from coincide.finetune import FinetuneConfig
-    from coincide.finetune_command import run as run_finetune
-
-    cfg = FinetuneConfig(
-        steps=steps, batch_size=batch_size, lr=lr, multilabel=multilabel, seed=seed
-    )
-    run_finetune(run, store, strategy, session, out, test_store, oracle, None, cfg)
+app.command()(finetune)
 
 
 @app.command()
@@ -504,11 +335,37 @@ def search(
         typer.Option("--nprobe", min=1, help="Index lists scanned (large stores; default auto)."),
     ] = None,
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
+    label_as: Annotated[
+        str | None,
+        typer.Option("--label-as", help="Ask of each hit: is this CLASS? (a search session)."),
+    ] = None,
+    session: Annotated[
+        str | None, typer.Option("--session", help="Search session (default from class, query).")
+    ] = None,
+    db: Annotated[
+        Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
+    ] = None,
+    oracle: Annotated[
+        str | None, typer.Option("--oracle", help="Answer from labels: 'store' or a CSV.")
+    ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Answer the hits in the labeling page.")
+    ] = False,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Page port.")] = 8750,
 ) -> None:
-    """Find the store windows that sound most like an example (cosine distance)."""
+    """Find the store windows that sound most like an example (cosine distance); --label-as
+    CLASS asks of each hit whether it is one (a search session for the labeling page)."""
     from coincide.search import run as run_search
 
-    run_search(run, store, query, query_window, top, html, nprobe, device)
+    hits = run_search(run, store, query, query_window, top, html, nprobe, device)
+    if label_as is not None:
+        from coincide.search_label import run as label_hits
+        from coincide.store.features import open_store
+
+        asked = query if query is not None else f"store window {query_window}"
+        label_hits(
+            run, open_store(store), hits, label_as, asked, session, db, oracle, serve, port=port
+        )
 
 
 @app.command()

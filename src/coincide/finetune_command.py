@@ -41,8 +41,12 @@ def run(
     oracle: str = "store",
     checkpoint: Path | None = None,
     cfg: FinetuneConfig | None = None,
+    with_search: bool = False,
+    db: Path | None = None,
 ) -> dict[str, Any]:
-    """The `coincide finetune` command: read the labels, train, evaluate, write."""
+    """The `coincide finetune` command: read the labels, train, evaluate, write. With
+    `with_search`, the answers of every search session on the store (in `db`, default
+    RUN/labels.sqlite) are added to the strategy's labels (`coincide.search_label`)."""
     from coincide.cluster import default_checkpoint
     from coincide.label import check_propagated_current, oracle_window_labels, read_propagated
     from coincide.store.features import open_store
@@ -81,7 +85,11 @@ def run(
                 "fine-tune on the store the session labeled."
             )
 
+    if with_search:
+        labeled, extra["search_sessions"] = _add_search_labels(run_dir, store, labeled, db)
+
     default_out = strategy if strategy == "all" else f"{strategy}-{session}"
+    default_out += "-search" if with_search else ""
     out_dir = Path(run_dir) / "finetune" / (out or default_out)
     metrics = finetune_strategy(
         strategy, checkpoint, store, labeled, out_dir, cfg, test_store, extra=extra
@@ -94,3 +102,32 @@ def run(
         line += f"; clip-level mAP {metrics['mAP']:.3f}, d' {metrics['d_prime']:.2f}"
     print(f"{line}; wrote {out_dir}")
     return metrics
+
+
+def _add_search_labels(
+    run_dir: Path, store: Any, labeled: LabeledWindows, db: Path | None
+) -> tuple[LabeledWindows, list[str]]:
+    """The labels with every search session's answers on top, and those sessions' names."""
+    from coincide.search_label import merge_search_labels, search_answers, search_sessions
+    from coincide.store.labels import SQLiteLabelStore
+
+    db_path = Path(db) if db else Path(run_dir) / "labels.sqlite"
+    if not db_path.is_file():
+        raise UserError(
+            f"--with-search: no label store at {db_path}; label search hits first with "
+            "`coincide search RUN --store STORE --query ... --label-as CLASS`."
+        )
+    with SQLiteLabelStore(db_path) as label_store:
+        sessions = search_sessions(label_store, store.root)
+        if not sessions:
+            raise UserError(
+                f"--with-search: {db_path} has no search session on {store.root}; label search "
+                "hits first with `coincide search ... --label-as CLASS`."
+            )
+        answers = search_answers(label_store, sessions)
+    merged = merge_search_labels(labeled, answers)
+    print(
+        f"search labels: {len(answers)} windows answered in {len(sessions)} search sessions; "
+        f"{len(merged.windows)} windows to train on"
+    )
+    return merged, [s.name for s in sessions]

@@ -53,6 +53,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from coincide.errors import MediaError, UserError
 from coincide.labelui import clips
 from coincide.labelui.campaign import Campaign, Conflict, Member, NotFound
+from coincide.labelui.extras import extra_routes
 from coincide.labelui.vocab import Vocabulary
 from coincide.store.labels import ANSWER_KINDS, Answer
 from coincide.store.labels import Request as LabelRequest
@@ -71,6 +72,7 @@ _DIGITS = re.compile(r"^[0-9]{1,18}$")
 STATIC_TYPES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "extra.js": "text/javascript; charset=utf-8",  # coincide.labelui.extras
     "style.css": "text/css; charset=utf-8",
 }
 SECURITY_HEADERS = [
@@ -477,6 +479,7 @@ def create_app(
         Route("/api/answer", answer, methods=["POST"]),
         Route("/api/undo", undo, methods=["POST"]),
         Route("/api/answers", answers),
+        *extra_routes(campaign),
     ]
     handlers: dict[Any, Callable[[Request, Any], Awaitable[Response]]] = {
         ApiError: _on_api_error,
