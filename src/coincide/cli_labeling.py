@@ -8,6 +8,15 @@ from typing import Annotated
 
 import typer
 
+# Shared with `reproduce table3`: how a classifier's number of steps is chosen.
+EarlyStop = Annotated[
+    bool,
+    typer.Option(
+        "--early-stop/--fixed-steps",
+        help="Steps chosen on held-out labeled media (default), or exactly --steps.",
+    ),
+]
+
 
 def cluster(
     run: Annotated[Path, typer.Argument(help="Run folder (from `coincide train`).")],
@@ -172,13 +181,7 @@ def finetune(
         ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of batches and fresh weights.")] = 0,
-    early_stop: Annotated[
-        bool,
-        typer.Option(
-            "--early-stop/--fixed-steps",
-            help="Steps chosen on held-out labeled media (default), or exactly --steps.",
-        ),
-    ] = True,
+    early_stop: EarlyStop = True,
     with_search: Annotated[
         bool,
         typer.Option("--with-search", help="Add the answers of the store's search sessions."),

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from coincide.cli_labeling import EarlyStop
 from coincide.errors import UserError
 
 reproduce_app = typer.Typer(
@@ -159,13 +160,7 @@ def reproduce_table3(
     ] = 2000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per step.")] = 64,
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-4,
-    early_stop: Annotated[
-        bool,
-        typer.Option(
-            "--early-stop/--fixed-steps",
-            help="Steps chosen on held-out labeled media (default), or exactly --steps.",
-        ),
-    ] = True,
+    early_stop: EarlyStop = True,
     multilabel: Annotated[
         bool | None,
         typer.Option("--multilabel/--single-label", help="Default: from the labels."),

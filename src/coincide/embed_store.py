@@ -134,32 +134,6 @@ def embed_windows(
     return result
 
 
-def embed_rows(
-    encoder: nn.Module,
-    store: FeatureStore,
-    windows: np.ndarray,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    device: torch.device | None = None,
-) -> np.ndarray:
-    """`(m, d)` float32 embeddings f(x) of some windows of `store` (indices `(m,)`, any order),
-    in eval mode; the encoder's mode is put back afterwards."""
-    device = device or default_device()
-    windows = np.asarray(windows, dtype=np.int64)
-    result = np.empty((len(windows), _embed_dim(encoder)), dtype=np.float32)
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(windows), batch_size):
-                rows = windows[start : start + batch_size]
-                inputs = torch.from_numpy(store.logmel[rows]).unsqueeze(1).to(device)
-                with _autocast(device):
-                    result[start : start + len(rows)] = encoder(inputs).float().cpu().numpy()
-    finally:
-        encoder.train(was_training)
-    return result
-
-
 def assign_windows(
     encoder: nn.Module,
     cluster_head: ClusterHead,

@@ -52,11 +52,12 @@ from coincide.classifier_fit import (
     freeze_batchnorm,
     is_multilabel,
 )
-from coincide.embed_store import DEFAULT_BATCH_SIZE, default_device, embed_rows, score_windows
+from coincide.embed_store import DEFAULT_BATCH_SIZE, default_device, score_windows
 from coincide.errors import UserError, short_reason
 from coincide.metrics import clip_scores, labels_to_matrix, mean_average_precision, mean_d_prime
 from coincide.models.encoders import Encoder, EncoderConfig, build_encoder
 from coincide.models.heads import ClassifierHead
+from coincide.representations import embed_positions
 from coincide.store.features import FeatureStore
 from coincide.train.checkpoint import CHECKSUM_KEY, payload_checksum, verify_checksum
 
@@ -573,7 +574,7 @@ def finetune_strategy(
         frozen = (
             np.asarray(embeddings[labeled.windows], dtype=np.float32)
             if embeddings is not None
-            else embed_rows(encoder, store, labeled.windows, cfg.eval_batch_size, device)
+            else embed_positions(encoder, store, labeled.windows, cfg.eval_batch_size, device)
         )
     model = train_classifier(encoder, store, labeled, out_dir, cfg, settings, device, frozen)
     metrics: dict[str, Any] = {

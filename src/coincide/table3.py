@@ -30,6 +30,7 @@ row already made with the same settings is read back. The tables, ratios and plo
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import resource
 import time
@@ -392,6 +393,7 @@ def table3(
     # One task per row; a budget past the active clusters asks the same labels as a smaller
     # one (every cluster), so one row stands for both.
     tasks: list[dict[str, Any]] = []
+    empty: list[dict[str, Any]] = []
     seen: set[tuple[str, int, int]] = set()
     for labels in drawn:
         strategies = (
@@ -408,7 +410,9 @@ def table3(
             base = {"strategy": strategy, "query": labels.query, "budget": labels.budget}
             base.update(seed=labels.seed, examples=len(labels.labeled.windows), **labels.quality)
             if len(labels.labeled.windows) == 0:
+                # Every answer was a skip: no classifier can be trained, the row says so.
                 print(f"table3: {row}: every answer was a skip, no classifier", flush=True)
+                empty.append({**base, "mAP": math.nan, "d_prime": math.nan})
                 continue
             tasks.append(
                 {
@@ -459,7 +463,7 @@ def table3(
         }
         for task, result in zip(tasks, results, strict=True)
     ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows + empty)
 
 
 def _row_folder(strategy: str) -> str:
