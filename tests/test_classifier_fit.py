@@ -18,7 +18,7 @@ from coincide.classifier_fit import (
     batch_positions,
     classifier_loss,
     fit_head,
-    media_split,
+    group_split,
     select_steps,
     validation_measure,
 )
@@ -42,27 +42,27 @@ torch.set_num_threads(1)
 
 def test_media_split_keeps_each_file_on_one_side():
     media = np.array(["a", "a", "b", "c", "c", "c", "d", "e"])
-    train, validation = media_split(media, 0.4, seed=3)
+    train, validation = group_split(media, 0.4, seed=3)
     assert sorted(np.concatenate([train, validation]).tolist()) == list(range(8))
     held = set(media[validation])
     assert len(held) == 2  # round(0.4 * 5 files)
     assert not held & set(media[train])
     # At least one file is held out, never all of them; one file cannot be split.
-    assert len(set(media[media_split(media, 0.01, 0)[1]])) == 1
-    assert len(set(media[media_split(media, 0.99, 0)[0]])) == 1
-    assert media_split(np.array(["x", "x"]), 0.5, 0)[1].size == 0
+    assert len(set(media[group_split(media, 0.01, 0)[1]])) == 1
+    assert len(set(media[group_split(media, 0.99, 0)[0]])) == 1
+    assert group_split(np.array(["x", "x"]), 0.5, 0)[1].size == 0
 
 
 def test_media_split_never_holds_out_a_class_that_training_would_lack():
     media = np.array(["a", "b", "c", "d", "e", "f"])
     labels = [["dog"], ["dog"], ["cat"], ["bird"], ["bird"], ["dog", "cat"]]
     for seed in range(20):
-        train, validation = media_split(media, 0.5, seed, labels)
+        train, validation = group_split(media, 0.5, seed, labels)
         trained = {c for i in train for c in labels[i]}
         assert all(c in trained for i in validation for c in labels[i])
         assert len(validation) >= 1
     # Only singleton classes: nothing can be held out.
-    assert media_split(media[:3], 0.5, 0, [["x"], ["y"], ["z"]])[1].size == 0
+    assert group_split(media[:3], 0.5, 0, [["x"], ["y"], ["z"]])[1].size == 0
 
 
 def test_batches_use_a_small_set_whole_and_draw_a_large_one():

@@ -61,9 +61,15 @@ def test_targets_single_and_multi_label():
 
 
 def test_labeled_windows_drop_rows_without_labels():
-    frame = pd.DataFrame({"window_index": [3, 5, 9], "labels": [["a"], [], ["b", "c"]]})
+    frame = pd.DataFrame(
+        {"window_index": [3, 5, 9], "labels": [["a"], [], ["b", "c"]], "cluster_id": [7, 7, 2]}
+    )
     labeled = LabeledWindows.from_frame(frame)
     assert labeled.windows.tolist() == [3, 9] and labeled.labels == [["a"], ["b", "c"]]
+    assert labeled.groups is None  # validation holds out media files
+    by_cluster = LabeledWindows.from_frame(frame, by_cluster=True)
+    assert by_cluster.groups.tolist() == [7, 2]  # ... or the answered clusters
+    assert by_cluster.fingerprint() != labeled.fingerprint()
     assert LabeledWindows.from_window_labels([[], ["x"], []]).windows.tolist() == [1]
 
 

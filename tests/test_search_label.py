@@ -46,6 +46,10 @@ def test_merge_search_labels_by_hand():
     assert merged.negatives == [[], ["dog"], [], [], ["cat"]]
     # Window 1 keeps its closed cluster label; 2 lost its only label, 7 and 8 were only searched.
     assert merged.closed.tolist() == [True, False, True, False, False]
+    assert merged.groups is None
+    grouped = LabeledWindows(cluster.windows, cluster.labels, groups=np.array([4, 5, 5]))
+    # Validation groups: the answered clusters, and a group of its own for a searched window.
+    assert merge_search_labels(grouped, answers).groups.tolist() == [4, 5, 5, -8, -9]
 
 
 def test_search_answers_latest_wins_and_unsure_says_nothing():

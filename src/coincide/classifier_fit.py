@@ -1,13 +1,18 @@
-"""How long to train p_class (and f): a held-out split of the labeled media picks the number of
-steps, then the classifier is trained again on every label for that many steps.
+"""How long to train p_class (and f): a held-out split of the labeled windows picks the number
+of steps, then the classifier is trained again on every label for that many steps.
 
 `coincide finetune` and `coincide reproduce table3` fine-tune f with L_class (paper 3.4) on a
 few labeled windows. A fixed step count is either too short for thousands of propagated labels
 or far too long for five random ones (it overfits them and costs minutes). Instead:
 
-1. Split the labeled windows by media file (`media_split`): a validation share of the media
-   (never the test store) and the rest for training. Windows of one file stay on one side, so
-   validation measures other recordings.
+1. Split the labeled windows into training and validation (`group_split`), holding out whole
+   groups: media files (windows of one file stay on one side, so validation measures other
+   recordings), or, for propagated labels, the answered clusters they came from. A window whose
+   cluster stays in training carries that cluster's answer, which a classifier on the frozen f
+   already predicts (the clusters are regions of f): validation on it would never ask for f to
+   be fine-tuned. A held-out cluster asks whether what was learned from the other clusters
+   carries over to windows no answer reached, as the test store does. Groups are held out only
+   when each of their classes stays in training; the validation share is never the test store.
 2. With a pretrained f, first fit p_class alone on the frozen embeddings f(x) (`fit_head`, full
    batch: milliseconds), so that fine-tuning starts from a classifier that already works
    ("warm start"); its step count is picked on the validation windows the same way.
@@ -155,28 +160,29 @@ def classifier_loss(logits: torch.Tensor, targets: LabelTargets) -> torch.Tensor
 # The validation split
 
 
-def media_split(
-    media_ids: Sequence[str] | np.ndarray,
+def group_split(
+    groups: Sequence[Hashable] | np.ndarray,
     fraction: float,
     seed: int,
     labels: Sequence[Sequence[Hashable]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of the labeled windows for training and for validation, split by media file.
+    """Positions of the labeled windows for training and for validation, holding out whole
+    groups (media files, or answered clusters).
 
     Args:
-        media_ids: `(m,)` the media file of each labeled window.
-        fraction: share of the media files held out (rounded, at least one when there are two
-            or more files; none when all windows come from one file).
-        seed: the seeded order in which files are considered.
-        labels: the windows' labels: a file is held out only if each of its labels stays on
-            some training file, so validation never measures a class that training cannot
+        groups: `(m,)` the group of each labeled window.
+        fraction: share of the groups held out (rounded, at least one when there are two or
+            more; none when all windows are in one group).
+        seed: the seeded order in which groups are considered.
+        labels: the windows' labels: a group is held out only if each of its labels stays in
+            some training group, so validation never measures a class that training cannot
             learn (and a class labeled once is never held out).
 
     Returns:
         `(train, validation)` int64 positions, ascending; validation is empty when nothing can
         be held out.
     """
-    ids = np.asarray(media_ids).astype(str)
+    ids = np.asarray(groups).astype(str)
     files = np.unique(ids)
     wanted = 0 if len(files) < 2 else min(len(files) - 1, max(1, round(fraction * len(files))))
     file_labels: dict[str, set[Hashable]] = {name: set() for name in files}
@@ -358,7 +364,7 @@ def select_steps(
 
 def choose_steps(
     model: nn.Module,
-    media: np.ndarray | None,
+    groups: np.ndarray | None,
     targets: LabelTargets,
     frozen: torch.Tensor | None,
     cfg: FinetuneConfig,
@@ -367,12 +373,13 @@ def choose_steps(
     batch: Callable[[np.ndarray], tuple[torch.Tensor, np.ndarray]],
 ) -> dict[str, Any]:
     """The steps of p_class alone (`head_steps`, pretrained f only) and of f with p_class
-    (`steps`), picked on a held-out share of the labeled media, and the validation windows
-    measured; the fixed counts when early stopping is off or every window comes from one file.
+    (`steps`), picked on a held-out share of the groups, and the validation windows measured;
+    the fixed counts when early stopping is off or nothing can be held out.
 
     Args:
         model: p_class on f, at its start (left wherever selection stopped).
-        media: `(m,)` media file of each labeled window (None without early stopping);
+        groups: `(m,)` what validation holds out whole for each labeled window: its media
+            file, or the answered cluster its label came from (None without early stopping);
             targets: their targets.
         frozen: `(m, d)` embeddings under the starting f, for the warm start (pretrained f).
         train_mode: puts the model in its training mode; step_loss(optimizer, positions,
@@ -380,10 +387,10 @@ def choose_steps(
             inputs and the positions in the inputs' order.
     """
     fixed = {"head_steps": cfg.head_steps if frozen is not None else 0, "steps": cfg.steps}
-    if not cfg.early_stop or media is None:
+    if not cfg.early_stop or groups is None:
         return {**fixed, "validation_windows": 0}
     classes_of = [tuple(np.flatnonzero(row)) for row in targets.positive.cpu().numpy() > 0]
-    train_pos, val_pos = media_split(media, cfg.val_fraction, cfg.seed, classes_of)
+    train_pos, val_pos = group_split(groups, cfg.val_fraction, cfg.seed, classes_of)
     if len(val_pos) == 0:
         return {**fixed, "validation_windows": 0}
     if len(val_pos) > cfg.val_windows:

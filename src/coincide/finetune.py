@@ -137,22 +137,27 @@ class LabeledWindows:
 
     Partial labels (search answers) add `negatives` (m lists of classes known to be absent) and
     `closed` `(m,)` bool: False for a window whose other classes are unknown. None means no
-    negatives and every window closed-world (cluster and random labels).
+    negatives and every window closed-world (cluster and random labels). `groups` `(m,)`: what
+    validation holds out whole, e.g. the answered cluster a propagated label came from (None:
+    the media file).
     """
 
     windows: np.ndarray
     labels: list[list[str]]
     negatives: list[list[str]] | None = None
     closed: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> LabeledWindows:
-        """From a `window_index, labels` table (propagated labels); rows without a label drop."""
+    def from_frame(cls, frame: pd.DataFrame, by_cluster: bool = False) -> LabeledWindows:
+        """From a `window_index, labels[, cluster_id]` table (propagated labels); rows without a
+        label drop. `by_cluster`: validation holds out whole answered clusters."""
         keep = [bool(len(labels)) for labels in frame["labels"]]
         kept = frame[keep]
         return cls(
             windows=kept["window_index"].to_numpy(dtype=np.int64),
             labels=[list(labels) for labels in kept["labels"]],
+            groups=kept["cluster_id"].to_numpy(dtype=np.int64) if by_cluster else None,
         )
 
     @classmethod
@@ -168,6 +173,8 @@ class LabeledWindows:
         if self.negatives is not None or self.closed is not None:
             digest.update(json.dumps(self.negatives).encode())
             digest.update(np.asarray(self.closed, dtype=bool).tobytes())
+        if self.groups is not None:
+            digest.update(b"groups" + np.asarray(self.groups, dtype=np.int64).tobytes())
         return digest.hexdigest()[:16]
 
     def classes(self) -> list[str]:
@@ -360,7 +367,14 @@ def train_classifier(
         selected = dict(payload["selected"])
     else:
         # Which media file each labeled window comes from: the validation split keeps files whole.
-        media = store.index["media_id"].to_numpy()[labeled.windows] if cfg.early_stop else None
+        # What validation holds out whole: answered clusters, or media files.
+        groups = None
+        if cfg.early_stop:
+            groups = (
+                labeled.groups
+                if labeled.groups is not None
+                else store.index["media_id"].to_numpy()[labeled.windows]
+            )
         with _progress(cfg.progress, f"{out_dir.name}: choosing steps") as progress:
             task = progress.add_task("select", total=cfg.steps, loss=float("nan"))
 
@@ -370,7 +384,7 @@ def train_classifier(
                 return loss
 
             selected = choose_steps(
-                model, media, targets, frozen_rows, cfg, train_mode, shown_step, batch
+                model, groups, targets, frozen_rows, cfg, train_mode, shown_step, batch
             )
         model.load_state_dict(start)
         if frozen_rows is not None:

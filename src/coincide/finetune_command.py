@@ -77,7 +77,7 @@ def run(
                 f"{strategy} trains on {wanted} labels; pass --session with a {wanted} session."
             )
         check_propagated_current(run_dir, session, summary)
-        labeled = LabeledWindows.from_frame(propagated)
+        labeled = LabeledWindows.from_frame(propagated, by_cluster=strategy == "cluster")
         extra = {"session": session, "budget": summary.get("requests")}
         if int(labeled.windows.max(initial=-1)) >= len(store):
             raise UserError(

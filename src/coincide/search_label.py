@@ -31,6 +31,7 @@ import numpy as np
 
 from coincide.errors import UserError
 from coincide.finetune import LabeledWindows
+from coincide.label_select import check_id
 from coincide.store.features import FeatureStore
 from coincide.store.labels import LabelStore, Session, SQLiteLabelStore
 from coincide.store.media_labels import check_label
@@ -151,8 +152,10 @@ def merge_search_labels(
 
     Returns:
         Windows ascending; a window only the search labels is open-world (`closed` False).
+        With cluster `groups`, a searched window forms a group of its own.
     """
     rows: dict[int, tuple[set[str], set[str], bool]] = {}
+    groups: dict[int, int] = {}
     if labeled is not None:
         closed = labeled.closed if labeled.closed is not None else [True] * len(labeled.windows)
         negatives = labeled.negatives or [[] for _ in labeled.windows]
@@ -160,6 +163,8 @@ def merge_search_labels(
             labeled.windows, labeled.labels, negatives, closed, strict=True
         ):
             rows[int(w)] = (set(names), set(absent), bool(is_closed))
+        if labeled.groups is not None:
+            groups = dict(zip(labeled.windows.tolist(), labeled.groups.tolist(), strict=True))
     for window, facts in answers.items():
         positive, negative, is_closed = rows.get(window, (set(), set(), False))
         for name, present in facts.items():
@@ -172,6 +177,10 @@ def merge_search_labels(
         labels=[sorted(rows[w][0]) for w in kept],
         negatives=[sorted(rows[w][1]) for w in kept],
         closed=np.array([rows[w][2] for w in kept], dtype=bool),
+        # Validation holds out answered clusters; a searched window is a group of its own.
+        groups=np.array([groups.get(w, check_id(w)) for w in kept], dtype=np.int64)
+        if groups
+        else None,
     )
 
 

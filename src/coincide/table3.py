@@ -215,7 +215,7 @@ def draw_labels(
                         # The estimate needs checks; without them it is not made.
                         "precision_estimate": signal.precision if query.check_every else None,
                     }
-                labeled = LabeledWindows.from_frame(propagated)
+                labeled = LabeledWindows.from_frame(propagated, by_cluster=query is not None)
                 strategy, name = ("random", "") if query is None else (query.strategy, query.name)
                 found.append(Labels(strategy, name, seed, asked, labeled, quality))
     return found
