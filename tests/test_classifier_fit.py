@@ -111,6 +111,10 @@ def test_step_selection_stops_after_patience_and_returns_the_best_step():
     best = select_steps(steps_taken.append, lambda: next(measures), 100, eval_every=2, patience=2)
     # Best at step 6 (score 0.7 tied, lower loss); steps 8 and 10 are not better: stop.
     assert best == 6 and len(steps_taken) == 10
+    # Fresh weights are no candidate: the first measurement is at eval_every.
+    measures = iter([(1.0, 0.9), (2.0, 0.5), (2.0, 0.5)])
+    fresh = select_steps(lambda s: 0.0, lambda: next(measures), 100, 2, 2, from_start=False)
+    assert fresh == 2
     selector = StepSelector(patience=1, min_delta=0.1)
     selector.measure(0, 1.0)
     selector.measure(5, 0.95)  # no score: less than 10 % lower loss is not better

@@ -15,10 +15,12 @@ or far too long for five random ones (it overfits them and costs minutes). Inste
    when each of their classes stays in training; the validation share is never the test store.
 2. With a pretrained f, first fit p_class alone on the frozen embeddings f(x) (`fit_head`, full
    batch: milliseconds), so that fine-tuning starts from a classifier that already works
-   ("warm start"); its step count is picked on the validation windows the same way.
+   ("warm start"); its step count is picked on the validation windows the same way (never
+   0: a random p_class is no candidate).
 3. Fine-tune f and p_class on the training split, measuring the validation loss every
    `eval_every` steps (`StepSelector`); stop after `patience` measurements without a better
-   one. The best step may be 0: fine-tuning f did not help the frozen-f classifier.
+   one. With a pretrained f the best step may be 0: fine-tuning f did not help the frozen-f
+   classifier (fresh weights are no candidate).
 4. Train again from the same start on every labeled window for the chosen numbers of steps,
    so that no label is lost to validation (a random budget of 5 keeps all 5).
 
@@ -297,7 +299,8 @@ def fit_head(
     selector = StepSelector(patience)
     head.train()
     for step in range(steps + 1):
-        if validation is not None and step % eval_every == 0:
+        # Step 0 is a random head: never the one to keep.
+        if validation is not None and step > 0 and (step % eval_every == 0 or step == steps):
             with torch.no_grad():
                 loss, score = validation_measure(head(validation[0]), validation[1])
             selector.measure(step, loss, score, head)
@@ -343,15 +346,17 @@ def select_steps(
     max_steps: int,
     eval_every: int,
     patience: int,
+    from_start: bool = True,
 ) -> int:
-    """Run `train_step(step)` until the validation `(loss, score)` from `measure` (taken at
-    step 0 and every `eval_every` steps) stops getting better (`StepSelector`), or up to
-    `max_steps`; returns the best step (0: the starting weights were best). The caller then
-    trains again from the start on all labels."""
+    """Run `train_step(step)` until the validation `(loss, score)` from `measure` (taken every
+    `eval_every` steps, and at step 0 when `from_start`: the starting weights are a candidate,
+    e.g. a warm-started classifier, not random ones) stops getting better (`StepSelector`), or
+    up to `max_steps`; returns the best step. The caller then trains again from the start on
+    all labels."""
     selector = StepSelector(patience)
     step = 0
     while True:
-        if step % eval_every == 0 or step == max_steps:
+        if (step > 0 or from_start) and (step % eval_every == 0 or step == max_steps):
             selector.measure(step, *measure())
             if selector.stop:
                 break
@@ -426,7 +431,10 @@ def choose_steps(
         return validation_measure(torch.cat(logits), targets.rows(np.concatenate(order)))
 
     train_mode()
-    steps = select_steps(train_step, validation, cfg.steps, cfg.eval_every, cfg.patience)
+    # Fresh weights at step 0 are no candidate; a pretrained f with its fitted p_class is.
+    steps = select_steps(
+        train_step, validation, cfg.steps, cfg.eval_every, cfg.patience, frozen is not None
+    )
     return {
         "head_steps": head_steps,
         "steps": steps,
