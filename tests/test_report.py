@@ -21,13 +21,13 @@ from typer.testing import CliRunner
 
 from coincide import cluster, evaluate
 from coincide.cli import app
-from coincide.consolidation_tables import run_table3
 from coincide.embedding_map import NO_LABEL, first_labels, project_2d
 from coincide.errors import UserError
 from coincide.finetune import FinetuneConfig
 from coincide.markdown_html import markdown_to_html
 from coincide.report import run as report
 from coincide.report import write_report
+from coincide.table3 import run_table3
 from coincide.train.loop import run as train
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -101,9 +101,9 @@ def test_the_report_shows_every_section_with_pictures_that_exist(workspace):
     table3 = pd.read_csv(workspace["root"] / "table3" / "table3.csv")
     row = table3[table3["strategy"] == "cluster"].iloc[0]
     assert (
-        f'<td>Cluster: head</td><td class="num">{row.budget}</td>'
-        f'<td class="num">{row.examples}</td>'
-        f'<td class="num">{row.mAP:.3f}</td>'
+        f'<td>Cluster: head</td><td class="num">{row.budget:.0f}</td>'
+        f'<td class="num">{row.examples:.0f}</td>'
+        f'<td class="num">{row.mAP:.3f} ± '
     ) in page
 
     # The class named like a tag is text everywhere: 12 windows of each class on the map.
