@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from coincide import finetune as finetune_stage
+from coincide.classifier_fit import is_multilabel, target_matrix
 from coincide.cli import app
 from coincide.errors import UserError
 from coincide.finetune import (
@@ -20,10 +21,8 @@ from coincide.finetune import (
     LabeledWindows,
     evaluate_classifier,
     finetune_strategy,
-    is_multilabel,
     load_classifier,
     starting_encoder,
-    target_matrix,
 )
 from coincide.store.features import open_store
 from coincide.train.checkpoint import load_models
@@ -33,7 +32,9 @@ from consolidation_helpers import balanced_clips, make_run, make_store  # noqa: 
 
 torch.set_num_threads(1)
 
-FAST = FinetuneConfig(steps=4, batch_size=8, progress=False, checkpoint_every=2)
+FAST = FinetuneConfig(
+    steps=4, batch_size=8, progress=False, checkpoint_every=2, eval_every=2, patience=2
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +61,15 @@ def test_targets_single_and_multi_label():
 
 
 def test_labeled_windows_drop_rows_without_labels():
-    frame = pd.DataFrame({"window_index": [3, 5, 9], "labels": [["a"], [], ["b", "c"]]})
+    frame = pd.DataFrame(
+        {"window_index": [3, 5, 9], "labels": [["a"], [], ["b", "c"]], "cluster_id": [7, 7, 2]}
+    )
     labeled = LabeledWindows.from_frame(frame)
     assert labeled.windows.tolist() == [3, 9] and labeled.labels == [["a"], ["b", "c"]]
+    assert labeled.groups is None  # validation holds out media files
+    by_cluster = LabeledWindows.from_frame(frame, by_cluster=True)
+    assert by_cluster.groups.tolist() == [7, 2]  # ... or the answered clusters
+    assert by_cluster.fingerprint() != labeled.fingerprint()
     assert LabeledWindows.from_window_labels([[], ["x"], []]).windows.tolist() == [1]
 
 
@@ -98,7 +105,12 @@ def test_each_strategy_trains_and_writes_metrics(workspace, strategy):
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["mAP"] == metrics["mAP"] and saved["strategy"] == strategy
     payload = torch.load(out / "checkpoint.pt", weights_only=False)
-    assert payload["step"] == FAST.steps and payload["stage"] == "finetune"
+    # Early stopping picked the steps (at most FAST.steps), then trained that many on all labels.
+    assert payload["step"] == payload["selected"]["steps"] == metrics["steps"] <= FAST.steps
+    assert payload["stage"] == "finetune"
+    assert payload["selected"]["validation_windows"] > 0
+    if strategy in ("random-scratch", "all"):
+        assert metrics["head_steps"] == 0  # no warm start for a fresh f
     model = load_classifier(out / "checkpoint.pt", torch.device("cpu"))
     assert model.classes == metrics["classes"]
 
@@ -119,8 +131,15 @@ def test_a_finished_run_is_not_redone_and_a_foreign_checkpoint_is_refused(worksp
 def test_a_stopped_run_resumes_to_the_same_weights(workspace):
     root, train, _, checkpoint = workspace
     labeled = LabeledWindows(np.array([0, 4, 8, 40, 44, 80]), [["a"], ["b"], ["c"]] * 2)
+    # Fixed steps: the checkpoints belong to the final training (step selection is redone).
     cfg = FinetuneConfig(
-        steps=4, batch_size=4, progress=False, checkpoint_every=2, cache_windows=0, log_every=1
+        steps=4,
+        batch_size=4,
+        progress=False,
+        checkpoint_every=2,
+        cache_windows=0,
+        log_every=1,
+        early_stop=False,
     )
     cpu = torch.device("cpu")
 

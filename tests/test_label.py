@@ -18,17 +18,19 @@ from coincide.label import (
     SessionPlan,
     WindowLabelOracle,
     answer_with_oracle,
-    cluster_order,
     cluster_plan,
     extend_session,
     label_quality,
     open_session,
     oracle_window_labels,
-    pick_member,
     propagate_answers,
+    session_labels,
+)
+from coincide.label_select import (
+    cluster_order,
+    pick_member,
     random_window_requests,
     select_requests,
-    session_labels,
 )
 from coincide.store.features import open_store
 from coincide.store.labels import InMemoryLabelStore, SQLiteLabelStore

@@ -22,16 +22,16 @@ from typer.testing import CliRunner
 
 from coincide import cluster, evaluate, label
 from coincide.cli import app
-from coincide.consolidation_tables import run_table3
 from coincide.embedding_map import NO_LABEL, first_labels, project_2d
 from coincide.errors import UserError
 from coincide.finetune import FinetuneConfig
-from coincide.finetune import run as finetune
+from coincide.finetune_command import run as finetune
 from coincide.report import run as report
 from coincide.report import write_report
 from coincide.report_html import human_title, markdown_to_html
 from coincide.store.features import open_store
 from coincide.store.labels import SQLiteLabelStore
+from coincide.table3 import run_table3
 from coincide.train.loop import run as train
 from coincide.train.validation import overfitting_message
 
@@ -138,9 +138,9 @@ def test_the_report_shows_every_section_with_pictures_that_exist(workspace):
     table3 = pd.read_csv(workspace["root"] / "table3" / "table3.csv")
     row = table3[table3["strategy"] == "cluster"].iloc[0]
     assert (
-        f'<td>Cluster: head</td><td class="num">{row.budget}</td>'
-        f'<td class="num">{row.examples}</td>'
-        f'<td class="num">{row.mAP:.3f}</td>'
+        f'<td>Cluster: head</td><td class="num">{row.budget:.0f}</td>'
+        f'<td class="num">{row.examples:.0f}</td>'
+        f'<td class="num">{row.mAP:.3f} ± '
     ) in _flat(page)
 
     # Training printed a memorization warning for a stage exactly when the page shows one.

@@ -11,8 +11,8 @@ from typing import Literal, get_args
 
 ClusterMethod = Literal["head", "kmeans"]
 LabelStrategy = Literal["cluster", "random"]
-ClusterOrder = Literal["random", "size"]
-MemberChoice = Literal["random", "medoid"]
+ClusterOrder = Literal["random", "size", "size-uncertainty"]
+MemberChoice = Literal["random", "medoid", "typical"]
 FinetuneStrategy = Literal["cluster", "random-scratch", "random-pretrained", "all"]
 LabelsFormat = Literal["csv", "json", "label-studio"]
 OutputFormat = Literal["table", "csv", "json"]

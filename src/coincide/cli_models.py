@@ -92,14 +92,33 @@ def search(
     fmt: Annotated[
         OutputFormat, typer.Option("--format", help="How hits are printed on stdout.")
     ] = "table",
+    label_as: Annotated[
+        str | None,
+        typer.Option("--label-as", help="Ask of each hit: is this CLASS? (a search session)."),
+    ] = None,
+    session: Annotated[
+        str | None, typer.Option("--session", help="Search session (default from class, query).")
+    ] = None,
+    db: Annotated[
+        Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
+    ] = None,
+    oracle: Annotated[
+        str | None, typer.Option("--oracle", help="Answer from labels: 'store' or a CSV.")
+    ] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve", help="Answer the hits in the labeling page.")
+    ] = False,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Page port.")] = 8750,
 ) -> None:
     """Find the store windows that sound most like an example (cosine distance).
 
     The query's own window is never a hit; --exclude-same-media leaves out its whole media.
+    --label-as CLASS asks of each hit whether it is one (a search session for the labeling
+    page, which `finetune --with-search` adds to the labels).
     """
     from coincide.search import run as run_search
 
-    run_search(
+    hits = run_search(
         run,
         store,
         query,
@@ -111,6 +130,14 @@ def search(
         exclude_same_media=exclude_same_media,
         fmt=fmt,
     )
+    if label_as is not None:
+        from coincide.search_label import run as label_hits
+        from coincide.store.features import open_store
+
+        asked = query if query is not None else f"store window {query_window}"
+        label_hits(
+            run, open_store(store), hits, label_as, asked, session, db, oracle, serve, port=port
+        )
 
 
 def export(

@@ -1,5 +1,5 @@
 """`coincide reproduce table1|table2|table3`: the paper's tables, one command each (parsing
-only; the work is in coincide.table1 and coincide.consolidation_tables)."""
+only; the work is in coincide.table1, coincide.consolidation_tables and coincide.table3)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from coincide.choices import ClusterMethod, ClusterOrder, MemberChoice, Pooling
+from coincide.cli_labeling import EarlyStop
 from coincide.cli_vocab import VocabGroup
 from coincide.errors import UserError
 
@@ -91,9 +92,24 @@ def reproduce_table2(
     budgets: Annotated[
         str, typer.Option("--budget", help="Clusters labeled per row (default 0.37 K).")
     ] = "",
-    select: Annotated[ClusterOrder, typer.Option("--select", help="random or size.")] = "random",
-    member: Annotated[MemberChoice, typer.Option("--member", help="random or medoid.")] = "random",
+    select: Annotated[
+        ClusterOrder, typer.Option("--select", help="random, size or size-uncertainty.")
+    ] = "random",
+    member: Annotated[
+        MemberChoice, typer.Option("--member", help="random, medoid or typical.")
+    ] = "random",
     seed: Annotated[int, typer.Option("--seed", help="Seed of selection and k-means.")] = 0,
+    head_steps: Annotated[
+        str,
+        typer.Option("--head-steps", help="N1,N2,...: rows of p_clust trained N more steps."),
+    ] = "",
+    kmeans_at_head_k: Annotated[
+        bool,
+        typer.Option(
+            "--kmeans-at-head-k/--no-kmeans-at-head-k",
+            help="A k-means row at each head's K, on the same embeddings.",
+        ),
+    ] = True,
 ) -> None:
     """Table 2: K, active clusters, V-measure, labeled, label recall and precision."""
     from coincide.consolidation_tables import run_table2
@@ -108,6 +124,8 @@ def reproduce_table2(
         order=select,
         member=member,
         seed=seed,
+        head_steps=_int_list(head_steps, "--head-steps"),
+        kmeans_at_head_k=kmeans_at_head_k,
     )
 
 
@@ -123,11 +141,26 @@ def reproduce_table3(
         ClusterMethod, typer.Option("--method", help="Clustering: head or kmeans.")
     ] = "head",
     k: Annotated[int | None, typer.Option("--clusters", min=1, help="k-means centres.")] = None,
-    select: Annotated[ClusterOrder, typer.Option("--select", help="random or size.")] = "random",
-    member: Annotated[MemberChoice, typer.Option("--member", help="random or medoid.")] = "random",
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Fine-tuning steps per row.")] = 2000,
+    head_steps: Annotated[
+        int, typer.Option("--head-steps", min=0, help="p_clust trained N more steps first.")
+    ] = 0,
+    seeds: Annotated[
+        str, typer.Option("--seed", help="Label draws (and row training seeds), e.g. 0,1,2.")
+    ] = "0,1,2",
+    queries: Annotated[
+        str,
+        typer.Option(
+            "--queries",
+            help="Extra cluster rows: member=medoid|typical, order=size|size-uncertainty, "
+            "checks=N, or all.",
+        ),
+    ] = "",
+    steps: Annotated[
+        int, typer.Option("--steps", min=1, help="Most fine-tuning steps per row.")
+    ] = 2000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per step.")] = 64,
     lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-4,
+    early_stop: EarlyStop = True,
     multilabel: Annotated[
         bool | None,
         typer.Option("--multilabel/--single-label", help="Default: from the labels."),
@@ -135,14 +168,26 @@ def reproduce_table3(
     topline: Annotated[
         bool, typer.Option("--topline/--no-topline", help="Also train on all labels.")
     ] = True,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of selection and training.")] = 0,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", min=1, help="Rows trained at once (default: one per core)."),
+    ] = None,
 ) -> None:
-    """Table 3: mAP and d' against label budget for random and cluster labeling, and a plot."""
-    from coincide.consolidation_tables import run_table3
+    """Table 3: mAP and d' against label budget for random and cluster labeling (mean and
+    spread over label draws), label-efficiency ratios, and a plot."""
     from coincide.finetune import FinetuneConfig
+    from coincide.table3 import parse_queries, run_table3
 
+    seed_list = _int_list(seeds, "--seed")
+    if not seed_list:
+        raise UserError("--seed is empty; give at least one label draw, e.g. --seed 0.")
     cfg = FinetuneConfig(
-        steps=steps, batch_size=batch_size, lr=lr, multilabel=multilabel, seed=seed
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        multilabel=multilabel,
+        seed=seed_list[0],
+        early_stop=early_stop,
     )
     run_table3(
         run,
@@ -154,8 +199,9 @@ def reproduce_table3(
         cfg,
         method,
         k,
-        select,
-        member,
-        seed,
-        topline,
+        seeds=seed_list,
+        queries=parse_queries(queries),
+        topline=topline,
+        workers=workers,
+        head_steps=head_steps,
     )

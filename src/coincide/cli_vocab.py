@@ -26,7 +26,12 @@ RENAMED: dict[str, dict[str, str]] = {
     "report": {"--store": "--test-store", "--out": "--html"},
     "reproduce table1": {"--train-store": "--store", "--rows": "--row", "--seeds": "--seed"},
     "reproduce table2": {"--k": "--clusters", "--budgets": "--budget"},
-    "reproduce table3": {"--train-store": "--store", "--k": "--clusters", "--budgets": "--budget"},
+    "reproduce table3": {
+        "--train-store": "--store",
+        "--k": "--clusters",
+        "--budgets": "--budget",
+        "--seeds": "--seed",
+    },
 }
 # Commands whose old positional arguments are options now (in this order).
 POSITIONALS_TO_OPTIONS: dict[str, list[str]] = {

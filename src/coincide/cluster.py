@@ -1,16 +1,19 @@
 """`coincide cluster`: assign every window of a store to a cluster (paper 3.3).
 
 Two methods, with the same outputs:
-- `head` (the paper): the arg-max of the run's p_clust over f(x) for every window.
+- `head` (the paper): the arg-max of the run's p_clust over f(x) for every window. With
+  `head_steps` N > 0, p_clust is first trained N more steps with L_clust on the frozen
+  embeddings of the store (`coincide.cluster_head.train_head`), a clustering of its own.
 - `kmeans` (the comparison the paper argues against): scikit-learn's MiniBatchKMeans with K
   centres on the frozen embeddings f(x). The embeddings are length-normalised first, so that
   Euclidean k-means groups by cosine similarity, the geometry p_clust's cosine logits use.
 
-Outputs, in `RUN/clusters/<store name>/` for `head` and `RUN/clusters/<store name>/kmeans-<K>/`
-for `kmeans`:
+Outputs, in `RUN/clusters/<store name>/` for `head`, `.../head-steps-<N>/` for a head trained
+longer and `.../kmeans-<K>/` for `kmeans` (the clustering's name: head, head-steps-N, kmeans-K):
     assignment.npy   (n,) int64, the cluster of window i
+    confidence.npy   (n,) float32, p(assigned cluster | x) (`coincide.cluster_head`)
     sizes.csv        cluster,size for every active (non-empty) cluster, largest first
-    summary.json     K, active clusters, windows, a size histogram, where it came from
+    summary.json     K, active clusters, windows, a size histogram, the method, its source
     sizes.png        sorted cluster sizes (log-log)
 The embeddings f(x) of the store are kept in `RUN/clusters/<store name>/embeddings.npy`
 (float32 (n, d)), with `embeddings.json` naming the checkpoint they came from; k-means and the
@@ -28,13 +31,14 @@ from typing import Any
 import numpy as np
 
 from coincide.choices import CLUSTER_METHODS, ClusterMethod
-from coincide.embed_store import DEFAULT_BATCH_SIZE, assign_windows, embed_windows
+from coincide.embed_store import DEFAULT_BATCH_SIZE, embed_windows
 from coincide.errors import UserError
 from coincide.store.features import FeatureStore, open_store
 
 Method = ClusterMethod
 
 ASSIGNMENT_FILE = "assignment.npy"
+CONFIDENCE_FILE = "confidence.npy"
 SIZES_FILE = "sizes.csv"
 SUMMARY_FILE = "summary.json"
 SIZES_PLOT = "sizes.png"
@@ -55,12 +59,13 @@ def store_clusters_dir(run: Path, store_root: Path) -> Path:
 
 
 def clustering_dir(
-    run: Path, store_root: Path, method: Method = "head", k: int | None = None
+    run: Path, store_root: Path, method: Method = "head", k: int | None = None, head_steps: int = 0
 ) -> Path:
-    """Folder of one clustering of a store: the head's, or k-means with `k` centres."""
+    """Folder of one clustering of a store: the head's (trained `head_steps` more), or k-means
+    with `k` centres."""
     base = store_clusters_dir(run, store_root)
     if method == "head":
-        return base
+        return base / f"head-steps-{head_steps}" if head_steps else base
     if method == "kmeans":
         if k is None:
             raise UserError("k-means needs the number of clusters; pass --clusters K.")
@@ -68,9 +73,24 @@ def clustering_dir(
     raise ValueError(f"clustering method {method!r} is not one of {CLUSTER_METHODS}")
 
 
-def clustering_name(method: Method, k: int | None) -> str:
-    """Short name of a clustering, as sessions and tables record it: `head` or `kmeans-K`."""
-    return "head" if method == "head" else f"kmeans-{k}"
+def clustering_name(method: Method, k: int | None, head_steps: int = 0) -> str:
+    """Short name of a clustering, as sessions and tables record it: `head`, `head-steps-N`
+    or `kmeans-K`."""
+    if method == "head":
+        return f"head-steps-{head_steps}" if head_steps else "head"
+    return f"kmeans-{k}"
+
+
+def parse_clustering_name(name: str) -> tuple[Method, int | None, int]:
+    """`(method, k, head_steps)` of a clustering name; UserError for an unknown one."""
+    prefix, _, number = name.rpartition("-")
+    if name == "head":
+        return "head", None, 0
+    if prefix == "head-steps" and number.isdigit():
+        return "head", None, int(number)
+    if prefix == "kmeans" and number.isdigit():
+        return "kmeans", int(number), 0
+    raise UserError(f"{name!r} is not a clustering name (head, head-steps-N or kmeans-K).")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +153,7 @@ class Clustering:
     assignment: np.ndarray
     num_clusters: int
     summary: dict[str, Any]
+    confidence: np.ndarray | None = None  # (n,) p(assigned cluster | x); None: not written
 
     @property
     def active(self) -> int:
@@ -187,9 +208,14 @@ def _plot_sizes(path: Path, sizes: np.ndarray, title: str) -> None:
 
 
 def write_clustering(
-    folder: Path, assignment: np.ndarray, num_clusters: int, provenance: dict[str, Any]
+    folder: Path,
+    assignment: np.ndarray,
+    num_clusters: int,
+    provenance: dict[str, Any],
+    confidence: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Write assignment.npy, sizes.csv, summary.json and sizes.png into `folder`.
+    """Write assignment.npy, confidence.npy (when given), sizes.csv, summary.json and sizes.png
+    into `folder`.
 
     The summary is written last, so a folder with a summary holds a complete clustering.
     Returns the summary.
@@ -197,7 +223,11 @@ def write_clustering(
     folder.mkdir(parents=True, exist_ok=True)
     assignment = np.asarray(assignment, dtype=np.int64)
     sizes = cluster_sizes(assignment, num_clusters)
+    (folder / SUMMARY_FILE).unlink(missing_ok=True)  # the files below change
     _save_npy_atomic(folder / ASSIGNMENT_FILE, assignment)
+    (folder / CONFIDENCE_FILE).unlink(missing_ok=True)
+    if confidence is not None:
+        _save_npy_atomic(folder / CONFIDENCE_FILE, np.asarray(confidence, dtype=np.float32))
     active = np.flatnonzero(sizes)
     by_size = active[np.argsort(-sizes[active], kind="stable")]
     lines = ["cluster,size", *(f"{c},{sizes[c]}" for c in by_size)]
@@ -215,25 +245,28 @@ def write_clustering(
 
 
 def load_clustering(
-    run: Path, store_root: Path, method: Method = "head", k: int | None = None
+    run: Path, store_root: Path, method: Method = "head", k: int | None = None, head_steps: int = 0
 ) -> Clustering:
     """Read a clustering written by `coincide cluster`; a missing one is a UserError."""
-    folder = clustering_dir(run, store_root, method, k)
+    folder = clustering_dir(run, store_root, method, k, head_steps)
     summary_path = folder / SUMMARY_FILE
+    name = clustering_name(method, k, head_steps)
     if not summary_path.is_file():
-        k_flag = f" --clusters {k}" if method == "kmeans" else ""
+        flags = f" --clusters {k}" if method == "kmeans" else ""
+        flags += f" --head-steps {head_steps}" if head_steps else ""
         raise UserError(
-            f"{Path(store_root).name} has no '{clustering_name(method, k)}' clustering in {run}; "
-            f"run `coincide cluster {run} --store {store_root} --method {method}{k_flag}` first."
+            f"{Path(store_root).name} has no '{name}' clustering in {run}; run "
+            f"`coincide cluster {run} --store {store_root} --method {method}{flags}` first."
         )
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    assignment = np.load(folder / ASSIGNMENT_FILE)
+    confidence_path = folder / CONFIDENCE_FILE
     return Clustering(
         folder=folder,
-        name=clustering_name(method, k),
-        assignment=assignment,
+        name=name,
+        assignment=np.load(folder / ASSIGNMENT_FILE),
         num_clusters=int(summary["K"]),
         summary=summary,
+        confidence=np.load(confidence_path) if confidence_path.is_file() else None,
     )
 
 
@@ -335,47 +368,47 @@ def cluster_store(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: Any = None,
     seed: int = 0,
+    head_steps: int = 0,
 ) -> Clustering:
-    """Cluster every window of `store` with the run's p_clust (`head`) or k-means, write the
-    outputs (see the module docstring) and return the clustering."""
+    """Cluster every window of `store` with the run's p_clust (`head`, trained `head_steps`
+    more on the frozen embeddings first) or k-means, write the outputs (see the module
+    docstring) and return the clustering."""
+    from coincide.cluster_head import centroid_assign_confidence, head_assign, train_head
+    from coincide.train.checkpoint import load_checkpoint, load_models
+
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(run)
-    folder = clustering_dir(run, store.root, method, k)
-    name = clustering_name(method, k)
+    folder = clustering_dir(run, store.root, method, k, head_steps)
+    name = clustering_name(method, k, head_steps)
     provenance: dict[str, Any] = {
         "clustering": name,
         "method": method,
         "store": str(store.root.resolve()),
         **_checkpoint_identity(checkpoint),
     }
+    payload = load_checkpoint(checkpoint)
+    if method == "head" and "cluster_head" not in payload["parts"]:
+        raise UserError(
+            f"{checkpoint} has no cluster head p_clust (its curriculum had no clustering "
+            "stage); use --method kmeans --clusters K, or train a joint stage."
+        )
+    embeddings = store_embeddings(run, store, checkpoint, batch_size, device)
     if method == "head":
-        from coincide.train.checkpoint import load_models
-
-        models = load_models(checkpoint)
-        if "cluster_head" not in models:
-            raise UserError(
-                f"{checkpoint} has no cluster head p_clust (its curriculum had no clustering "
-                "stage); use --method kmeans --clusters K, or train a joint stage."
-            )
-        device = device or _device()
-        encoder, head = models["audio"].to(device), models["cluster_head"].to(device)
-        base = store_clusters_dir(run, store.root)
-        base.mkdir(parents=True, exist_ok=True)
-        (base / EMBEDDINGS_META).unlink(missing_ok=True)
-        assignment = assign_windows(
-            encoder, head, store, batch_size, device, embeddings_out=base / EMBEDDINGS_FILE
-        )
-        _write_json_atomic(
-            base / EMBEDDINGS_META, {**_checkpoint_identity(checkpoint), "windows": len(store)}
-        )
+        head = load_models(checkpoint)["cluster_head"].to(device or _device())
+        if head_steps:
+            config = payload["config"]
+            gamma, lr = config["clustering"]["gamma"], config["optim"]["lr"]
+            train_head(head, embeddings, head_steps, gamma, lr, seed=seed)
+            provenance.update(head_steps=head_steps, gamma=gamma, lr=lr, seed=seed)
+        assignment, confidence = head_assign(head, embeddings)
         num_clusters = head.num_clusters
     else:
-        embeddings = store_embeddings(run, store, checkpoint, batch_size, device)
         assert k is not None  # clustering_dir checked it
         assignment = kmeans_assign(embeddings, k, seed)
+        confidence = centroid_assign_confidence(embeddings, assignment, k)
         num_clusters = k
         provenance["seed"] = seed
-    summary = write_clustering(folder, assignment, num_clusters, provenance)
-    return Clustering(folder, name, assignment, num_clusters, summary)
+    summary = write_clustering(folder, assignment, num_clusters, provenance, confidence)
+    return Clustering(folder, name, assignment, num_clusters, summary, confidence)
 
 
 def ensure_clustering(
@@ -387,19 +420,26 @@ def ensure_clustering(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: Any = None,
     seed: int = 0,
+    head_steps: int = 0,
 ) -> Clustering:
     """The clustering `cluster_store` would make, read from disk when it was already made from
     the same checkpoint file and store (so reproducing a table does not redo it)."""
     checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(run)
-    summary_path = clustering_dir(run, store.root, method, k) / SUMMARY_FILE
-    if summary_path.is_file():
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    folder = clustering_dir(run, store.root, method, k, head_steps)
+    if (folder / SUMMARY_FILE).is_file() and (folder / CONFIDENCE_FILE).is_file():
+        summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
         same = all(
             summary.get(key) == value for key, value in _checkpoint_identity(checkpoint).items()
         )
         if same and summary.get("windows") == len(store) and summary.get("seed", seed) == seed:
-            return load_clustering(run, store.root, method, k)
-    return cluster_store(run, store, method, k, checkpoint, batch_size, device, seed)
+            return load_clustering(run, store.root, method, k, head_steps)
+    return cluster_store(run, store, method, k, checkpoint, batch_size, device, seed, head_steps)
+
+
+METHOD_WORDS = {
+    "head": "the run's clustering head p_clust",
+    "kmeans": "k-means on the run's frozen embeddings",
+}
 
 
 def run(
@@ -410,6 +450,7 @@ def run(
     checkpoint: Path | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
+    head_steps: int = 0,
 ) -> Clustering:
     """The `coincide cluster` command: cluster, write, print a one-line summary."""
     if not Path(run_dir).is_dir():
@@ -418,14 +459,19 @@ def run(
         raise UserError(
             "--clusters sets the number of k-means centres; the head's K comes from the run."
         )
+    if head_steps < 0 or (head_steps and method != "head"):
+        raise UserError("--head-steps N (N >= 0) trains the head longer; it needs --method head.")
     store = open_store(store_path)
     if len(store) == 0:
         raise UserError(f"feature store {store_path} holds no windows; ingest media first.")
-    clustering = cluster_store(run_dir, store, method, k, checkpoint, batch_size, seed=seed)
+    clustering = cluster_store(
+        run_dir, store, method, k, checkpoint, batch_size, seed=seed, head_steps=head_steps
+    )
     s = clustering.summary
+    longer = f", trained {head_steps} more steps on the frozen embeddings" if head_steps else ""
     print(
-        f"{clustering.name}: {s['windows']} windows in {s['active_clusters']} active clusters "
-        f"of K = {s['K']} (largest {s['largest_cluster']}, median {s['median_cluster']:g}); "
-        f"wrote {clustering.folder}"
+        f"{clustering.name} (method {method}: {METHOD_WORDS[method]}{longer}): {s['windows']} "
+        f"windows in {s['active_clusters']} active clusters of K = {s['K']} (largest "
+        f"{s['largest_cluster']}, median {s['median_cluster']:g}); wrote {clustering.folder}"
     )
     return clustering

@@ -16,18 +16,21 @@ Single-label data (softmax over classes) and multi-label data (a sigmoid per cla
 handled; by default a window with more than one label makes the classifier multi-label. In the
 single-label case a window with several labels gets a target spread evenly over them.
 
-Evaluation (paper 4.2): window scores p_class(f(x)) on a test store, averaged over each clip's
-windows, scored with clip-level mAP and d' over the test classes. A test class the classifier
-never saw gets a constant score (it was never labeled: the cost of missing a class).
+Evaluation (paper 4.2, `coincide.classifier_eval`): window scores p_class(f(x)) on a test
+store, averaged over each clip's windows, scored with clip-level mAP and d' over the test
+classes. A test class the classifier never saw gets a constant score.
 
-Outputs in the output folder: `checkpoint.pt` (atomic; a run stopped midway resumes from it),
-`metrics.json` (when there is a test store; with each test class's AP), `finetune.json` (the
-settings), and the loss curve as `coincide train` records it: `train_log.csv`, `tb/`
-(TensorBoard) and `plots/stage1_finetune.png`.
+How long to train is picked on held-out labeled windows; a pretrained f starts with a p_class
+fitted on its frozen embeddings (`coincide.classifier_fit`). Outputs: `checkpoint.pt` (atomic;
+a run stopped in its final training resumes from it), `metrics.json` (with a test store; with
+each test class's AP), `finetune.json` (the settings) and the final training's loss curve as
+`coincide train` records it: `train_log.csv`, `tb/` (TensorBoard, with the optional extra) and
+`plots/stage1_finetune.png`. The command itself is `coincide.finetune_command.run`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -43,18 +46,21 @@ import torch
 from torch import nn
 
 from coincide.choices import FINETUNE_STRATEGIES, FinetuneStrategy
-from coincide.embed_store import DEFAULT_BATCH_SIZE, default_device, score_windows
-from coincide.errors import UserError, short_reason
-from coincide.losses import ClassificationLoss
-from coincide.metrics import (
-    clip_scores,
-    labels_to_matrix,
-    mean_average_precision,
-    mean_d_prime,
-    per_class_average_precision,
+from coincide.classifier_eval import evaluate_classifier
+from coincide.classifier_fit import (
+    LabelTargets,
+    batch_positions,
+    choose_steps,
+    classifier_loss,
+    fit_head,
+    freeze_batchnorm,
+    is_multilabel,
 )
+from coincide.embed_store import DEFAULT_BATCH_SIZE, default_device
+from coincide.errors import UserError, short_reason
 from coincide.models.encoders import Encoder, EncoderConfig, build_encoder
 from coincide.models.heads import ClassifierHead
+from coincide.representations import embed_positions
 from coincide.store.features import FeatureStore
 from coincide.train.checkpoint import CHECKSUM_KEY, payload_checksum, verify_checksum
 from coincide.train.monitor import Monitor, Throughput
@@ -78,8 +84,15 @@ SETTINGS_FILE = "finetune.json"
 class FinetuneConfig:
     """Settings of one fine-tuning run.
 
-    steps: optimizer steps; batch_size: windows per step, drawn uniformly with replacement
-        from the labeled windows (seeded per step, so a resumed run draws the same batches).
+    steps: optimizer steps of f and p_class; with `early_stop`, the most that are tried.
+    batch_size: windows per step, drawn with replacement (seeded per step: a resumed run draws
+        the same batches); a labeled set no larger than a batch is used whole at every step.
+    early_stop: pick the number of steps on a held-out share (`val_fraction`) of the labeled
+        media, measured every `eval_every` steps and stopping after `patience` measurements
+        without improvement, then train again on every label (`coincide.classifier_fit`);
+        `val_windows` caps the validation windows measured. False: exactly `steps` steps.
+    head_steps, head_lr: with a pretrained f, p_class is first fitted alone on the frozen
+        embeddings (full batch, at most `head_steps` AdamW steps at `head_lr`).
     lr, weight_decay: AdamW (one learning rate for f and p_class).
     multilabel: sigmoid per class (True), softmax (False), or None: multi-label when some
         labeled window has more than one label.
@@ -105,31 +118,60 @@ class FinetuneConfig:
     cache_windows: int = 20000
     eval_batch_size: int = DEFAULT_BATCH_SIZE
     amp: Literal["auto", "bf16", "fp32"] = "auto"
+    early_stop: bool = True
+    val_fraction: float = 0.2
+    eval_every: int = 25
+    patience: int = 4
+    val_windows: int = 512
+    head_steps: int = 500
+    head_lr: float = 1e-2
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "eval_batch_size"):
+        positive = (
+            "steps",
+            "batch_size",
+            "checkpoint_every",
+            "log_every",
+            "eval_batch_size",
+            "eval_every",
+        )
+        for name in (*positive, "patience", "val_windows", "head_steps"):
             if getattr(self, name) < 1:
                 raise UserError(f"finetune {name} is {getattr(self, name)}; it must be positive.")
-        if self.lr <= 0 or self.weight_decay < 0 or self.hidden < 0:
+        if self.lr <= 0 or self.head_lr <= 0 or self.weight_decay < 0 or self.hidden < 0:
             raise UserError("finetune lr must be positive, weight_decay and hidden not negative.")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"finetune val_fraction is {self.val_fraction}; give one in (0, 1).")
 
 
 @dataclass(frozen=True)
 class LabeledWindows:
-    """The training set: `windows` `(m,)` int64 store indices and their `labels` (m lists)."""
+    """The training set: `windows` `(m,)` int64 store indices and their `labels` (m lists).
+
+    Partial labels (search answers) add `negatives` (m lists of classes known to be absent) and
+    `closed` `(m,)` bool: False for a window whose other classes are unknown. None means no
+    negatives and every window closed-world (cluster and random labels). `groups` `(m,)`: what
+    validation holds out whole, e.g. the answered cluster a propagated label came from (None:
+    the media file).
+    """
 
     windows: np.ndarray
     labels: list[list[str]]
+    negatives: list[list[str]] | None = None
+    closed: np.ndarray | None = None
+    groups: np.ndarray | None = None
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame) -> LabeledWindows:
-        """From a `window_index, labels` table (propagated labels); rows without a label drop."""
+    def from_frame(cls, frame: pd.DataFrame, by_cluster: bool = False) -> LabeledWindows:
+        """From a `window_index, labels[, cluster_id]` table (propagated labels); rows without a
+        label drop. `by_cluster`: validation holds out whole answered clusters."""
         keep = [bool(len(labels)) for labels in frame["labels"]]
         kept = frame[keep]
         return cls(
             windows=kept["window_index"].to_numpy(dtype=np.int64),
             labels=[list(labels) for labels in kept["labels"]],
+            groups=kept["cluster_id"].to_numpy(dtype=np.int64) if by_cluster else None,
         )
 
     @classmethod
@@ -142,7 +184,16 @@ class LabeledWindows:
         """A short hash of the windows and their labels (a checkpoint belongs to one set)."""
         digest = hashlib.sha256(self.windows.tobytes())
         digest.update(json.dumps(self.labels).encode())
+        if self.negatives is not None or self.closed is not None:
+            digest.update(json.dumps(self.negatives).encode())
+            digest.update(np.asarray(self.closed, dtype=bool).tobytes())
+        if self.groups is not None:
+            digest.update(b"groups" + np.asarray(self.groups, dtype=np.int64).tobytes())
         return digest.hexdigest()[:16]
+
+    def classes(self) -> list[str]:
+        """The classes p_class outputs: every positive label, sorted."""
+        return sorted({c for names in self.labels for c in names})
 
 
 class Classifier(nn.Module):
@@ -153,6 +204,10 @@ class Classifier(nn.Module):
         self.encoder = encoder
         self.head = head
         self.classes = classes
+        # Steps f was trained (0: only p_class learned, f's embeddings are unchanged) and the
+        # step counts training chose (`coincide.classifier_fit.choose_steps`).
+        self.encoder_steps = 0
+        self.selected: dict[str, Any] = {}
 
     def forward(self, logmel: torch.Tensor) -> torch.Tensor:
         """`(batch, 1, mel, frames)` -> class logits `(batch, C)`."""
@@ -161,29 +216,6 @@ class Classifier(nn.Module):
 
 # ---------------------------------------------------------------------------------------------
 # Targets and batches
-
-
-def is_multilabel(labels: list[list[str]], setting: bool | None) -> bool:
-    """The classifier kind: the setting when given, else multi-label iff some window has
-    several labels."""
-    if setting is not None:
-        return setting
-    return any(len(set(names)) > 1 for names in labels)
-
-
-def target_matrix(labels: list[list[str]], classes: list[str], multilabel: bool) -> np.ndarray:
-    """`(m, C)` float32 targets: multi-hot rows (multi-label) or rows that sum to 1 spread
-    evenly over the window's labels (single-label)."""
-    matrix, _ = labels_to_matrix(labels, classes)
-    targets = matrix.astype(np.float32)
-    if not multilabel:
-        targets /= np.maximum(targets.sum(axis=1, keepdims=True), 1.0)
-    return targets
-
-
-def _batch_windows(count: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-    """`(batch_size,)` positions into the labeled set for one step, seeded by (seed, step)."""
-    return np.random.default_rng([seed, step]).integers(count, size=batch_size)
 
 
 def _autocast(device: torch.device, amp: str) -> AbstractContextManager[object]:
@@ -200,6 +232,8 @@ def _autocast(device: torch.device, amp: str) -> AbstractContextManager[object]:
 FINETUNE_KEYS = frozenset(
     {"model", "optimizer", "step", "config", "encoder_config", "head_config", "classes"}
 )
+# Older checkpoints have no "selected" (the step counts early stopping chose): they are trained
+# with a fixed step count and never resumed by this version (their settings differ).
 
 
 def _save_atomic(payload: dict[str, Any], path: Path) -> None:
@@ -255,6 +289,7 @@ def train_classifier(
     cfg: FinetuneConfig,
     settings: dict[str, Any],
     device: torch.device | None = None,
+    frozen: np.ndarray | None = None,
 ) -> Classifier:
     """Fine-tune `encoder` with a new p_class on the labeled windows, with L_class only.
 
@@ -266,6 +301,8 @@ def train_classifier(
             is resumed, one made with other settings is a UserError.
         settings: what identifies this run (strategy, labels, start, config), kept in the
             checkpoint.
+        frozen: `(m, d)` embeddings of the labeled windows under the starting f (pretrained f
+            only): p_class is first fitted on them, and BatchNorm keeps f's statistics.
 
     Returns:
         The trained classifier, in eval mode.
@@ -274,7 +311,7 @@ def train_classifier(
         raise UserError("there is no labeled window to train the classifier on; label first.")
     device = device or default_device()
     torch.manual_seed(cfg.seed)
-    classes = sorted({c for names in labeled.labels for c in names})
+    classes = labeled.classes()
     multilabel = is_multilabel(labeled.labels, cfg.multilabel)
     head_config = {
         "embed_dim": encoder.config.embed_dim,
@@ -283,14 +320,54 @@ def train_classifier(
         "hidden": cfg.hidden,
     }
     model = Classifier(encoder, ClassifierHead(**head_config), classes).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = ClassificationLoss(multilabel)
-    targets = torch.from_numpy(target_matrix(labeled.labels, classes, multilabel))
+    start = copy.deepcopy(model.state_dict())
+    targets = LabelTargets.build(
+        labeled.labels, classes, multilabel, labeled.negatives, labeled.closed
+    ).to(device)
+    frozen_rows = (
+        None if frozen is None else torch.from_numpy(np.array(frozen, dtype=np.float32)).to(device)
+    )
+
+    # Small labeled sets are read once; big ones (propagated labels) batch by batch.
+    cached = None
+    if len(labeled.windows) <= cfg.cache_windows:
+        cached = torch.from_numpy(store.logmel[labeled.windows])
+
+    def batch(positions: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Log-mel inputs `(b, 1, mel, frames)` of labeled positions, and the positions in
+        the order of the inputs."""
+        if cached is None:
+            # Sorted rows keep memory-mapped reads sequential within chunks.
+            positions = positions[np.argsort(labeled.windows[positions], kind="stable")]
+            logmel = torch.from_numpy(store.logmel[labeled.windows[positions]])
+        else:
+            logmel = cached[positions]
+        return logmel.unsqueeze(1).to(device, non_blocking=True), positions
+
+    def train_mode() -> None:
+        model.train()
+        if frozen_rows is not None:
+            freeze_batchnorm(model)
+
+    def step_loss(optimizer: torch.optim.Optimizer, positions: np.ndarray, step: int) -> float:
+        logmel, rows = batch(positions)
+        with _autocast(device, cfg.amp):
+            logits = model(logmel)
+        loss = classifier_loss(logits.float(), targets.rows(rows))
+        if not torch.isfinite(loss):
+            raise UserError(
+                f"the fine-tuning loss became {loss.item()} at step {step}; lower the learning "
+                f"rate (--lr) and rerun (the last good checkpoint is in {out_dir})."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return float(loss.item())
 
     # Resume from this folder's checkpoint when it belongs to the same run.
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / CHECKPOINT_FILE
-    step = 0
+    payload = None
     if checkpoint_path.is_file():
         payload = read_checkpoint(checkpoint_path)
         if payload["config"] != settings:
@@ -298,6 +375,46 @@ def train_classifier(
                 f"{checkpoint_path} was made with other fine-tuning settings; "
                 "choose another --name or delete that folder."
             )
+
+    # How many steps: chosen on held-out media (or the fixed counts), unless resuming.
+    if payload is not None:
+        selected = dict(payload["selected"])
+    else:
+        # Which media file each labeled window comes from: the validation split keeps files whole.
+        # What validation holds out whole: answered clusters, or media files.
+        groups = None
+        if cfg.early_stop:
+            groups = (
+                labeled.groups
+                if labeled.groups is not None
+                else store.index["media_id"].to_numpy()[labeled.windows]
+            )
+        with _progress(cfg.progress, f"{out_dir.name}: choosing steps") as progress:
+            task = progress.add_task("select", total=cfg.steps, loss=float("nan"))
+
+            def shown_step(optimizer: torch.optim.Optimizer, rows: np.ndarray, at: int) -> float:
+                loss = step_loss(optimizer, rows, at)
+                progress.update(task, completed=at + 1, loss=loss)
+                return loss
+
+            selected = choose_steps(
+                model, groups, targets, frozen_rows, cfg, train_mode, shown_step, batch
+            )
+        model.load_state_dict(start)
+        if frozen_rows is not None:
+            fit_head(
+                model.head,
+                frozen_rows,
+                targets,
+                selected["head_steps"],
+                cfg.head_lr,
+                cfg.weight_decay,
+            )
+
+    # Training on every label for the chosen number of steps.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    if payload is not None:
         model.load_state_dict(payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         step = int(payload["step"])
@@ -311,6 +428,7 @@ def train_classifier(
                 "step": at_step,
                 "stage": "finetune",
                 "config": settings,
+                "selected": selected,
                 "encoder_config": dataclasses.asdict(encoder.config),
                 "head_config": head_config,
                 "classes": classes,
@@ -318,111 +436,54 @@ def train_classifier(
             checkpoint_path,
         )
 
-    # Small labeled sets are read once; big ones (propagated labels) batch by batch.
-    cached = None
-    if len(labeled.windows) <= cfg.cache_windows:
-        cached = torch.from_numpy(store.logmel[labeled.windows])
-
-    # The curves as `coincide train` writes them (its Monitor and plot): out_dir/train_log.csv
-    # (one row per log_every steps; rows past a resumed checkpoint are dropped), TensorBoard in
-    # out_dir/tb, out_dir/plots/stage1_finetune.png. Its pairs_per_s column holds windows/s.
+    # The final training's curve as `coincide train` writes it (its Monitor and plot):
+    # out_dir/train_log.csv (one row per log_every steps; rows past a resumed checkpoint are
+    # dropped), TensorBoard in out_dir/tb, out_dir/plots/stage1_finetune.png. Its pairs_per_s
+    # column holds windows/s.
+    total = int(selected["steps"])
     monitor = Monitor(out_dir, [], step, cfg.progress)
-    monitor.start_stage(f"finetune {out_dir.name}", cfg.steps, step)
+    monitor.start_stage(f"finetune {out_dir.name}", total, step)
     speed, loss_sum, summed = Throughput(), 0.0, 0
-    model.train()
+    train_mode()
     try:
-        while step < cfg.steps:
-            picks = _batch_windows(len(labeled.windows), cfg.batch_size, cfg.seed, step)
-            if cached is not None:
-                logmel = cached[picks]
-            else:
-                # Reading sorted rows keeps memory-mapped reads sequential within chunks.
-                order = np.argsort(labeled.windows[picks], kind="stable")
-                picks = picks[order]
-                logmel = torch.from_numpy(store.logmel[labeled.windows[picks]])
-            inputs = logmel.unsqueeze(1).to(device, non_blocking=True)
-            batch_targets = targets[picks].to(device, non_blocking=True)
-            with _autocast(device, cfg.amp):
-                logits = model(inputs)
-            loss = loss_fn(logits.float(), batch_targets)
-            if not torch.isfinite(loss):
-                raise UserError(
-                    f"the fine-tuning loss became {loss.item()} at step {step}; the last good "
-                    f"checkpoint is in {checkpoint_path}; lower the learning rate (--lr) and rerun."
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+        while step < total:
+            picks = batch_positions(len(labeled.windows), cfg.batch_size, cfg.seed, step)
+            loss = step_loss(optimizer, picks, step)
             step += 1
             speed.add(cfg.batch_size)
-            loss_sum, summed = loss_sum + loss.item(), summed + 1
-            if step % cfg.log_every == 0 or step == cfg.steps:
+            loss_sum, summed = loss_sum + loss, summed + 1
+            if step % cfg.log_every == 0 or step == total:
                 losses = {"total": loss_sum / summed}
                 monitor.log_train(step, "finetune", step, losses, cfg.lr, speed.rate(), None)
                 loss_sum, summed = 0.0, 0
             monitor.advance(step)
-            if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            if step % cfg.checkpoint_every == 0:
                 save(step)
     finally:
         monitor.close()
-    plot_stage(out_dir, 1, "finetune")
+    save(step)
+    if total > 0:
+        plot_stage(out_dir, 1, "finetune")
     model.eval()
+    model.encoder_steps, model.selected = total, selected
     return model
 
 
-# ---------------------------------------------------------------------------------------------
-# Evaluation
+def _progress(enabled: bool, name: str) -> Any:
+    """Progress with the loss and the time left: a bar on a terminal, plain lines elsewhere."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
+    from coincide.console import EtaColumn, progress
 
-def evaluate_classifier(
-    model: Classifier,
-    test_store: FeatureStore,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    device: torch.device | None = None,
-    test_labels: list[list[str]] | None = None,
-) -> dict[str, Any]:
-    """Clip-level mAP and d' of the classifier on a labeled test store (paper 4.2).
-
-    Window scores are averaged over each clip (`metrics.clip_scores`); the classes scored are
-    the test labels' classes, and a class the classifier has no output for scores 0 everywhere.
-
-    Args:
-        test_labels: one label list per test window (the clip's labels); None reads the store's.
-
-    Returns:
-        {"mAP", "per_class_ap" (class -> AP, None without a positive clip), "d_prime",
-        "test_clips", "test_classes", "untrained_classes"}.
-    """
-    device = device or next(model.parameters()).device
-    window_labels = test_labels if test_labels is not None else list(test_store.index["labels"])
-    test_classes = sorted({c for names in window_labels for c in names})
-    if not test_classes:
-        raise UserError(
-            f"test store {test_store.root} has no labels, so the classifier cannot be scored; "
-            "attach labels with `coincide add-labels`."
-        )
-    window_scores = score_windows(model.encoder, model.head, test_store, batch_size, device)
-    column = {name: c for c, name in enumerate(model.classes)}
-    scores = np.zeros((len(window_scores), len(test_classes)), dtype=np.float32)
-    for t, name in enumerate(test_classes):
-        if name in column:
-            scores[:, t] = window_scores[:, column[name]]
-    clip_ids = test_store.index["media_id"].to_numpy()
-    clips, per_clip = clip_scores(scores, clip_ids)
-    first_window = {clip: i for i, clip in reversed(list(enumerate(clip_ids)))}
-    truth, _ = labels_to_matrix([window_labels[first_window[c]] for c in clips], test_classes)
-    per_class = per_class_average_precision(truth, per_clip)
-    return {
-        "mAP": mean_average_precision(truth, per_clip),
-        "per_class_ap": {
-            name: None if np.isnan(ap) else float(ap)
-            for name, ap in zip(test_classes, per_class, strict=True)
-        },
-        "d_prime": mean_d_prime(truth, per_clip),
-        "test_clips": int(len(clips)),
-        "test_classes": len(test_classes),
-        "untrained_classes": [c for c in test_classes if c not in column],
-    }
+    return progress(
+        TextColumn(f"[bold]{name}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        EtaColumn(),
+        enabled=enabled,
+        transient=True,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -457,10 +518,19 @@ def finetune_strategy(
     test_labels: list[list[str]] | None = None,
     extra: dict[str, Any] | None = None,
     device: torch.device | None = None,
+    embeddings: np.ndarray | None = None,
+    test_embeddings: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Train and (with a test store) evaluate one strategy into `out_dir`; returns the metrics
     dict also written to `metrics.json`. A folder whose metrics.json was made with the same
-    settings is not redone (its metrics are returned)."""
+    settings is not redone (its metrics are returned).
+
+    Args:
+        embeddings, test_embeddings: `(n, d)` f(x) of every window of `store` and of
+            `test_store` under the checkpoint's f, when the caller has them (Table 3 embeds
+            each store once): the warm start reads them instead of running f, and a classifier
+            whose f was not trained is scored from them. Computed when needed otherwise.
+    """
     settings = {
         "strategy": strategy,
         "start": _checkpoint_identity(checkpoint)
@@ -482,93 +552,33 @@ def finetune_strategy(
         if done.get("settings") == settings:
             return done
     device = device or default_device()
-    encoder = starting_encoder(strategy, checkpoint, cfg.seed)
-    model = train_classifier(encoder, store, labeled, out_dir, cfg, settings, device)
+    encoder = starting_encoder(strategy, checkpoint, cfg.seed).to(device)
+    frozen = None
+    if STARTS_FROM_CURRICULUM[strategy]:
+        frozen = (
+            np.asarray(embeddings[labeled.windows], dtype=np.float32)
+            if embeddings is not None
+            else embed_positions(encoder, store, labeled.windows, cfg.eval_batch_size, device)
+        )
+    model = train_classifier(encoder, store, labeled, out_dir, cfg, settings, device, frozen)
     metrics: dict[str, Any] = {
         "strategy": strategy,
         "labeled_windows": int(len(labeled.windows)),
         "classes": model.classes,
         "multilabel": model.head.multilabel,
-        "steps": cfg.steps,
+        "steps": model.encoder_steps,
+        "head_steps": model.selected["head_steps"],
+        "validation_windows": model.selected["validation_windows"],
         **(extra or {}),
     }
     if test_store is not None:
+        untouched = test_embeddings if frozen is not None else None
         metrics.update(
-            evaluate_classifier(model, test_store, cfg.eval_batch_size, device, test_labels)
+            evaluate_classifier(
+                model, test_store, cfg.eval_batch_size, device, test_labels, untouched
+            )
         )
     metrics["settings"] = settings
     _write_json(out_dir / SETTINGS_FILE, settings)
     _write_json(metrics_path, metrics)
-    return metrics
-
-
-def default_session(strategy: Strategy) -> str | None:
-    """The labeling session a strategy reads by default (`coincide label`'s default names)."""
-    if strategy == "cluster":
-        return "cluster"
-    if strategy.startswith("random"):
-        return "random"
-    return None
-
-
-def run(
-    run_dir: Path,
-    store_path: Path,
-    strategy: Strategy = "cluster",
-    session: str | None = None,
-    out: str | None = None,
-    test_store_path: Path | None = None,
-    oracle: str = "store",
-    checkpoint: Path | None = None,
-    cfg: FinetuneConfig | None = None,
-) -> dict[str, Any]:
-    """The `coincide finetune` command: read the labels, train, evaluate, write."""
-    from coincide.cluster import default_checkpoint
-    from coincide.label import check_propagated_current, oracle_window_labels, read_propagated
-    from coincide.store.features import open_store
-
-    cfg = cfg or FinetuneConfig()
-    if not Path(run_dir).is_dir():
-        raise UserError(f"run folder {run_dir} does not exist; train a run first.")
-    checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(run_dir)
-    store = open_store(store_path)
-    test_store = open_store(test_store_path) if test_store_path else None
-
-    # The labels of this strategy.
-    extra: dict[str, Any] = {}
-    if strategy == "all":
-        labeled = LabeledWindows.from_window_labels(oracle_window_labels(store, oracle))
-    else:
-        session = session or default_session(strategy)
-        assert session is not None
-        summary_path = Path(run_dir) / "labels" / session / "summary.json"
-        propagated = read_propagated(run_dir, session)
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        wanted = "cluster" if strategy == "cluster" else "random"
-        if summary.get("strategy") != wanted:
-            raise UserError(
-                f"session {session!r} holds {summary.get('strategy')} labels but --strategy "
-                f"{strategy} trains on {wanted} labels; pass --session with a {wanted} session."
-            )
-        check_propagated_current(run_dir, session, summary)
-        labeled = LabeledWindows.from_frame(propagated)
-        extra = {"session": session, "budget": summary.get("requests")}
-        if int(labeled.windows.max(initial=-1)) >= len(store):
-            raise UserError(
-                f"session {session!r} labels windows beyond the {len(store)} of {store_path}; "
-                "fine-tune on the store the session labeled."
-            )
-
-    default_out = strategy if strategy == "all" else f"{strategy}-{session}"
-    out_dir = Path(run_dir) / "finetune" / (out or default_out)
-    metrics = finetune_strategy(
-        strategy, checkpoint, store, labeled, out_dir, cfg, test_store, extra=extra
-    )
-    line = (
-        f"{strategy}: trained on {metrics['labeled_windows']} labeled windows, "
-        f"{len(metrics['classes'])} classes"
-    )
-    if "mAP" in metrics:
-        line += f"; clip-level mAP {metrics['mAP']:.3f}, d' {metrics['d_prime']:.2f}"
-    print(f"{line}; wrote {out_dir}")
     return metrics

@@ -4,18 +4,20 @@
 randomly-selected cluster constituent and propagate that label to the cluster cohabitants."
 
 A labeling session lives in the label store (SQLite by default, `RUN/labels.sqlite`):
-1. Selection (`cluster_order`, `select_requests`): for a budget of N, the first N clusters of a
-   fixed, seeded order of the active clusters (uniformly random, the paper; or largest first),
-   each shown through one member (random, the paper; or the medoid). The order and the member
-   of a cluster depend only on the seed and the clustering, so a larger budget extends the
-   same list: `extend_session` adds only the new requests, and earlier answers are kept.
+1. Selection (`coincide.label_select`): for a budget of N, the first N clusters of a fixed,
+   seeded order of the active clusters (uniformly random, the paper; or by size, or size x
+   uncertainty), each shown through one member (random, the paper; or the medoid, or the most
+   typical), optionally with check requests. The list depends only on the seed and the
+   clustering, so a larger budget extends it: `extend_session` adds only the new requests, and
+   earlier answers are kept.
 2. Answers (`answer_with_oracle`): the simulated annotator of the paper answers each pending
    request with the clip-level labels of the shown window's clip (or `skip` when that clip has
    none), committed one by one as annotator `oracle`. People answer the same requests through
    the web page (a later command), writing through the same store.
 3. Propagation (`propagate_answers`): each cluster answered with labels gives them to every one
-   of its windows; `RUN/labels/<session>/propagated.parquet` holds (window_index, labels,
-   cluster_id) for the first N requests.
+   of its windows; a check answer (labels or skip) is about its own window and wins over the
+   cluster's label there; `RUN/labels/<session>/propagated.parquet` holds (window_index,
+   labels, cluster_id) for the first N requests.
 
 Random baseline (`--strategy random`): N windows drawn uniformly at random, each labeled alone,
 no propagation. In the label store each is a request whose "cluster" is the window itself
@@ -39,6 +41,12 @@ import pandas as pd
 from coincide.choices import ClusterMethod, ClusterOrder, LabelStrategy, MemberChoice
 from coincide.cluster import Clustering, ClusterMembers, load_clustering, store_clusters_dir
 from coincide.errors import UserError
+from coincide.label_select import (
+    is_check,
+    random_window_requests,
+    select_requests,
+)
+from coincide.label_signal import estimate as estimate_signal
 from coincide.metrics import labels_to_matrix, propagated_label_quality
 from coincide.store.features import FeatureStore, open_store
 from coincide.store.labels import Answer, LabelStore, Request, Session, SQLiteLabelStore
@@ -48,111 +56,10 @@ Strategy = LabelStrategy
 Order = ClusterOrder
 STRATEGIES: tuple[str, ...] = ("cluster", "random")
 ORACLE_ANNOTATOR = "oracle"
+# Answer kinds that say what a window holds (labels, or nothing): a check answered so overrides.
+KNOWN = ("label", "skip")
 PROPAGATED_FILE = "propagated.parquet"
 SUMMARY_FILE = "summary.json"
-
-
-# ---------------------------------------------------------------------------------------------
-# Selection
-
-
-def cluster_order(sizes: np.ndarray, order: Order = "random", seed: int = 0) -> np.ndarray:
-    """The order in which active clusters are put to the annotator.
-
-    Args:
-        sizes: `(K,)` windows per cluster; clusters of size 0 are never asked.
-        order: "random" (uniform permutation, the paper) or "size" (largest first, ties in a
-            seeded random order).
-        seed: the permutation's seed.
-
-    Returns:
-        `(active,)` int64 cluster ids; a budget of N asks the first N.
-    """
-    sizes = np.asarray(sizes)
-    active = np.flatnonzero(sizes > 0)
-    shuffled = active[np.random.default_rng(seed).permutation(len(active))]
-    if order == "random":
-        return shuffled
-    if order == "size":
-        return shuffled[np.argsort(-sizes[shuffled], kind="stable")]
-    raise ValueError(f"cluster order {order!r} is not random or size")
-
-
-def pick_member(
-    members: np.ndarray,
-    cluster_id: int,
-    how: MemberChoice = "random",
-    seed: int = 0,
-    embeddings: np.ndarray | None = None,
-) -> int:
-    """The window shown for a cluster.
-
-    Args:
-        members: `(m,)` window indices of the cluster (m >= 1).
-        cluster_id: the cluster (seeds the random choice together with `seed`, so a cluster's
-            member does not depend on which other clusters were asked).
-        how: "random" (the paper) or "medoid" (the member with the highest cosine similarity
-            to the mean of the members' unit embeddings).
-        embeddings: `(n, d)` embeddings of the whole store, needed for "medoid".
-
-    Returns:
-        The chosen window index.
-    """
-    if len(members) == 0:
-        raise ValueError(f"cluster {cluster_id} has no members")
-    if how == "random":
-        rng = np.random.default_rng([seed, int(cluster_id)])
-        return int(members[rng.integers(len(members))])
-    if how == "medoid":
-        if embeddings is None:
-            raise UserError(
-                "the medoid member needs the store's embeddings; run `coincide cluster` first."
-            )
-        vectors = np.asarray(embeddings[np.sort(members)], dtype=np.float64)
-        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-        centroid = unit.mean(axis=0)
-        return int(np.sort(members)[int(np.argmax(unit @ centroid))])
-    raise ValueError(f"member choice {how!r} is not random or medoid")
-
-
-def select_requests(
-    assignment: np.ndarray,
-    num_clusters: int,
-    budget: int,
-    order: Order = "random",
-    member: MemberChoice = "random",
-    seed: int = 0,
-    embeddings: np.ndarray | None = None,
-    members: ClusterMembers | None = None,
-) -> list[tuple[int, int]]:
-    """The first `budget` requests of a cluster-labeling session (fewer when there are fewer
-    active clusters): `(cluster_id, window_index)` pairs in asking order.
-
-    Args:
-        assignment: `(n,)` cluster of each window; num_clusters: K.
-        budget: N, the number of clusters to ask.
-        order, member, seed: see `cluster_order` and `pick_member`.
-        embeddings: `(n, d)`, for the medoid member.
-        members: the grouping of `assignment` when the caller already has it.
-    """
-    if budget < 0:
-        raise UserError(f"the label budget is {budget}; give a positive number of labels.")
-    members = members or ClusterMembers(assignment)
-    sizes = np.bincount(np.asarray(assignment, dtype=np.int64), minlength=num_clusters)
-    chosen = cluster_order(sizes, order, seed)[:budget]
-    return [
-        (int(c), pick_member(members.members(c), int(c), member, seed, embeddings)) for c in chosen
-    ]
-
-
-def random_window_requests(n_windows: int, budget: int, seed: int = 0) -> list[tuple[int, int]]:
-    """The first `budget` requests of a random-labeling session: windows drawn uniformly without
-    replacement (a seeded permutation, so a larger budget extends a smaller one), each its own
-    "cluster": `(window_index, window_index)` pairs."""
-    if budget < 0:
-        raise UserError(f"the label budget is {budget}; give a positive number of labels.")
-    windows = np.random.default_rng(seed).permutation(n_windows)[:budget]
-    return [(int(w), int(w)) for w in windows]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,22 +83,29 @@ class SessionPlan:
     order: Order = "random"
     member: MemberChoice = "random"
     fingerprint: str | None = None
+    check_every: int = 0
 
     def params(self) -> dict[str, Any]:
         """The plan as the session's JSON parameters (the strategy and seed have columns)."""
         if self.strategy == "random":
             return {"windows": self.windows}
-        return {
+        params = {
             "windows": self.windows,
             "clustering": self.clustering,
             "order": self.order,
             "member": self.member,
             "assignment": self.fingerprint,
         }
+        # Only when there are checks: sessions made before checks existed keep their params.
+        return {**params, "check_every": self.check_every} if self.check_every else params
 
 
 def cluster_plan(
-    clustering: Clustering, order: Order = "random", member: MemberChoice = "random", seed: int = 0
+    clustering: Clustering,
+    order: Order = "random",
+    member: MemberChoice = "random",
+    seed: int = 0,
+    check_every: int = 0,
 ) -> SessionPlan:
     """The plan of a cluster-labeling session over `clustering`."""
     return SessionPlan(
@@ -202,6 +116,7 @@ def cluster_plan(
         order=order,
         member=member,
         fingerprint=assignment_fingerprint(clustering.assignment),
+        check_every=check_every,
     )
 
 
@@ -265,6 +180,8 @@ def extend_session(
             session.seed,
             embeddings,
             members,
+            clustering.confidence,
+            int(params.get("check_every", 0)),
         )
     label_store.add_requests(session.id, wanted)
     return label_store.requests(session.id)[: len(wanted)]
@@ -369,17 +286,20 @@ def propagate_answers(
         DataFrame with one row per labeled window, sorted by window: `window_index` (int64),
         `labels` (list of str), `cluster_id` (int64, the answered request).
     """
+    answers = list(answers)
+    # A check's answer (labels or none) is about its window: the cluster's label yields there.
+    checked = {a.window_index for a in answers if is_check(a.cluster_id) and a.kind in KNOWN}
     window_parts: list[np.ndarray] = []
     label_parts: list[list[str]] = []
     cluster_parts: list[int] = []
     for answer in answers:
         if answer.kind not in kinds or not answer.labels:
             continue
-        windows = (
-            np.array([answer.window_index], dtype=np.int64)
-            if members is None
-            else members.members(answer.cluster_id)
-        )
+        if members is None or is_check(answer.cluster_id):
+            windows = np.array([answer.window_index], dtype=np.int64)
+        else:
+            windows = members.members(answer.cluster_id)
+            windows = windows[~np.isin(windows, list(checked))] if checked else windows
         window_parts.append(windows)
         label_parts.extend([list(answer.labels)] * len(windows))
         cluster_parts.extend([answer.cluster_id] * len(windows))
@@ -545,11 +465,14 @@ def run(
     port: int = 8750,
     vocab: Path | None = None,
     annotator: str | None = None,
+    head_steps: int = 0,
+    check_every: int = 0,
 ) -> dict[str, Any]:
     """The `coincide label` command: select, ask the oracle, propagate, write. Returns the
     summary written next to the propagated labels. With `serve`, people answer the selected
     clusters in the labeling page (`coincide.labelui.server.serve`, until Ctrl+C) before the
-    labels are propagated."""
+    labels are propagated. `check_every` N asks a check after every N clusters; the estimate of
+    label precision and coverage (`coincide.label_signal`) is printed and kept in the summary."""
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist; train a run first.")
     if budget < 1:
@@ -563,14 +486,14 @@ def run(
     members: ClusterMembers | None = None
     embeddings: np.ndarray | None = None
     if strategy == "cluster":
-        clustering = load_clustering(run_dir, store.root, method, k)
+        clustering = load_clustering(run_dir, store.root, method, k, head_steps)
         if len(clustering.assignment) != len(store):
             raise UserError(
                 f"the clustering in {clustering.folder} covers {len(clustering.assignment)} "
                 f"windows but the store has {len(store)}; run `coincide cluster` again."
             )
         members = ClusterMembers(clustering.assignment)
-        plan = cluster_plan(clustering, select, member, seed)
+        plan = cluster_plan(clustering, select, member, seed, check_every)
         if member == "medoid":
             embeddings = _load_embeddings(run_dir, store)
         name = session_name or default_session_name("cluster", clustering.name)
@@ -611,8 +534,10 @@ def run(
         propagated = session_labels(label_store, session, len(requests), members)
         fingerprint = answers_fingerprint(label_store, session, len(requests))
         asked_clusters = {r.cluster_id for r in requests}
-        kinds = Counter(
-            a.kind for a in label_store.answers(session.id) if a.cluster_id in asked_clusters
+        current = label_store.answers(session.id)
+        kinds = Counter(a.kind for a in current if a.cluster_id in asked_clusters)
+        signal = (
+            estimate_signal(requests, current, members, len(store)) if members is not None else None
         )
 
     # Propagated labels and a summary.
@@ -630,6 +555,7 @@ def run(
         "classes": sorted({c for labels in propagated["labels"] for c in labels}),
         "label_store": str(db_path.resolve()),
         "answers_fingerprint": fingerprint,
+        "signal": signal.as_dict() if signal is not None else None,
     }
     if window_labels is not None and any(window_labels):
         precision, recall = label_quality(propagated, window_labels)
@@ -653,4 +579,6 @@ def run(
         )
         + f"; wrote {out / PROPAGATED_FILE}"
     )
+    if signal is not None:
+        print(f"session {name!r}: {signal.describe()}")
     return summary

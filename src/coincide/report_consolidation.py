@@ -27,7 +27,7 @@ from coincide.train.report import PLOTS_DIR, plot_stage
 
 RERUN = "delete it and run its command again"  # what to do about a file that does not parse
 LABELS_DIR = "labels"  # coincide.label.labels_dir
-FINETUNE_DIR = "finetune"  # coincide.finetune.run's RUN/finetune/<name>/
+FINETUNE_DIR = "finetune"  # coincide.finetune_command.run's RUN/finetune/<name>/
 FINETUNE_PLOT = "stage1_finetune.png"  # what finetune's plot_stage(out, 1, "finetune") writes
 
 

@@ -65,6 +65,7 @@ from coincide.labelui.bodies import (
     parse_body,
 )
 from coincide.labelui.campaign import Campaign, Conflict, MediaUnavailable, Member, NotFound
+from coincide.labelui.extras import extra_routes
 from coincide.labelui.vocab import Vocabulary, suggest
 from coincide.store.labels import ANSWER_KINDS, Answer
 from coincide.store.labels import Request as LabelRequest
@@ -78,6 +79,7 @@ _DIGITS = re.compile(r"^[0-9]{1,18}$")
 STATIC_TYPES = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "extra.js": "text/javascript; charset=utf-8",  # coincide.labelui.extras
     "style.css": "text/css; charset=utf-8",
 }
 SECURITY_HEADERS = [
@@ -396,6 +398,7 @@ def create_app(
         Route("/api/answer", answer, methods=["POST"]),
         Route("/api/undo", undo, methods=["POST"]),
         Route("/api/answers", answers),
+        *extra_routes(campaign),
     ]
     handlers: dict[Any, Callable[[Request, Any], Awaitable[Response]]] = {
         ApiError: _on_api_error,

@@ -112,23 +112,20 @@ def session_assignment(run_dir: Path, store: FeatureStore, session: Session) -> 
     random-labeling session asks single windows, each its own cluster (id = window index).
     UserError when the clustering is missing, stale or changed.
     """
-    if session.strategy == "random":
+    if session.strategy in ("random", "search"):
         return np.arange(len(store), dtype=np.int64)
-    from coincide.cluster import load_clustering
+    from coincide.cluster import load_clustering, parse_clustering_name
     from coincide.label import assignment_fingerprint
 
     name = str(session.params.get("clustering", "head"))
-    if name == "head":
-        clustering = load_clustering(run_dir, store.root, "head")
-    elif name.startswith("kmeans-") and name.removeprefix("kmeans-").isdigit():
-        clustering = load_clustering(
-            run_dir, store.root, "kmeans", int(name.removeprefix("kmeans-"))
-        )
-    else:
+    try:
+        method, k, head_steps = parse_clustering_name(name)
+    except UserError as err:
         raise UserError(
             f"session {session.name!r} names an unknown clustering {name!r}; "
             "use a session made by `coincide label`."
-        )
+        ) from err
+    clustering = load_clustering(run_dir, store.root, method, k, head_steps)
     assignment = np.asarray(clustering.assignment, dtype=np.int64)
     if len(assignment) != len(store):
         raise UserError(
@@ -211,6 +208,8 @@ class Campaign:
     # -- lookups -----------------------------------------------------------------------------
 
     def cluster_size(self, cluster_id: int) -> int:
+        if cluster_id < 0:
+            return 1  # a check request (`coincide.label_select.check_id`) asks about one window
         return (
             int(self.cluster_sizes[cluster_id]) if 0 <= cluster_id < len(self.cluster_sizes) else 0
         )
