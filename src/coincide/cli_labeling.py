@@ -18,6 +18,10 @@ from coincide.choices import (
 )
 from coincide.cli_vocab import VocabGroup
 
+# The label store option of every command that reads or writes labels.
+LabelDb = Annotated[
+    Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
+]
 # Shared with `reproduce table3`: how a classifier's number of steps is chosen.
 EarlyStop = Annotated[
     bool,
@@ -86,9 +90,7 @@ def label(
     session: Annotated[
         str | None, typer.Option("--session", help="Session name (default: cluster / random).")
     ] = None,
-    db: Annotated[
-        Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
-    ] = None,
+    db: LabelDb = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the selection.")] = 0,
     method: Annotated[
         ClusterMethod, typer.Option("--method", help="Clustering: head or kmeans.")
@@ -153,9 +155,7 @@ def labels_export(
     session: Annotated[
         str | None, typer.Option("--session", help="Session name (default: the only one).")
     ] = None,
-    db: Annotated[
-        Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
-    ] = None,
+    db: LabelDb = None,
     store: Annotated[
         Path | None, typer.Option("--store", help="Feature store (default: the session's).")
     ] = None,
@@ -207,9 +207,7 @@ def labels_import(
     session: Annotated[
         str | None, typer.Option("--session", help="Session name (default: the only one).")
     ] = None,
-    db: Annotated[
-        Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
-    ] = None,
+    db: LabelDb = None,
 ) -> None:
     """Add Label Studio's annotations of exported tasks to the label store, as answers."""
     from coincide.labelui.label_studio_import import run as run_import
@@ -254,9 +252,7 @@ def finetune(
         bool,
         typer.Option("--with-search", help="Add the answers of the store's search sessions."),
     ] = False,
-    db: Annotated[
-        Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
-    ] = None,
+    db: LabelDb = None,
 ) -> None:
     """Fine-tune f with a classifier p_class on labeled windows (L_class only); score clips."""
     from coincide.finetune import FinetuneConfig

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from coincide.choices import OutputFormat
+from coincide.cli_labeling import LabelDb
 
 # Arguments and options the commands share.
 ModelFolder = Annotated[
@@ -99,9 +100,7 @@ def search(
     session: Annotated[
         str | None, typer.Option("--session", help="Search session (default from class, query).")
     ] = None,
-    db: Annotated[
-        Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
-    ] = None,
+    db: LabelDb = None,
     oracle: Annotated[
         str | None, typer.Option("--oracle", help="Answer from labels: 'store' or a CSV.")
     ] = None,
