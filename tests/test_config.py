@@ -151,8 +151,12 @@ def test_overlay_files_merge_over_a_preset_and_partial_files_alone_are_incomplet
 
 def test_laptop_preset_is_small_with_stages_long_enough_to_learn():
     laptop, small = load_config(["laptop"]), load_config(["small"])
-    # The regularisers against memorizing a small store are the only other differences.
-    assert laptop.model == dataclasses.replace(small.model, head_dropout=laptop.model.head_dropout)
+    # The regularisers against memorizing a small store and the levers against learning only the
+    # scene (a cosine coincidence head, hard negatives) are the only other differences.
+    assert laptop.model == dataclasses.replace(
+        small.model, head_dropout=laptop.model.head_dropout, coincidence_head="cosine"
+    )
+    assert laptop.curriculum.hard_negatives == 1.0 and small.curriculum.hard_negatives == 0.0
     assert laptop.optim == dataclasses.replace(small.optim, weight_decay=laptop.optim.weight_decay)
     assert laptop.model.head_dropout > 0 and laptop.optim.weight_decay > 0
     assert laptop.augment.enabled and not small.augment.enabled
