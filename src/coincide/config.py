@@ -12,9 +12,9 @@ How a configuration is made (`load_config`):
    `UserError` naming it. `save_config` writes the resolved result (RUN/config.yaml), which is
    itself a complete configuration: `--config RUN/config.yaml` reproduces the run.
 
-The presets live in `coincide/configs/` inside the package (so they ship in the wheel and are
-read with importlib.resources); the top-level `configs/` folder of the repository holds identical
-copies for reading and editing, and a test keeps the two in step.
+The presets have one home, `src/coincide/configs/` inside the package (so they ship in the wheel
+and are read with importlib.resources); `--config NAME` reads `NAME.yaml` from there, and
+`--config FILE.yaml` reads a file of your own (which may start from a preset with `base: NAME`).
 
 The curriculum (paper 3.4) is a list of stages. A stage is either a recipe name, whose loss
 weights follow from alpha and beta:
