@@ -19,6 +19,7 @@ from coincide.finetune import (
     Strategy,
     finetune_strategy,
 )
+from coincide.store.labels import label_store_path
 
 
 def default_session(strategy: Strategy) -> str | None:
@@ -108,7 +109,7 @@ def _add_search_labels(
     from coincide.search_label import merge_search_labels, search_answers, search_sessions
     from coincide.store.labels import SQLiteLabelStore
 
-    db_path = Path(db) if db else Path(run_dir) / "labels.sqlite"
+    db_path = label_store_path(run_dir, db or None)
     if not db_path.is_file():
         raise UserError(
             f"--with-search: no label store at {db_path}; label search hits first with "

@@ -49,7 +49,14 @@ from coincide.label_select import (
 from coincide.label_signal import estimate as estimate_signal
 from coincide.metrics import labels_to_matrix, propagated_label_quality
 from coincide.store.features import FeatureStore, open_store
-from coincide.store.labels import Answer, LabelStore, Request, Session, SQLiteLabelStore
+from coincide.store.labels import (
+    Answer,
+    LabelStore,
+    Request,
+    Session,
+    SQLiteLabelStore,
+    label_store_path,
+)
 from coincide.store.media_labels import read_labels_csv
 
 Strategy = LabelStrategy
@@ -353,7 +360,7 @@ def answers_fingerprint(label_store: LabelStore, session: Session, budget: int) 
 def check_propagated_current(run_dir: Path, name: str, summary: dict[str, Any]) -> None:
     """Refuse propagated labels that no longer match the session's answers in the label store
     (a labeling page stopped before it wrote them, answers given or undone since)."""
-    db = Path(summary.get("label_store") or Path(run_dir) / "labels.sqlite")
+    db = label_store_path(run_dir, summary.get("label_store"))
     budget = int(summary.get("requests") or 0)
     again = f"--session {name} --budget {budget}` to propagate them again (it asks nothing new)"
     if "answers_fingerprint" not in summary or not db.is_file():
@@ -506,7 +513,7 @@ def run(
         raise UserError(f"--session {name!r} must be a plain name (no '/'); choose another.")
 
     # Requests and answers, committed one by one in the label store.
-    db_path = Path(db) if db else Path(run_dir) / "labels.sqlite"
+    db_path = label_store_path(run_dir, db or None)
     window_labels = oracle_window_labels(store, oracle) if oracle else None
     with SQLiteLabelStore(db_path) as label_store:
         session = open_session(label_store, name, run_dir, store, plan)

@@ -22,6 +22,7 @@ import pandas as pd
 
 from coincide.predict import printable
 from coincide.report_html import Pictures, key_table, missing, table, text
+from coincide.store.labels import label_store_path
 from coincide.store.layout import read_json_or_none
 from coincide.train.report import PLOTS_DIR, plot_stage
 
@@ -41,7 +42,7 @@ def _reference_labels(run: Path, name: str, summary: dict[str, Any]) -> tuple[li
     from coincide.store.features import open_store
     from coincide.store.labels import SQLiteLabelStore
 
-    db = Path(summary.get("label_store") or Path(run) / "labels.sqlite")
+    db = label_store_path(run, summary.get("label_store"))
     if not db.is_file():
         return None
     with SQLiteLabelStore(db) as label_store:

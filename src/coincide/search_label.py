@@ -33,7 +33,7 @@ from coincide.errors import UserError
 from coincide.finetune import LabeledWindows
 from coincide.label_select import check_id
 from coincide.store.features import FeatureStore
-from coincide.store.labels import LabelStore, Session, SQLiteLabelStore
+from coincide.store.labels import LabelStore, Session, SQLiteLabelStore, label_store_path
 from coincide.store.media_labels import check_label
 
 STRATEGY = "search"
@@ -207,7 +207,7 @@ def run(
     home = model.home
     if db is None and home is None:
         raise UserError("this model has no run folder for the label store; pass --db PATH.")
-    db_path = Path(db) if db is not None else Path(home) / "labels.sqlite"  # type: ignore[arg-type]
+    db_path = label_store_path(home, db)  # type: ignore[arg-type]
     run_dir = Path(home) if home is not None else db_path.parent
     windows = [int(hit.window) for hit in hits]
     with SQLiteLabelStore(db_path) as label_store:

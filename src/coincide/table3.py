@@ -69,7 +69,7 @@ from coincide.label import (
 from coincide.label_select import MEMBERS, ORDERS, MemberChoice, Order
 from coincide.label_signal import estimate as estimate_signal
 from coincide.store.features import FeatureStore, open_store
-from coincide.store.labels import SQLiteLabelStore
+from coincide.store.labels import SQLiteLabelStore, label_store_path
 
 DEFAULT_SEEDS = (0, 1, 2)
 # Checks every this many clusters in the `checks` query of `--queries all`.
@@ -377,7 +377,7 @@ def table3(
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
     queries = (PAPER_QUERY, *settings.queries)
-    with SQLiteLabelStore(out / "labels.sqlite") as label_store:
+    with SQLiteLabelStore(label_store_path(out)) as label_store:
         drawn = draw_labels(
             label_store,
             run_dir,

@@ -29,7 +29,7 @@ import pandas as pd
 from coincide.errors import UserError
 from coincide.labelui.campaign import find_session, session_assignment
 from coincide.store.features import open_store
-from coincide.store.labels import Session, SQLiteLabelStore
+from coincide.store.labels import Session, SQLiteLabelStore, label_store_path
 
 # The table formats (`labels export --format label-studio` is coincide.labelui.label_studio_export).
 Format = Literal["csv", "json"]
@@ -129,7 +129,7 @@ def session_tables(
 def label_store_file(run_dir: Path, db: Path | None) -> Path:
     """The label store a `coincide labels` command reads (`--db`, default RUN/labels.sqlite);
     UserError when it does not exist."""
-    db_path = Path(db) if db is not None else Path(run_dir) / "labels.sqlite"
+    db_path = label_store_path(run_dir, db)
     if not db_path.is_file():
         raise UserError(
             f"no label store at {db_path}; label with `coincide label {run_dir} ...` first, "

@@ -27,11 +27,10 @@ from coincide.labelui.app import create_app
 from coincide.labelui.campaign import Campaign, find_session, session_assignment
 from coincide.labelui.vocab import load_vocabulary
 from coincide.store.features import open_store
-from coincide.store.labels import SQLiteLabelStore
+from coincide.store.labels import SQLiteLabelStore, label_store_path
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8750
-LABELS_FILE = "labels.sqlite"
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
@@ -43,11 +42,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def default_db_path(run_dir: str | Path) -> Path:
-    """The label store of a run: `RUN/labels.sqlite`."""
-    return Path(run_dir) / LABELS_FILE
 
 
 @dataclass
@@ -71,7 +65,7 @@ def open_campaign(
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist; give the RUN of `coincide train`.")
-    db = Path(db_path) if db_path is not None else default_db_path(run_dir)
+    db = label_store_path(run_dir, db_path)
     if not db.is_file():
         raise UserError(
             f"no label store at {db}; select clusters with `coincide label {run_dir} --store "

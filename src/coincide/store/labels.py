@@ -47,6 +47,15 @@ RequestState = Literal["pending", "answered"]
 ANSWER_KINDS: tuple[str, ...] = get_args(AnswerKind)
 Clock = Callable[[], float]
 
+# A run's label store: RUN/labels.sqlite (every command that reads or writes labels finds it here).
+LABEL_STORE_FILE = "labels.sqlite"
+
+
+def label_store_path(run_dir: str | Path, db: str | Path | None = None) -> Path:
+    """The label store a command uses: `db` when given, else the run's `RUN/labels.sqlite`."""
+    return Path(db) if db is not None else Path(run_dir) / LABEL_STORE_FILE
+
+
 SCHEMA_VERSION = 2
 # Version 1 had no answers.given_by; opening such a file adds the column (its answers keep
 # NULL: nobody's in particular, so only an undo that names no owner takes them back).
