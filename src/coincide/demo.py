@@ -66,18 +66,19 @@ def main(argv: list[str] | None = None) -> None:
     )
     _step("summarise the training store", ["info", "--store", str(train_store)])
 
-    # 3. Self-supervised training: av -> coin -> joint with the CPU-sized `small` preset,
+    # 3. Self-supervised training: av -> coin -> joint with the `demo` preset (the default
+    #    `laptop` preset with stages of at most 80 steps),
     #    measuring held-out query-by-example mAP along the way.
     run = out / "run"
     _step(
-        "train the curriculum (small preset)",
+        "train the curriculum (demo preset: the default, short stages)",
         [
             "train",
             str(run),
             "--store",
             str(train_store),
             "--config",
-            "small",
+            "demo",
             "--test-store",
             str(test_store),
             "--eval-every",
