@@ -24,6 +24,8 @@ def no_tensorboard(monkeypatch: pytest.MonkeyPatch) -> None:
     sys.modules makes `import` raise ModuleNotFoundError, even after an earlier import)."""
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    # The note is printed once per process; each test starts as a fresh process would.
+    monkeypatch.setattr("coincide.train.monitor._TOLD_NO_TENSORBOARD", False)
 
 
 def _log_two_steps(monitor: Monitor) -> None:
@@ -60,6 +62,10 @@ def test_without_tensorboard_the_monitor_logs_the_csv_and_says_so_once(
     assert " ".join(NO_TENSORBOARD.split()) in " ".join(out.split())
     assert pd.read_csv(tmp_path / LOG_FILE)["av"].tolist() == [0.75, 0.5]
     assert not (tmp_path / TB_DIR).exists()
+    # A second run in the same process (Table 3 trains many classifiers) does not repeat it.
+    (tmp_path / "second").mkdir()
+    _log_two_steps(Monitor(tmp_path / "second", ["total", "av"], resume_step=0, progress=False))
+    assert "TensorBoard is not installed" not in capsys.readouterr().out
 
 
 def test_a_run_without_tensorboard_writes_its_csv_curves_and_plots(

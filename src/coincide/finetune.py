@@ -441,26 +441,27 @@ def train_classifier(
     # dropped), TensorBoard in out_dir/tb, out_dir/plots/stage1_finetune.png. Its pairs_per_s
     # column holds windows/s.
     total = int(selected["steps"])
-    monitor = Monitor(out_dir, [], step, cfg.progress)
-    monitor.start_stage(f"finetune {out_dir.name}", total, step)
-    speed, loss_sum, summed = Throughput(), 0.0, 0
     train_mode()
-    try:
-        while step < total:
-            picks = batch_positions(len(labeled.windows), cfg.batch_size, cfg.seed, step)
-            loss = step_loss(optimizer, picks, step)
-            step += 1
-            speed.add(cfg.batch_size)
-            loss_sum, summed = loss_sum + loss, summed + 1
-            if step % cfg.log_every == 0 or step == total:
-                losses = {"total": loss_sum / summed}
-                monitor.log_train(step, "finetune", step, losses, cfg.lr, speed.rate(), None)
-                loss_sum, summed = 0.0, 0
-            monitor.advance(step)
-            if step % cfg.checkpoint_every == 0:
-                save(step)
-    finally:
-        monitor.close()
+    if step < total:
+        monitor = Monitor(out_dir, [], step, cfg.progress)
+        monitor.start_stage(f"finetune {out_dir.name}", total, step)
+        speed, loss_sum, summed = Throughput(), 0.0, 0
+        try:
+            while step < total:
+                picks = batch_positions(len(labeled.windows), cfg.batch_size, cfg.seed, step)
+                loss = step_loss(optimizer, picks, step)
+                step += 1
+                speed.add(cfg.batch_size)
+                loss_sum, summed = loss_sum + loss, summed + 1
+                if step % cfg.log_every == 0 or step == total:
+                    losses = {"total": loss_sum / summed}
+                    monitor.log_train(step, "finetune", step, losses, cfg.lr, speed.rate(), None)
+                    loss_sum, summed = 0.0, 0
+                monitor.advance(step)
+                if step % cfg.checkpoint_every == 0:
+                    save(step)
+        finally:
+            monitor.close()
     save(step)
     if total > 0:
         plot_stage(out_dir, 1, "finetune")

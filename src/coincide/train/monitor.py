@@ -87,6 +87,9 @@ class ClusterWatch:
         return active, entropy, collapsed
 
 
+_TOLD_NO_TENSORBOARD = False
+
+
 class Monitor:
     """Progress bar, console lines, CSV log and TensorBoard scalars of one run (rank 0 only)."""
 
@@ -99,8 +102,10 @@ class Monitor:
         self._csv_file = _open_log(run_dir / LOG_FILE, self.columns, resume_step)
         self._csv = csv.DictWriter(self._csv_file, fieldnames=self.columns)
         self._tb = _summary_writer(run_dir / TB_DIR, resume_step)
-        if isinstance(self._tb, _NoTensorBoard):
-            self.line(NO_TENSORBOARD)
+        global _TOLD_NO_TENSORBOARD
+        if isinstance(self._tb, _NoTensorBoard) and not _TOLD_NO_TENSORBOARD:
+            self.line(NO_TENSORBOARD)  # once per process: Table 3 trains many classifiers
+            _TOLD_NO_TENSORBOARD = True
         self._show_progress = progress
         self._progress: Progress | None = None
         self._task: TaskID | None = None
