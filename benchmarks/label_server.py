@@ -30,7 +30,7 @@ import numpy as np
 
 from coincide.cluster import store_clusters_dir, write_clustering
 from coincide.labelui.server import LabelingServer
-from coincide.store.labels import SQLiteLabelStore
+from coincide.store.labels_sqlite import SQLiteLabelStore
 from coincide.store.writer import MediaRecord, StoreWriter
 
 FRONTEND = {"n_mels": 64, "window_frames": 96, "frame_size": 128}

@@ -33,7 +33,8 @@ from coincide.label_select import (
     select_requests,
 )
 from coincide.store.features import open_store
-from coincide.store.labels import InMemoryLabelStore, SQLiteLabelStore
+from coincide.store.labels import InMemoryLabelStore
+from coincide.store.labels_sqlite import SQLiteLabelStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 from consolidation_helpers import balanced_clips, make_run, make_store  # noqa: E402

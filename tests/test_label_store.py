@@ -15,12 +15,8 @@ import numpy as np
 import pytest
 
 from coincide.errors import UserError
-from coincide.store.labels import (
-    AnswerConflict,
-    InMemoryLabelStore,
-    LabelStore,
-    SQLiteLabelStore,
-)
+from coincide.store.labels import AnswerConflict, InMemoryLabelStore, LabelStore
+from coincide.store.labels_sqlite import SQLiteLabelStore
 
 
 class FakeClock:
@@ -484,7 +480,7 @@ def test_sqlite_keeps_committed_answers_when_the_process_dies(tmp_path):
     child = textwrap.dedent(
         f"""
         import os
-        from coincide.store.labels import SQLiteLabelStore
+        from coincide.store.labels_sqlite import SQLiteLabelStore
         store = SQLiteLabelStore({str(path)!r})
         session_id = store.create_session("crash", "r", "s", "cluster", 0, {{}})
         store.add_requests(session_id, [(c, c) for c in range(5)])

@@ -25,7 +25,7 @@ from coincide.labelui.label_studio_export import classifier_predictions
 from coincide.labelui.label_studio_import import log_path
 from coincide.labelui.label_studio_import import run as import_run
 from coincide.store.features import open_store
-from coincide.store.labels import SQLiteLabelStore
+from coincide.store.labels_sqlite import SQLiteLabelStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 import mediagen  # noqa: E402

@@ -41,7 +41,7 @@ from coincide.labelui.app import create_app  # noqa: E402
 from coincide.labelui.campaign import NotFound  # noqa: E402
 from coincide.labelui.clips import clip_span  # noqa: E402
 from coincide.labelui.vocab import Suggestion, Term, Vocabulary, load_vocabulary, suggest  # noqa: E402
-from coincide.store.labels import SQLiteLabelStore
+from coincide.store.labels_sqlite import SQLiteLabelStore
 from coincide.store.media_id import media_id_of
 from coincide.store.writer import MediaRecord, StoreWriter
 
@@ -600,7 +600,7 @@ from coincide.labelui.campaign import Campaign, find_session
 from coincide.labelui.server import _listening_socket
 from coincide.labelui.vocab import Vocabulary
 from coincide.store.features import open_store
-from coincide.store.labels import SQLiteLabelStore
+from coincide.store.labels_sqlite import SQLiteLabelStore
 
 db, store_path, assignment_path = sys.argv[1:4]
 labels = SQLiteLabelStore(db)

@@ -30,7 +30,7 @@ from coincide.report import run as report
 from coincide.report import write_report
 from coincide.report_html import human_title, markdown_to_html
 from coincide.store.features import open_store
-from coincide.store.labels import SQLiteLabelStore
+from coincide.store.labels_sqlite import SQLiteLabelStore
 from coincide.table3 import run_table3
 from coincide.train.loop import run as train
 from coincide.train.validation import overfitting_message

@@ -28,7 +28,8 @@ from coincide.search_label import (
     session_name,
 )
 from coincide.store.features import open_store
-from coincide.store.labels import InMemoryLabelStore, SQLiteLabelStore
+from coincide.store.labels import InMemoryLabelStore
+from coincide.store.labels_sqlite import SQLiteLabelStore
 
 sys.path.insert(0, str(Path(__file__).parent))
 from inference_helpers import TinyRun, make_tiny_run  # noqa: E402

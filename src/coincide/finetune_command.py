@@ -107,7 +107,7 @@ def _add_search_labels(
 ) -> tuple[LabeledWindows, list[str]]:
     """The labels with every search session's answers on top, and those sessions' names."""
     from coincide.search_label import merge_search_labels, search_answers, search_sessions
-    from coincide.store.labels import SQLiteLabelStore
+    from coincide.store.labels_sqlite import SQLiteLabelStore
 
     db_path = label_store_path(run_dir, db or None)
     if not db_path.is_file():

@@ -49,14 +49,8 @@ from coincide.label_select import (
 from coincide.label_signal import estimate as estimate_signal
 from coincide.metrics import labels_to_matrix, propagated_label_quality
 from coincide.store.features import FeatureStore, open_store
-from coincide.store.labels import (
-    Answer,
-    LabelStore,
-    Request,
-    Session,
-    SQLiteLabelStore,
-    label_store_path,
-)
+from coincide.store.labels import Answer, LabelStore, Request, Session, label_store_path
+from coincide.store.labels_sqlite import SQLiteLabelStore
 from coincide.store.media_labels import read_labels_csv
 
 Strategy = LabelStrategy

@@ -40,7 +40,7 @@ def _reference_labels(run: Path, name: str, summary: dict[str, Any]) -> tuple[li
     """The clip labels of every window of the store a session labeled, and that store; None
     when the label store, the session's store or its labels are not there."""
     from coincide.store.features import open_store
-    from coincide.store.labels import SQLiteLabelStore
+    from coincide.store.labels_sqlite import SQLiteLabelStore
 
     db = label_store_path(run, summary.get("label_store"))
     if not db.is_file():

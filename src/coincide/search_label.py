@@ -33,7 +33,8 @@ from coincide.errors import UserError
 from coincide.finetune import LabeledWindows
 from coincide.label_select import check_id
 from coincide.store.features import FeatureStore
-from coincide.store.labels import LabelStore, Session, SQLiteLabelStore, label_store_path
+from coincide.store.labels import LabelStore, Session, label_store_path
+from coincide.store.labels_sqlite import SQLiteLabelStore
 from coincide.store.media_labels import check_label
 
 STRATEGY = "search"

@@ -69,7 +69,8 @@ from coincide.label import (
 from coincide.label_select import MEMBERS, ORDERS, MemberChoice, Order
 from coincide.label_signal import estimate as estimate_signal
 from coincide.store.features import FeatureStore, open_store
-from coincide.store.labels import SQLiteLabelStore, label_store_path
+from coincide.store.labels import label_store_path
+from coincide.store.labels_sqlite import SQLiteLabelStore
 
 DEFAULT_SEEDS = (0, 1, 2)
 # Checks every this many clusters in the `checks` query of `--queries all`.

@@ -29,7 +29,8 @@ import pandas as pd
 from coincide.errors import UserError
 from coincide.labelui.campaign import find_session, session_assignment
 from coincide.store.features import open_store
-from coincide.store.labels import Session, SQLiteLabelStore, label_store_path
+from coincide.store.labels import Session, label_store_path
+from coincide.store.labels_sqlite import SQLiteLabelStore
 
 # The table formats (`labels export --format label-studio` is coincide.labelui.label_studio_export).
 Format = Literal["csv", "json"]

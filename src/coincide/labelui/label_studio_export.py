@@ -38,7 +38,8 @@ from coincide.labelui.campaign import Campaign, MediaUnavailable, find_session, 
 from coincide.labelui.export import label_store_file
 from coincide.labelui.vocab import load_vocabulary
 from coincide.store.features import open_store
-from coincide.store.labels import Answer, SQLiteLabelStore
+from coincide.store.labels import Answer
+from coincide.store.labels_sqlite import SQLiteLabelStore
 
 STORE_MODEL_VERSION = "coincide label store"
 AUDIO_DIR = "audio"

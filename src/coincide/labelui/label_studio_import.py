@@ -35,7 +35,8 @@ from coincide.errors import UserError
 from coincide.labelui.campaign import find_session
 from coincide.labelui.export import label_store_file
 from coincide.labelui.label_studio import Annotated, FormatError, read_task
-from coincide.store.labels import AnswerKind, SQLiteLabelStore, owner_digest
+from coincide.store.labels import AnswerKind, owner_digest
+from coincide.store.labels_sqlite import SQLiteLabelStore
 
 LOG_SUFFIX = ".imports.jsonl"
 

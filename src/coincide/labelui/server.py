@@ -27,7 +27,8 @@ from coincide.labelui.app import create_app
 from coincide.labelui.campaign import Campaign, find_session, session_assignment
 from coincide.labelui.vocab import load_vocabulary
 from coincide.store.features import open_store
-from coincide.store.labels import SQLiteLabelStore, label_store_path
+from coincide.store.labels import label_store_path
+from coincide.store.labels_sqlite import SQLiteLabelStore
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8750
