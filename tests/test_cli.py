@@ -75,7 +75,7 @@ def test_docs_cli_md_is_what_the_parser_generates() -> None:
     assert text == generate(page_head(text)), "run `python -m coincide.cli_docs`"
     for command in ("## coincide train", "## coincide reproduce table3", "## coincide search"):
         assert command in text
-    assert "| `--method` | head \\| kmeans | `head` |" in text
+    assert "| `--method` | head \\| kmeans |  | head (p_clust) or kmeans" in text
 
 
 UPGRADES = [

@@ -291,3 +291,29 @@ def test_label_command_writes_propagated_labels_and_extends_the_session(tmp_path
     random = label_stage.run(tmp_path / "run", store, 7, "store", strategy="random")
     assert random["session"] == "random" and random["labeled_windows"] == 7
     assert "wrote" in capsys.readouterr().out
+
+
+def test_a_run_that_clusters_with_kmeans_by_default_labels_and_finetunes_it(tmp_path, capsys):
+    """laptop-trained runs say `clustering.method: kmeans`: cluster, label and the default
+    session then use k-means at the run's K, and the head stays one option away."""
+    store = make_store(tmp_path / "train", balanced_clips(["a", "b", "c"], 8), windows_per_clip=4)
+    run = tmp_path / "run"
+    make_run(run, num_clusters=6)
+    (run / "config.yaml").write_text("clustering: {K: 6, method: kmeans}\n", encoding="utf-8")
+
+    made = cluster_stage.run(run, store)
+    assert made.name == "kmeans-6" and made.folder == run / "clusters/train/kmeans-6"
+    assert "kmeans-6 (method kmeans" in capsys.readouterr().out
+    assert cluster_stage.run(run, store, method="kmeans").name == "kmeans-6"  # the run's K
+    assert cluster_stage.run(run, store, method="head").name == "head"
+
+    default = label_stage.run(run, store, 3, "store")
+    assert default["session"] == "cluster" and default["clustering"] == "kmeans-6"
+    head = label_stage.run(run, store, 3, "store", method="head")
+    assert head["session"] == "cluster-head"
+
+    # A run whose config predates the key (or has none) keeps the head.
+    (run / "config.yaml").write_text("clustering: {K: 6}\n", encoding="utf-8")
+    assert cluster_stage.run_clustering(run) == ("head", None)
+    (run / "config.yaml").unlink()
+    assert cluster_stage.resolve_method(run, None, 4) == ("kmeans", 4)

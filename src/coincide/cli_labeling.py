@@ -22,6 +22,16 @@ from coincide.cli_vocab import VocabGroup
 LabelDb = Annotated[
     Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
 ]
+# How a command picks its clustering (cluster, label, reproduce table3).
+MethodOption = Annotated[
+    ClusterMethod | None,
+    typer.Option(
+        "--method", help="head (p_clust) or kmeans (on f); default: the run's clustering.method."
+    ),
+]
+ClustersOption = Annotated[
+    int | None, typer.Option("--clusters", min=1, help="k-means centres (default: the run's K).")
+]
 # Shared with `reproduce table3`: how a classifier's number of steps is chosen.
 EarlyStop = Annotated[
     bool,
@@ -35,11 +45,8 @@ EarlyStop = Annotated[
 def cluster(
     run: Annotated[Path, typer.Argument(help="Run folder (from `coincide train`).")],
     store: Annotated[Path, typer.Option("--store", help="Feature store whose windows to cluster.")],
-    method: Annotated[
-        ClusterMethod,
-        typer.Option("--method", help="head (the run's p_clust) or kmeans (on f's embeddings)."),
-    ] = "head",
-    k: Annotated[int | None, typer.Option("--clusters", min=1, help="k-means centres.")] = None,
+    method: MethodOption = None,
+    k: ClustersOption = None,
     checkpoint: Annotated[
         Path | None,
         typer.Option(
@@ -92,10 +99,8 @@ def label(
     ] = None,
     db: LabelDb = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the selection.")] = 0,
-    method: Annotated[
-        ClusterMethod, typer.Option("--method", help="Clustering: head or kmeans.")
-    ] = "head",
-    k: Annotated[int | None, typer.Option("--clusters", min=1, help="k-means centres.")] = None,
+    method: MethodOption = None,
+    k: ClustersOption = None,
     head_steps: Annotated[
         int, typer.Option("--head-steps", min=0, help="The clustering of `cluster --head-steps`.")
     ] = 0,

@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from coincide.choices import ClusterMethod, ClusterOrder, MemberChoice, Pooling
-from coincide.cli_labeling import EarlyStop
+from coincide.choices import ClusterOrder, MemberChoice, Pooling
+from coincide.cli_labeling import ClustersOption, EarlyStop, MethodOption
 from coincide.cli_vocab import VocabGroup
 from coincide.errors import UserError
 
@@ -137,10 +137,8 @@ def reproduce_table3(
     budgets: Annotated[str, typer.Option("--budget", help="Label budgets, e.g. 10,20,50,100.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for table3.md/.csv/.png and runs.")],
     oracle: Annotated[str, typer.Option("--oracle", help="'store' or a path,label CSV.")] = "store",
-    method: Annotated[
-        ClusterMethod, typer.Option("--method", help="Clustering: head or kmeans.")
-    ] = "head",
-    k: Annotated[int | None, typer.Option("--clusters", min=1, help="k-means centres.")] = None,
+    method: MethodOption = None,
+    k: ClustersOption = None,
     head_steps: Annotated[
         int, typer.Option("--head-steps", min=0, help="p_clust trained N more steps first.")
     ] = 0,

@@ -442,19 +442,57 @@ METHOD_WORDS = {
 }
 
 
+def _clustering_config(run: Path) -> dict[str, Any]:
+    """The `clustering` section of RUN/config.yaml ({} without a readable one)."""
+    import yaml
+
+    try:
+        tree = yaml.safe_load((Path(run) / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return {}
+    section = tree.get("clustering") if isinstance(tree, dict) else None
+    return section if isinstance(section, dict) else {}
+
+
+def run_clustering(run: Path) -> tuple[Method, int | None]:
+    """The clustering a run's commands use unless told otherwise: its `clustering.method`,
+    k-means at the run's `clustering.K` or the head; the head for a run whose config predates
+    the key (or that has no config)."""
+    section = _clustering_config(run)
+    if section.get("method", "head") == "kmeans" and "K" in section:
+        return "kmeans", int(section["K"])
+    return "head", None
+
+
+def resolve_method(run: Path, method: Method | None, k: int | None) -> tuple[Method, int | None]:
+    """`(method, k)` from a command's `--method` and `--clusters`: neither given, the run's own
+    (`run_clustering`); `--clusters K` alone, k-means; `--method kmeans` alone, at the run's K."""
+    if method is None:
+        return ("kmeans", k) if k is not None else run_clustering(run)
+    if method == "kmeans" and k is None:
+        run_k = _clustering_config(run).get("K")
+        k = int(run_k) if run_k is not None else None
+    return method, k
+
+
 def run(
     run_dir: Path,
     store_path: Path,
-    method: Method = "head",
+    method: Method | None = None,
     k: int | None = None,
     checkpoint: Path | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     seed: int = 0,
     head_steps: int = 0,
 ) -> Clustering:
-    """The `coincide cluster` command: cluster, write, print a one-line summary."""
+    """The `coincide cluster` command: cluster, write, print a one-line summary. Without
+    `method` and `k`, the run's own clustering method (`resolve_method`)."""
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist; train a run first.")
+    if method is None and head_steps:
+        method = "head"
+    defaulted = method is None and k is None
+    method, k = resolve_method(Path(run_dir), method, k)
     if method == "head" and k is not None:
         raise UserError(
             "--clusters sets the number of k-means centres; the head's K comes from the run."
@@ -469,6 +507,7 @@ def run(
     )
     s = clustering.summary
     longer = f", trained {head_steps} more steps on the frozen embeddings" if head_steps else ""
+    longer += ", the run's default" if defaulted else ""
     print(
         f"{clustering.name} (method {method}: {METHOD_WORDS[method]}{longer}): {s['windows']} "
         f"windows in {s['active_clusters']} active clusters of K = {s['K']} (largest "

@@ -150,10 +150,16 @@ class ClusteringConfig:
     gamma: float
     scale: float
     collapse_fraction: float
+    # What `coincide cluster`, `label` and `reproduce table3` use unless told otherwise: the
+    # trained head p_clust, or k-means with K centres on the run's frozen embeddings. A default
+    # so that configs saved before the key existed still load (they meant the head).
+    method: str = "head"
 
     def __post_init__(self) -> None:
         if self.K < 2:
             raise UserError(f"clustering.K is {self.K}; use at least 2 clusters.")
+        if self.method not in ("head", "kmeans"):
+            raise UserError(f"clustering.method is {self.method!r}; use head or kmeans.")
         _positive("clustering.scale", self.scale)
 
 

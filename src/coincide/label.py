@@ -39,7 +39,15 @@ import numpy as np
 import pandas as pd
 
 from coincide.choices import ClusterMethod, ClusterOrder, LabelStrategy, MemberChoice
-from coincide.cluster import Clustering, ClusterMembers, load_clustering, store_clusters_dir
+from coincide.cluster import (
+    Clustering,
+    ClusterMembers,
+    clustering_name,
+    load_clustering,
+    resolve_method,
+    run_clustering,
+    store_clusters_dir,
+)
 from coincide.errors import UserError
 from coincide.label_select import (
     is_check,
@@ -427,11 +435,15 @@ def labels_dir(run: Path, session: str) -> Path:
     return Path(run) / "labels" / session
 
 
-def default_session_name(strategy: Strategy, clustering: str = "head") -> str:
-    """`cluster` (cluster labeling of the head's clustering), `cluster-kmeans-K`, or `random`."""
+def default_session_name(
+    strategy: Strategy, clustering: str = "head", run_default: str = "head"
+) -> str:
+    """`random`; `cluster` for cluster labeling of the run's default clustering (`run_default`,
+    see `cluster.run_clustering`), which finetune reads by default; `cluster-<clustering>` for
+    another one (e.g. `cluster-head` in a run that clusters with k-means by default)."""
     if strategy == "random":
         return "random"
-    return "cluster" if clustering == "head" else f"cluster-{clustering}"
+    return "cluster" if clustering == run_default else f"cluster-{clustering}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,7 +471,7 @@ def run(
     session_name: str | None = None,
     db: Path | None = None,
     seed: int = 0,
-    method: ClusterMethod = "head",
+    method: ClusterMethod | None = None,
     k: int | None = None,
     serve: bool = False,
     host: str = "127.0.0.1",
@@ -487,6 +499,9 @@ def run(
     members: ClusterMembers | None = None
     embeddings: np.ndarray | None = None
     if strategy == "cluster":
+        if method is None and head_steps:
+            method = "head"
+        method, k = resolve_method(Path(run_dir), method, k)
         clustering = load_clustering(run_dir, store.root, method, k, head_steps)
         if len(clustering.assignment) != len(store):
             raise UserError(
@@ -497,7 +512,8 @@ def run(
         plan = cluster_plan(clustering, select, member, seed, check_every)
         if member == "medoid":
             embeddings = _load_embeddings(run_dir, store)
-        name = session_name or default_session_name("cluster", clustering.name)
+        run_default = clustering_name(*run_clustering(Path(run_dir)))
+        name = session_name or default_session_name("cluster", clustering.name, run_default)
     else:
         plan = SessionPlan(strategy="random", seed=seed, windows=len(store))
         name = session_name or default_session_name("random")
@@ -568,8 +584,10 @@ def run(
 
     capped = f" (only {len(requests)} active clusters)" if len(requests) < budget else ""
     pending = summary["requests"] - summary["answered"]
+    of = f" (clustering {clustering.name})" if clustering is not None else ""
     print(
-        f"session {name!r}: {summary['answered']} of {len(requests)} requests answered{capped}, "
+        f"session {name!r}{of}: {summary['answered']} of {len(requests)} requests answered"
+        f"{capped}, "
         f"{asked} asked now; {len(propagated)} windows labeled"
         + (f"; {pending} requests wait for an annotator" if pending else "")
         + (

@@ -50,6 +50,7 @@ from coincide.cluster import (
     Method,
     default_checkpoint,
     ensure_clustering,
+    resolve_method,
     store_clusters_dir,
     store_embeddings,
 )
@@ -480,7 +481,7 @@ def run_table3(
     out: Path,
     oracle: str = "store",
     cfg: FinetuneConfig | None = None,
-    method: Method = "head",
+    method: Method | None = None,
     k: int | None = None,
     seeds: Sequence[int] = DEFAULT_SEEDS,
     queries: Sequence[Query] = (),
@@ -490,7 +491,8 @@ def run_table3(
 ) -> pd.DataFrame:
     """`coincide reproduce table3`: run the table, write DIR/table3.md, table3.csv (mean and
     spread per row), table3_seeds.csv (every seed) and table3.png, print the table with its
-    label-efficiency figures and the time it took. Returns the per-seed rows."""
+    label-efficiency figures and the time it took. Returns the per-seed rows. Without
+    `method` and `k`, the run's own clustering (`cluster.resolve_method`)."""
     from coincide.table3_report import write_table3
 
     if not Path(run_dir).is_dir():
@@ -498,6 +500,9 @@ def run_table3(
     if workers is not None and workers < 1:
         raise UserError(f"--workers {workers}: give at least 1.")
     started, cpu_start = time.monotonic(), _cpu_seconds()
+    if method is None and head_steps:
+        method = "head"
+    method, k = resolve_method(Path(run_dir), method, k)
     settings = Table3Settings(
         run=Path(run_dir),
         budgets=tuple(budgets),
