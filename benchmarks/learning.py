@@ -46,24 +46,33 @@ from coincide.inference import load_model
 from coincide.media.decode import extract_features
 from coincide.qbe import qbe_map
 
-# Configuration overrides of each variant, on top of --config. `plain` turns every regulariser
-# off (the laptop preset has augmentation, head dropout and weight decay on); `augment` is the
-# preset as it is.
+# Configuration overrides of each variant, on top of --config. `augment` is the preset as it is
+# (the laptop preset: augmentation, weight decay, and the levers against the scene shortcut);
+# `plain` turns the regularisers off. The levers (benchmarks/README.md, "Levers against the
+# scene shortcut"): a cosine coincidence head, augmentation that takes colour, level and light
+# away from two views of one media, and hard-negative weights. `before_levers` is the laptop
+# preset as it was before them; the `cosine*` variants add them back one by one.
 SCENE_AUGMENT = [
     "augment.audio.filter_db=6",
     "augment.audio.gain_db=12",
     "augment.image.grayscale=0.5",
 ]
+BEFORE_LEVERS = [
+    "model.coincidence_head=mlp",
+    "curriculum.hard_negatives=0.0",
+    "augment.audio.filter_db=0.0",
+    "augment.audio.gain_db=6.0",
+    "augment.image.grayscale=0.0",
+]
 VARIANTS: dict[str, list[str]] = {
     "plain": ["augment={}", "model.head_dropout=0.0", "optim.weight_decay=0.0"],
     "augment": [],
-    # The levers against the scene shortcut (benchmarks/README.md): a cosine coincidence head,
-    # augmentation that takes colour, level and light away from two views of one media, and
-    # hard-negative weights.
-    "cosine": ["model.coincidence_head=cosine"],
-    "cosine_aug": ["model.coincidence_head=cosine", *SCENE_AUGMENT],
-    "cosine_hn": ["model.coincidence_head=cosine", "curriculum.hard_negatives=1.0"],
+    "before_levers": BEFORE_LEVERS,
+    "cosine": [*BEFORE_LEVERS, "model.coincidence_head=cosine"],
+    "cosine_aug": [*BEFORE_LEVERS, "model.coincidence_head=cosine", *SCENE_AUGMENT],
+    "cosine_hn": [*BEFORE_LEVERS, "model.coincidence_head=cosine", "curriculum.hard_negatives=1.0"],
     "cosine_aug_hn": [
+        *BEFORE_LEVERS,
         "model.coincidence_head=cosine",
         *SCENE_AUGMENT,
         "curriculum.hard_negatives=1.0",
