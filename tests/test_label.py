@@ -16,16 +16,14 @@ from coincide.cluster import Clustering, ClusterMembers
 from coincide.errors import UserError
 from coincide.label import (
     SessionPlan,
-    WindowLabelOracle,
-    answer_with_oracle,
     cluster_plan,
     extend_session,
     label_quality,
     open_session,
-    oracle_window_labels,
     propagate_answers,
     session_labels,
 )
+from coincide.label_oracle import WindowLabelOracle, answer_with_oracle, oracle_window_labels
 from coincide.label_select import (
     cluster_order,
     pick_member,

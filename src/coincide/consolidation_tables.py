@@ -31,15 +31,8 @@ from coincide.cluster import (
     store_embeddings,
 )
 from coincide.errors import UserError
-from coincide.label import (
-    WindowLabelOracle,
-    answer_with_oracle,
-    cluster_plan,
-    extend_session,
-    label_quality,
-    oracle_window_labels,
-    session_labels,
-)
+from coincide.label import cluster_plan, extend_session, label_quality, session_labels
+from coincide.label_oracle import WindowLabelOracle, answer_with_oracle, oracle_window_labels
 from coincide.label_select import MemberChoice, Order
 from coincide.metrics import v_measure
 from coincide.store.features import FeatureStore, open_store

@@ -48,7 +48,8 @@ def run(
     `with_search`, the answers of every search session on the store (in `db`, default
     RUN/labels.sqlite) are added to the strategy's labels (`coincide.search_label`)."""
     from coincide.cluster import default_checkpoint
-    from coincide.label import check_propagated_current, oracle_window_labels, read_propagated
+    from coincide.label import check_propagated_current, read_propagated
+    from coincide.label_oracle import oracle_window_labels
     from coincide.store.features import open_store
 
     cfg = cfg or FinetuneConfig()

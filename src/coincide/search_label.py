@@ -216,7 +216,7 @@ def run(
             label_store, run_dir, store, label, query, model.identity, windows, session
         )
         if oracle is not None:
-            from coincide.label import oracle_window_labels
+            from coincide.label_oracle import oracle_window_labels
 
             answer_with_oracle(label_store, chosen, oracle_window_labels(store, oracle))
     if serve:

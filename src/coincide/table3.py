@@ -58,15 +58,13 @@ from coincide.errors import UserError
 from coincide.finetune import FinetuneConfig, LabeledWindows, finetune_strategy
 from coincide.label import (
     SessionPlan,
-    WindowLabelOracle,
-    answer_with_oracle,
     cluster_plan,
     extend_session,
     label_quality,
     open_session,
-    oracle_window_labels,
     session_labels,
 )
+from coincide.label_oracle import WindowLabelOracle, answer_with_oracle, oracle_window_labels
 from coincide.label_select import MEMBERS, ORDERS, MemberChoice, Order
 from coincide.label_signal import estimate as estimate_signal
 from coincide.store.features import FeatureStore, open_store

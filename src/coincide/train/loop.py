@@ -21,6 +21,7 @@ best weights, so the next stage starts from what generalized, not from what memo
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -50,14 +51,14 @@ from coincide.train.checkpoint import (
     CHECKPOINTS_DIR,
     LAST_CHECKPOINT,
     build_models,
-    load_checkpoint,
     load_resumable,
     read_best_info,
     save_checkpoint,
 )
+from coincide.train.guards import check_store_finite, non_finite_error, non_finite_step
 from coincide.train.monitor import ClusterWatch, Monitor, Throughput
 from coincide.train.objective import StageObjective, stage_parts
-from coincide.train.optim import build_optimizer, learning_rate, tune_device
+from coincide.train.optim import autocast_context, build_optimizer, learning_rate, tune_device
 from coincide.train.plateau import Plateau
 from coincide.train.position import (
     STATE_FILE,
@@ -71,7 +72,13 @@ from coincide.train.position import (
     save_best,
     write_state,
 )
-from coincide.train.report import finite_or_none, plot_stage, stage_summaries
+from coincide.train.report import (
+    curriculum_line,
+    finite_or_none,
+    plot_stage,
+    resume_line,
+    stage_summaries,
+)
 from coincide.train.validation import (
     HeldOut,
     Overfitting,
@@ -84,18 +91,6 @@ from coincide.train.validation import (
 from coincide.triplets import stage_sampler, stage_validation_batches
 
 CONFIG_FILE = "config.yaml"
-
-
-def check_finite(store: FeatureStore) -> None:
-    """Refuse a store with NaN or inf in its features, naming the store and the media: one such
-    window turns every loss non-finite, and the failure would look like a learning-rate one."""
-    bad = store.non_finite_media()
-    if bad:
-        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-        raise UserError(
-            f"store {store.root} holds non-finite features (NaN or inf) from {len(bad)} media "
-            f"({shown}); ingest into a new store, which skips such files."
-        )
 
 
 def run(
@@ -182,6 +177,7 @@ class _Run:
         # Precision and memory format are decided once: bf16 autocast and channels_last on GPU.
         amp = cfg.optim.amp == "bf16" or (cfg.optim.amp == "auto" and self.cuda)
         self.amp_dtype = torch.bfloat16 if amp else None
+        self._autocast = functools.partial(autocast_context, device, self.amp_dtype)
         self.channels_last = self.cuda and cfg.optim.channels_last
         tune_device(device)
         self.store: FeatureStore = open_store(store_path)
@@ -205,7 +201,7 @@ class _Run:
             raise UserError(
                 f"store {self.store_path} holds no windows; ingest media into it first."
             )
-        check_finite(self.store)
+        check_store_finite(self.store)
         self.table = WindowTable(self.store.index)
         self.audio_only = not bool(self.table.has_frame.any())
         self.stages = cfg.curriculum.stages_for(self.audio_only)
@@ -433,7 +429,10 @@ class _Run:
         self._check_finite(bad_step, stage, pos)
         if intervals:
             self._log(pos, stage, sums, intervals, lr, speed.rate(), watch)
-        restored = self._restore_best(index, pos.step) if cfg.curriculum.restore_best else None
+        restored = None  # back to the stage's best held-out weights: their step (restore_best)
+        if cfg.curriculum.restore_best:
+            restored = restore_best(self.run_dir, self.models, self.best_state, index, pos.step)
+            self.best_state = None
         record = {
             "name": stage.name,
             "steps": pos.stage_step,
@@ -470,11 +469,6 @@ class _Run:
         )
         return iter(loader)
 
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
     def _measure(
         self,
         objective: StageObjective,
@@ -508,12 +502,6 @@ class _Run:
                 self.monitor.warn(overfitting_message(stage.name, evidence))
         return converged
 
-    def _restore_best(self, stage_index: int, step: int) -> int | None:
-        """Back to the stage's best held-out weights; their step, or None (see restore_best)."""
-        restored = restore_best(self.run_dir, self.models, self.best_state, stage_index, step)
-        self.best_state = None
-        return restored
-
     def _probe(self, step: int) -> None:
         """QbE mAP of the audio encoder on the --test-store subset (rank 0 only)."""
         assert self.probe is not None
@@ -522,23 +510,14 @@ class _Run:
 
     def _check_finite(self, bad_step: torch.Tensor, stage: StageConfig, pos: Position) -> None:
         """Stop if any step since the start of the stage had a non-finite loss (on any rank)."""
-        any_bad = float(dist.all_reduce_mean((bad_step >= 0).float())) > 0
-        if any_bad:
-            step = int(bad_step) if int(bad_step) >= 0 else pos.step
+        step = non_finite_step(bad_step, pos.step)
+        if step is not None:
             self._stop_non_finite(stage, step, "loss")
 
     def _stop_non_finite(self, stage: StageConfig, step: int, what: str) -> None:
         if self.monitor is not None:
             self.monitor.end_stage()
-        kept, again = "no checkpoint had been written yet", "run again"
-        if self.last_path.exists():
-            saved = load_checkpoint(self.last_path)
-            kept = f"the last good checkpoint {self.last_path} (step {saved['step']}) is kept"
-            again = "run again to resume from it"
-        raise UserError(
-            f"the {what} became non-finite in stage '{stage.name}' at step {step}; {kept}: "
-            f"lower optim.lr (now {self.cfg.optim.lr:g}) or set optim.grad_clip and {again}."
-        )
+        raise non_finite_error(what, stage.name, step, self.last_path, self.cfg.optim.lr)
 
     def _log(
         self,
@@ -602,27 +581,13 @@ class _Run:
     # ---------------------------------------------------------------------------------------
 
     def _announce(self, pos: Position) -> None:
-        names = " -> ".join(s.name for s in self.stages)
-        if self.audio_only:
-            self._say(
-                f"store {self.store_path} has no frames: audio-only curriculum {names} "
-                "(curriculum.audio_only_stages)"
-            )
-        else:
-            self._say(f"curriculum {names} on {self.store_path} ({len(self.store)} windows)")
+        self._say(curriculum_line(self.stages, self.audio_only, self.store_path, len(self.store)))
         precision = "bf16 autocast" if self.amp_dtype is not None else "fp32"
         self._say(f"device {self.device} x {self.world} process(es), {precision}")
         if self.init_note:
             self._say(self.init_note)
         if self.last_path.exists():
-            if pos.stage_index < len(self.stages):
-                stage = self.stages[pos.stage_index].name
-                self._say(
-                    f"resuming from {self.resumed_from}: step {pos.step}, stage '{stage}' "
-                    f"at stage step {pos.stage_step}"
-                )
-            else:
-                self._say(f"{self.run_dir} has finished every stage already (step {pos.step})")
+            self._say(resume_line(self.stages, pos, self.resumed_from, self.run_dir))
 
     def _say(self, text: str) -> None:
         if self.monitor is not None:

@@ -7,12 +7,17 @@ killed.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from coincide.train.monitor import EXTRA_COLUMNS, LOG_FILE
+
+if TYPE_CHECKING:
+    from coincide.config import StageConfig
+    from coincide.train.position import Position
 
 PLOTS_DIR = "plots"
 _NOT_LOSSES = {"step", "stage", "stage_step", "split", *EXTRA_COLUMNS}
@@ -91,3 +96,29 @@ def stage_summaries(run_dir: Path, finished: list[dict[str, Any]]) -> list[str]:
 def finite_or_none(value: float) -> float | None:
     """JSON-friendly number: None for inf / nan (e.g. a best loss never measured)."""
     return value if math.isfinite(value) else None
+
+
+def curriculum_line(
+    stages: Sequence[StageConfig], audio_only: bool, store_path: Path, windows: int
+) -> str:
+    """The run's first line: its stages and store (and why, when the store has no frames)."""
+    names = " -> ".join(s.name for s in stages)
+    if audio_only:
+        return (
+            f"store {store_path} has no frames: audio-only curriculum {names} "
+            "(curriculum.audio_only_stages)"
+        )
+    return f"curriculum {names} on {store_path} ({windows} windows)"
+
+
+def resume_line(
+    stages: Sequence[StageConfig], pos: Position, resumed_from: Any, run_dir: Path
+) -> str:
+    """Where a resumed run goes on from, or that it has nothing left to do."""
+    if pos.stage_index < len(stages):
+        stage = stages[pos.stage_index].name
+        return (
+            f"resuming from {resumed_from}: step {pos.step}, stage '{stage}' "
+            f"at stage step {pos.stage_step}"
+        )
+    return f"{run_dir} has finished every stage already (step {pos.step})"
