@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import shutil
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
@@ -286,7 +287,7 @@ class SpooledMedia:
         return len(self.has_frame)
 
 
-class BlockSink:
+class BlockSink(ABC):
     """Where a media file's windows are written block by block: into the store writer's open
     chunk (`writer.MediaSink`) or a worker's spool (`Spool`). Nothing of the file is kept unless
     `finish` is called; `discard` takes back what was written."""
@@ -310,11 +311,13 @@ class BlockSink:
         if frames is not None and has.any():
             self._frame_rows.write(frames if has.all() else frames[has])
 
+    @abstractmethod
     def finish(self, duration_s: float) -> SpooledMedia | None:
-        raise NotImplementedError
+        """Keep the file: it belongs to the chunk (None), or its spool is done (SpooledMedia)."""
 
+    @abstractmethod
     def discard(self) -> None:
-        raise NotImplementedError
+        """Take back every block written for the file."""
 
 
 class RowFile(Protocol):
