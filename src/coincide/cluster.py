@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from coincide.choices import CLUSTER_METHODS, ClusterMethod
+from coincide.config import CONFIG_FILE
 from coincide.embed_store import DEFAULT_BATCH_SIZE, embed_windows
 from coincide.errors import UserError
 from coincide.store.features import FeatureStore, open_store
@@ -447,7 +448,7 @@ def _clustering_config(run: Path) -> dict[str, Any]:
     import yaml
 
     try:
-        tree = yaml.safe_load((Path(run) / "config.yaml").read_text(encoding="utf-8"))
+        tree = yaml.safe_load((Path(run) / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return {}
     section = tree.get("clustering") if isinstance(tree, dict) else None

@@ -484,6 +484,10 @@ def _non_negative(name: str, value: float) -> None:
 # Writing
 
 
+# A run's resolved configuration: RUN/config.yaml (`--config RUN/config.yaml` reproduces it).
+CONFIG_FILE = "config.yaml"
+
+
 def save_config(config: Config, path: Path) -> None:
     """Write the resolved configuration as YAML (atomically: temp file, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from coincide import dist
 from coincide.compiling import CompiledOrEager, compiles_on
-from coincide.config import Config, StageConfig, load_config, save_config
+from coincide.config import CONFIG_FILE, Config, StageConfig, load_config, save_config
 from coincide.data.augment import BatchAugment
 from coincide.data.batches import PairBatches, batch_loader
 from coincide.data.pairs import (
@@ -89,8 +89,6 @@ from coincide.train.validation import (
 # The triplet terms of Table 1 rows a and c register themselves in LOSS_TERMS on import, and
 # bring the batch sampler for label triplets; every other stage gets coincidence pairs.
 from coincide.triplets import stage_sampler, stage_validation_batches
-
-CONFIG_FILE = "config.yaml"
 
 
 def run(
