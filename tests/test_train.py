@@ -263,7 +263,11 @@ def test_a_run_killed_with_sigkill_resumes_where_its_checkpoint_is(store, tmp_pa
     )
     child.start()
     deadline = time.monotonic() + 120
-    while not first_stage.exists() and child.is_alive() and time.monotonic() < deadline:
+    # The stage file is written just before last.pt: wait for both (on a loaded machine the
+    # second write can take longer than the pause below).
+    while not (first_stage.exists() and last.exists()) and child.is_alive():
+        if time.monotonic() > deadline:
+            break
         time.sleep(0.005)
     time.sleep(0.2)  # into the second stage, at no particular step
     os.kill(child.pid, signal.SIGKILL)
