@@ -67,6 +67,9 @@ BEFORE_LEVERS = [
 VARIANTS: dict[str, list[str]] = {
     "plain": ["augment={}", "model.head_dropout=0.0", "optim.weight_decay=0.0"],
     "augment": [],
+    # The preset with twice the step cap per stage: its runs ended every stage at the cap with
+    # the held-out loss still falling.
+    "long": ["curriculum.max_steps=2000"],
     "before_levers": BEFORE_LEVERS,
     "cosine": [*BEFORE_LEVERS, "model.coincidence_head=cosine"],
     "cosine_aug": [*BEFORE_LEVERS, "model.coincidence_head=cosine", *SCENE_AUGMENT],
