@@ -48,7 +48,7 @@ test: lint
 	$(BIN)/python -m pytest -q
 
 demo: $(DEMO_STAMP)
-	$(BIN)/python -m coincide.demo --out $(DEMO)
+	$(BIN)/python -m coincide.stages.demo --out $(DEMO)
 
 clean:
 	rm -rf $(DEMO) .pytest_cache .ruff_cache

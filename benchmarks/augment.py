@@ -36,7 +36,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from coincide.config import Config, load_config
+from coincide.config.settings import Config, load_config
 from coincide.data.augment import (
     AudioAugmentConfig,
     AugmentConfig,

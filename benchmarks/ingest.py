@@ -50,9 +50,9 @@ from rich.table import Table
 
 import coincide
 import coincide.media.decode
-from coincide.ingest import find_media
-from coincide.ingest import run as ingest
 from coincide.media.decode import decode_audio
+from coincide.stages.ingest import find_media
+from coincide.stages.ingest import run as ingest
 
 MIN_RATIO_TO_DECODE = 0.6
 MIN_REALTIME_PER_CORE = 200.0
@@ -71,7 +71,7 @@ def demo_benchmark(out: Path) -> Path:
     command = [
         sys.executable,
         "-m",
-        "coincide.cli",
+        "coincide.cli.commands",
         "make-bench",
         "--out",
         str(out),

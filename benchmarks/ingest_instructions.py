@@ -42,7 +42,7 @@ import ctypes, shutil, sys
 from pathlib import Path
 import av, torch
 from rich.console import Console
-from coincide.ingest import find_media, run as ingest
+from coincide.stages.ingest import find_media, run as ingest
 
 torch.set_num_threads(1)
 control = ctypes.CDLL(sys.argv[1])

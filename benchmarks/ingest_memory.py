@@ -101,7 +101,7 @@ def peaks_mb(command: list[str]) -> tuple[float, float]:
 
 def peak_rss_mb(media: Path, store: Path, workers: int) -> tuple[float, float, float]:
     """(peak resident MiB of the ingesting process, of the largest process of the run, wall s)."""
-    command = [sys.executable, "-c", "from coincide.cli import main; main()", "ingest"]
+    command = [sys.executable, "-c", "from coincide.cli.commands import main; main()", "ingest"]
     command += [str(media), "--store", str(store), "--workers", str(workers)]
     t0 = time.perf_counter()
     main_mb, largest_mb = peaks_mb(command)

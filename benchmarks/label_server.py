@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from coincide.cluster import store_clusters_dir, write_clustering
+from coincide.labeling.clusters import store_clusters_dir, write_clustering
 from coincide.labelui.server import LabelingServer
 from coincide.store.labels_sqlite import SQLiteLabelStore
 from coincide.store.writer import MediaRecord, StoreWriter

@@ -14,8 +14,8 @@ held-out plateau) and b (log-mel) are trained once per benchmark and shared by t
 Every figure is measured on media no gradient saw:
 
 - window QbE: QbE mAP over the test store's windows, pairs of windows of one media left out
-  (`coincide.qbe.qbe_map(..., media=...)`), and its recovery between log-mel (0 %) and the
-  topline (100 %), as Table 1 computes it;
+  (`coincide.evaluation.qbe.qbe_map(..., media=...)`), and its recovery between log-mel (0 %)
+  and the topline (100 %), as Table 1 computes it;
 - clip QbE: the same on one mean embedding per test clip;
 - raw QbE: clip-level QbE on the FSDD test recordings (takes 0-4 of every speaker and digit, the
   raw WAV files, none of which is in any training clip), each recording the mean of its windows'
@@ -42,9 +42,9 @@ from pathlib import Path
 
 import numpy as np
 
-from coincide.inference import load_model
+from coincide.evaluation.qbe import qbe_map
 from coincide.media.decode import extract_features
-from coincide.qbe import qbe_map
+from coincide.models.inference import load_model
 
 # Configuration overrides of each variant, on top of --config. `augment` is the preset as it is
 # (the laptop preset: augmentation, weight decay, and the levers against the scene shortcut);
@@ -137,7 +137,7 @@ def run_raw_qbe(run_dir: Path, windows: list[np.ndarray], digits: Sequence[str])
 def coincide(args: Sequence[str]) -> float:
     """Run one `coincide` command (its output streams through); returns its CPU minutes."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    command = [sys.executable, "-m", "coincide.cli", *args]
+    command = [sys.executable, "-m", "coincide.cli.commands", *args]
     print("$ coincide " + " ".join(args), flush=True)
     if subprocess.run(command, check=False).returncode != 0:
         sys.exit(f"`coincide {' '.join(args)}` failed; see its output above.")

@@ -40,12 +40,12 @@ from rich.console import Console
 from rich.table import Table
 from threadpoolctl import threadpool_limits
 
-from coincide.config import load_config
-from coincide.inference import BLOCK_WINDOWS, SoundModel, resolve_device
+from coincide.config.settings import load_config
 from coincide.media.decode import iter_features
 from coincide.models import ClassifierHead, build_encoder
-from coincide.predict import predict_file
-from coincide.search import build_index, default_nprobe, search_index, unit_rows
+from coincide.models.inference import BLOCK_WINDOWS, SoundModel, resolve_device
+from coincide.models.search_index import build_index, default_nprobe, search_index, unit_rows
+from coincide.stages.predict import predict_file
 
 MIN_REALTIME_SMALL_CPU = 50.0
 MIN_RECALL = 0.9

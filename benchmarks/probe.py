@@ -27,9 +27,9 @@ from sklearn.model_selection import GroupKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from coincide.embed_store import embed_windows
-from coincide.inference import load_model
-from coincide.qbe import clip_qbe_map, qbe_map
+from coincide.evaluation.qbe import clip_qbe_map, qbe_map
+from coincide.models.embed_store import embed_windows
+from coincide.models.inference import load_model
 from coincide.store.features import FeatureStore, open_store
 from learning import fsdd_test_recordings, raw_baselines, recording_windows, run_raw_qbe
 

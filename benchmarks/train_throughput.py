@@ -92,24 +92,24 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from coincide.compiling import CompiledOrEager, compiles_on
-from coincide.config import Config, StageConfig, load_config
+from coincide.config.settings import Config, StageConfig, load_config
 from coincide.data.batches import PairBatches, batch_loader, read_batch
 from coincide.data.pairs import BatchSampler, WindowTable, split_media
 from coincide.errors import UserError
 from coincide.store.features import FeatureStore, open_store
 from coincide.store.writer import MediaRecord, StoreWriter
 from coincide.train.checkpoint import build_models
+from coincide.train.compiling import CompiledOrEager, compiles_on
 from coincide.train.monitor import ClusterWatch
 from coincide.train.objective import StageObjective, stage_parts
 from coincide.train.optim import build_optimizer, tune_device
-from coincide.triplets import stage_sampler
+from coincide.train.triplets import stage_sampler
 
 MIN_RATIO_GPU = 0.9
 TARGET_PAIRS_PER_S_H100 = 7000.0
-# The shapes `coincide ingest` writes (coincide.ingest.frontend_parameters; a test keeps them in
-# step). Not imported from there: coincide.media needs PyAV, which a GPU box for training may
-# lack.
+# The shapes `coincide ingest` writes (coincide.stages.ingest.frontend_parameters; a test keeps
+# them in step). Not imported from there: coincide.media needs PyAV, which a GPU box for
+# training may lack.
 N_MELS = 64
 WINDOW_FRAMES = 96
 FRAME_SIZE = 128

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from coincide.config import load_config
+from coincide.config.settings import load_config
 from coincide.store.features import open_store
 from coincide.store.media_labels import merge_labels
 from coincide.store.writer import MediaRecord, StoreWriter, store_lock

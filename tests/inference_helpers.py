@@ -3,7 +3,8 @@
 Media: the real recordings of tests/data (two spoken digits, crackling fire) and generated
 noise and tone files; they are ingested into a store with clip labels, a tiny curriculum
 checkpoint is written as training writes it, and a classifier is fine-tuned on the store's
-labels with `coincide.finetune` (a few steps: the tests check plumbing and numbers, not skill).
+labels with `coincide.classifier.train` (a few steps: the tests check plumbing and numbers, not
+skill).
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import torch
 from rich.console import Console
 
 import mediagen
-from coincide.config import load_config
-from coincide.finetune import FinetuneConfig, LabeledWindows, finetune_strategy
-from coincide.ingest import run as ingest
+from coincide.classifier.train import FinetuneConfig, LabeledWindows, finetune_strategy
+from coincide.config.settings import load_config
+from coincide.stages.ingest import run as ingest
 from coincide.store.features import open_store
 from coincide.train.checkpoint import (
     CHECKPOINT_FORMAT,

@@ -18,7 +18,7 @@ import torch
 import yaml
 from torchvision.transforms.v2 import functional as TF
 
-from coincide.config import config_from_dict, load_config, save_config
+from coincide.config.settings import config_from_dict, load_config, save_config
 from coincide.data.augment import (
     AudioAugmentConfig,
     AugmentConfig,

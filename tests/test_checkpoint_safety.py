@@ -21,14 +21,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from coincide.cli import app
-from coincide.config import load_config
+from coincide.classifier.train import (
+    FinetuneConfig,
+    LabeledWindows,
+    load_classifier,
+    train_classifier,
+)
+from coincide.cli.commands import app
+from coincide.config.settings import load_config
 from coincide.errors import UserError
-from coincide.finetune import FinetuneConfig, LabeledWindows, load_classifier, train_classifier
 from coincide.models.encoders import EncoderConfig, build_encoder
+from coincide.stages.train import train
 from coincide.store.features import open_store
 from coincide.train.checkpoint import load_checkpoint
-from coincide.train.loop import train
 from inference_helpers import TinyRun, make_tiny_run
 from test_train import TINY, make_store
 

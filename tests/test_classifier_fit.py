@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from coincide.classifier_fit import (
+from coincide.classifier.fit import (
     LabelTargets,
     StepSelector,
     batch_positions,
@@ -22,7 +22,7 @@ from coincide.classifier_fit import (
     select_steps,
     validation_measure,
 )
-from coincide.finetune import (
+from coincide.classifier.train import (
     Classifier,
     FinetuneConfig,
     LabeledWindows,

@@ -11,7 +11,7 @@ from typing import Any, Literal, get_args, get_origin
 import pytest
 from typer.testing import CliRunner
 
-from coincide.cli import app
+from coincide.cli.commands import app
 
 
 def test_version_and_short_help() -> None:
@@ -29,7 +29,7 @@ def test_help_imports_neither_torch_nor_pandas() -> None:
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
-        "from coincide.cli import app\n"
+        "from coincide.cli.commands import app\n"
         "for args in (['--help'], ['labels', 'export', '-h'], ['train', '-h']):\n"
         "    assert CliRunner().invoke(app, args).exit_code == 0\n"
         "heavy = sorted(m for m in ('torch', 'pandas', 'pyarrow', 'librosa') if m in sys.modules)\n"
@@ -41,7 +41,7 @@ def test_help_imports_neither_torch_nor_pandas() -> None:
 
 def test_a_device_name_that_is_not_one_is_one_sentence() -> None:
     from coincide.errors import UserError
-    from coincide.inference import resolve_device
+    from coincide.models.inference import resolve_device
 
     try:
         resolve_device("gpu")
@@ -68,11 +68,11 @@ def _command(path: str) -> Any:
 
 
 def test_docs_cli_md_is_what_the_parser_generates() -> None:
-    from coincide.cli_docs import generate, page_head
+    from coincide.cli.docs import generate, page_head
 
     page = Path(__file__).parents[1] / "docs" / "cli.md"
     text = page.read_text(encoding="utf-8")
-    assert text == generate(page_head(text)), "run `python -m coincide.cli_docs`"
+    assert text == generate(page_head(text)), "run `python -m coincide.cli.docs`"
     for command in ("## coincide train", "## coincide reproduce table3", "## coincide search"):
         assert command in text
     assert "| `--method` | head \\| kmeans |  | head (p_clust) or kmeans" in text
@@ -118,7 +118,7 @@ UPGRADES = [
 
 @pytest.mark.parametrize(("command", "old", "new"), UPGRADES)
 def test_old_spellings_become_the_new_ones_with_a_note(command, old, new, capsys) -> None:
-    from coincide.cli_vocab import upgrade
+    from coincide.cli.vocab import upgrade
 
     assert upgrade(command, old.split(), _command(command)) == new.split()
     notes = capsys.readouterr().err.strip().splitlines()
@@ -150,7 +150,7 @@ def _dummy(param: Any) -> list[str]:
 
 def _choice_options() -> list[tuple[str, str]]:
     root, ctx = _root()
-    from coincide.cli_docs import _commands
+    from coincide.cli.docs import _commands
 
     return [
         (path, param.name)
@@ -199,12 +199,14 @@ def test_a_train_line_passes_through_torchrun_without_a_double_dash(monkeypatch)
     from torch.distributed.run import get_args_parser
 
     from coincide.errors import UserError
-    from coincide.launch import launch
+    from coincide.train.launch import launch
 
     train = ["train", "RUN", "--store", "S", "--config", "paper", "--set", "optim.lr=0.1"]
     train += ["--test-store", "T", "--eval-every", "5"]
-    parsed = get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "coincide.cli", *train])
-    assert parsed.module and parsed.training_script == "coincide.cli"
+    parsed = get_args_parser().parse_args(
+        ["--nproc-per-node", "2", "-m", "coincide.cli.commands", *train]
+    )
+    assert parsed.module and parsed.training_script == "coincide.cli.commands"
     assert parsed.training_script_args == train
     # No option of `train` is a prefix of one of torchrun's (the old --run was: --run-path), so
     # argparse never takes it for its own. --nproc is: it has no place under torchrun, which
@@ -217,4 +219,4 @@ def test_a_train_line_passes_through_torchrun_without_a_double_dash(monkeypatch)
                 assert not any(t.startswith(option) for t in torchrun), option
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(UserError, match="leave it out under torchrun"):
-        launch(2, "coincide.train.loop:run")
+        launch(2, "coincide.stages.train:run")

@@ -10,19 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from coincide import cluster as cluster_stage
-from coincide.cluster import (
+from coincide.errors import UserError
+from coincide.evaluation.metrics import v_measure
+from coincide.labeling.clusters import (
     ClusterMembers,
     cluster_sizes,
-    ensure_clustering,
-    kmeans_assign,
     load_clustering,
     size_histogram,
     summarize,
 )
-from coincide.embed_store import assign_windows, embed_windows
-from coincide.errors import UserError
-from coincide.metrics import v_measure
+from coincide.models.embed_store import assign_windows, embed_windows
+from coincide.stages import cluster as cluster_stage
+from coincide.stages.cluster import ensure_clustering, kmeans_assign
 from coincide.store.features import open_store
 from coincide.train.checkpoint import load_models
 

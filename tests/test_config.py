@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from coincide.config import (
+from coincide.config.settings import (
     STAGE_RECIPES,
     config_to_yaml,
     load_config,
@@ -18,7 +18,7 @@ from coincide.config import (
 from coincide.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGED = REPO / "src" / "coincide" / "configs"
+PACKAGED = REPO / "src" / "coincide" / "config" / "presets"
 
 
 def test_paper_preset_holds_the_papers_numbers():
@@ -181,7 +181,7 @@ def test_a_file_can_name_its_base_and_cycles_are_user_errors(tmp_path):
 
 
 def test_a_new_run_without_config_trains_the_laptop_preset(tmp_path, monkeypatch):
-    import coincide.train.loop as loop
+    import coincide.stages.train as loop
 
     seen = {}
     monkeypatch.setattr(loop, "train", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))

@@ -11,25 +11,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from coincide.cli import app
-from coincide.config import load_config
+from coincide.cli.commands import app
+from coincide.config.settings import load_config
 from coincide.errors import UserError
-from coincide.evaluate import (
-    CURVE_FILE,
-    TrainingProbe,
-    cap_windows,
-    evaluate_during_training,
-    labeled_windows,
-    metrics_markdown,
-    split_by_media,
-)
-from coincide.evaluate import run as evaluate_run
-from coincide.metrics import shallow_classifier_map
-from coincide.qbe import clip_qbe_map, qbe_map
-from coincide.representations import pool_logmel, write_fixed_representation
+from coincide.evaluation.measure import cap_windows, labeled_windows, split_by_media
+from coincide.evaluation.metrics import shallow_classifier_map
+from coincide.evaluation.probe import CURVE_FILE, TrainingProbe, evaluate_during_training
+from coincide.evaluation.qbe import clip_qbe_map, qbe_map
+from coincide.evaluation.representations import pool_logmel, write_fixed_representation
+from coincide.stages.evaluate import metrics_markdown
+from coincide.stages.evaluate import run as evaluate_run
+from coincide.stages.train import train
 from coincide.store.features import open_store
 from coincide.train.checkpoint import load_models
-from coincide.train.loop import train
 from eval_helpers import MEL, TINY, make_store
 
 torch.set_num_threads(1)

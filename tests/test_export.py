@@ -13,12 +13,12 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from coincide.cli import app
+from coincide.cli.commands import app
 from coincide.errors import UserError
-from coincide.export import MIN_SAMPLES
-from coincide.export import run as run_export
-from coincide.inference import load_model
 from coincide.media.decode import decode_audio
+from coincide.models.inference import load_model
+from coincide.stages.export import MIN_SAMPLES
+from coincide.stages.export import run as run_export
 from inference_helpers import DATA, RECORDINGS, TinyRun, make_tiny_run, quiet
 
 torch.set_num_threads(1)
@@ -136,7 +136,7 @@ def test_a_run_without_classifier_exports_its_encoder(tiny: TinyRun, tmp_path: P
 
 def test_a_class_name_with_a_newline_is_refused(tiny: TinyRun, tmp_path: Path) -> None:
     # A checkpoint from before labels were checked: labels.txt would get one line too many.
-    from coincide.export import export_model
+    from coincide.stages.export import export_model
 
     model = load_model(tiny.run, device="cpu")
     model.classes = ["fire", "noi\nse", "speech", "tone"]
@@ -148,7 +148,7 @@ def test_a_class_name_with_a_newline_is_refused(tiny: TinyRun, tmp_path: Path) -
 def test_without_the_onnx_packages_nothing_is_written(
     tiny: TinyRun, tmp_path: Path, monkeypatch
 ) -> None:
-    from coincide.export import export_model
+    from coincide.stages.export import export_model
 
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript -> ImportError
     model = load_model(tiny.run, device="cpu")

@@ -12,11 +12,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from coincide import finetune as finetune_stage
-from coincide.classifier_fit import is_multilabel, target_matrix
-from coincide.cli import app
-from coincide.errors import UserError
-from coincide.finetune import (
+from coincide.classifier import train as finetune_stage
+from coincide.classifier.fit import is_multilabel, target_matrix
+from coincide.classifier.train import (
     FinetuneConfig,
     LabeledWindows,
     evaluate_classifier,
@@ -24,6 +22,8 @@ from coincide.finetune import (
     load_classifier,
     starting_encoder,
 )
+from coincide.cli.commands import app
+from coincide.errors import UserError
 from coincide.store.features import open_store
 from coincide.train.checkpoint import load_models
 

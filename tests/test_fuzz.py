@@ -22,10 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import mediagen
-from coincide.config import load_config
+from coincide.config.settings import load_config
 from coincide.errors import UserError
-from coincide.ingest import frontend_parameters
-from coincide.ingest_workers import Decoded, Skipped, examine
+from coincide.stages.ingest import frontend_parameters
+from coincide.stages.ingest_workers import Decoded, Skipped, examine
 from coincide.store.chunk_files import SPOOL_LOGMEL, Spool
 from coincide.store.media_labels import read_labels_csv
 

@@ -17,11 +17,11 @@ import pytest
 import torch
 
 import coincide.hear as hear
-from coincide.config import load_config
+from coincide.config.settings import load_config
 from coincide.errors import UserError
-from coincide.export import export_model
-from coincide.inference import SoundModel, load_model
 from coincide.media.frontend import WINDOW_SAMPLES, logmel_windows
+from coincide.models.inference import SoundModel, load_model
+from coincide.stages.export import export_model
 from coincide.train.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,

@@ -23,7 +23,7 @@ import torch
 from typer.testing import CliRunner
 
 import coincide
-from coincide.cli import app, main
+from coincide.cli.commands import app, main
 from coincide.errors import UserError
 from coincide.media.decode import extract_features
 from coincide.store.media_id import media_id_of
@@ -364,7 +364,7 @@ def slow_ingest(args: list) -> None:
     """The ingest stage with every file taking at least 30 ms to examine, so that a kill lands in
     the middle of the run even on a fast machine (run in a forked child: the test's process keeps
     the real `examine`)."""
-    import coincide.ingest_workers as stage
+    import coincide.stages.ingest_workers as stage
 
     examine = stage.examine
 
@@ -451,7 +451,7 @@ def test_kill_9_of_a_parallel_ingest_takes_its_workers_with_it(tmp_path):
     folder.mkdir()
     for i in range(40):
         mediagen.write_audio(folder / f"clip {i:02d}.wav", "wav", seconds=3)
-    command = [sys.executable, "-m", "coincide.cli", "ingest", str(folder), "--store"]
+    command = [sys.executable, "-m", "coincide.cli.commands", "ingest", str(folder), "--store"]
     command += [str(tmp_path / "store"), "--workers", "2", "--chunk-windows", "2"]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -486,7 +486,7 @@ def _run_limited(command: list[str], max_file_bytes: int) -> subprocess.Complete
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
     return subprocess.run(
-        [sys.executable, "-c", "from coincide.cli import main; main()", *command],
+        [sys.executable, "-c", "from coincide.cli.commands import main; main()", *command],
         capture_output=True,
         text=True,
         env=env,
@@ -522,7 +522,7 @@ def test_a_full_disk_during_ingest_is_one_sentence_and_the_run_resumes(library, 
 def test_symlinked_folders_are_followed_once_and_unreadable_ones_are_reported(
     library, tmp_path, monkeypatch
 ):
-    from coincide.ingest import find_media
+    from coincide.stages.ingest import find_media
 
     root = tmp_path / "root"
     (root / "own").mkdir(parents=True)

@@ -23,8 +23,8 @@ import pytest
 from typer.testing import CliRunner
 
 import coincide
-import coincide.ingest_workers as workers_module
-from coincide.cli import app
+import coincide.stages.ingest_workers as workers_module
+from coincide.cli.commands import app
 from test_ingest import _descendants, _running, store_content, write_float_wav
 
 RATE = 16000
@@ -141,7 +141,15 @@ def test_kill_9_in_the_middle_of_a_file_resumes_exactly(long_media, tmp_path, wo
     args = [str(folder), "--chunk-windows", "1", "--workers", workers]
 
     store_path = tmp_path / "store"
-    command = [sys.executable, "-m", "coincide.cli", "ingest", *args, "--store", str(store_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "coincide.cli.commands",
+        "ingest",
+        *args,
+        "--store",
+        str(store_path),
+    ]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     helpers: set[int] = set()
     try:

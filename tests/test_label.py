@@ -10,11 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
-from coincide import cluster as cluster_stage
-from coincide import label as label_stage
-from coincide.cluster import Clustering, ClusterMembers
 from coincide.errors import UserError
-from coincide.label import (
+from coincide.labeling.clusters import Clustering, ClusterMembers
+from coincide.labeling.oracle import WindowLabelOracle, answer_with_oracle, oracle_window_labels
+from coincide.labeling.select import (
+    cluster_order,
+    pick_member,
+    random_window_requests,
+    select_requests,
+)
+from coincide.labeling.sessions import (
     SessionPlan,
     cluster_plan,
     extend_session,
@@ -23,13 +28,8 @@ from coincide.label import (
     propagate_answers,
     session_labels,
 )
-from coincide.label_oracle import WindowLabelOracle, answer_with_oracle, oracle_window_labels
-from coincide.label_select import (
-    cluster_order,
-    pick_member,
-    random_window_requests,
-    select_requests,
-)
+from coincide.stages import cluster as cluster_stage
+from coincide.stages import label as label_stage
 from coincide.store.features import open_store
 from coincide.store.labels import InMemoryLabelStore
 from coincide.store.labels_sqlite import SQLiteLabelStore

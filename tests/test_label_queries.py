@@ -15,11 +15,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from coincide.cli import app
-from coincide.cluster import ClusterMembers, load_clustering
-from coincide.cluster_head import centroid_assign_confidence, head_assign, train_head
-from coincide.label import propagate_answers
-from coincide.label_select import (
+from coincide.cli.commands import app
+from coincide.labeling.cluster_head import centroid_assign_confidence, head_assign, train_head
+from coincide.labeling.clusters import ClusterMembers, load_clustering
+from coincide.labeling.select import (
     check_id,
     cluster_order,
     cluster_uncertainty,
@@ -27,7 +26,8 @@ from coincide.label_select import (
     pick_member,
     select_requests,
 )
-from coincide.label_signal import estimate
+from coincide.labeling.sessions import propagate_answers
+from coincide.labeling.signal import estimate
 from coincide.models.heads import ClusterHead
 from coincide.store.labels import Answer, Request
 

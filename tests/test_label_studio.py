@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from coincide.cli import app as cli_app
+from coincide.cli.commands import app as cli_app
 from coincide.errors import UserError
 from coincide.labelui import label_studio as fmt
 from coincide.labelui.label_studio_export import classifier_predictions
@@ -189,7 +189,7 @@ def test_export_document_root_and_bad_options(setup, tmp_path):
 
 
 def test_classifier_predictions_are_the_labels_predict_gives(setup, tmp_path):
-    from coincide.inference import load_model
+    from coincide.models.inference import load_model
     from inference_helpers import make_tiny_run
 
     tiny = make_tiny_run(tmp_path / "tiny")

@@ -33,9 +33,9 @@ from PIL import Image
 from starlette.testclient import TestClient  # noqa: E402
 from typer.testing import CliRunner
 
-from coincide.cli import app as cli_app
-from coincide.cluster import store_clusters_dir, write_clustering
+from coincide.cli.commands import app as cli_app
 from coincide.errors import UserError
+from coincide.labeling.clusters import store_clusters_dir, write_clustering
 from coincide.labelui import server  # noqa: E402
 from coincide.labelui.app import create_app  # noqa: E402
 from coincide.labelui.campaign import NotFound  # noqa: E402
@@ -679,9 +679,9 @@ def test_a_killed_server_loses_nothing_and_a_new_one_resumes(setup):
 def test_a_page_stopped_by_a_signal_writes_the_labels_and_finetune_sees_stale_ones(setup, stop):
     """A closed terminal (SIGHUP) or a service stop (SIGTERM) ends the page as Ctrl+C does: the
     propagated labels are written. Answers given after that make them stale for finetune."""
-    from coincide.label import check_propagated_current, labels_dir
+    from coincide.labeling.sessions import check_propagated_current, labels_dir
 
-    command = [sys.executable, "-m", "coincide.cli", "label", str(setup.run), "--store"]
+    command = [sys.executable, "-m", "coincide.cli.commands", "label", str(setup.run), "--store"]
     command += [str(setup.store), "--budget", "3", "--session", "people", "--serve"]
     command += ["--port", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

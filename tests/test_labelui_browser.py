@@ -31,7 +31,7 @@ if not CHROMIUM.exists():
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from coincide.cli import app as cli_app  # noqa: E402
+from coincide.cli.commands import app as cli_app  # noqa: E402
 from coincide.labelui.server import LabelingServer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))

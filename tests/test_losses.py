@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import coincide.losses
-from coincide.compiling import CompiledOrEager
 from coincide.losses import (
     ClassificationLoss,
     ClusterLoss,
@@ -22,6 +21,7 @@ from coincide.losses import (
     random_negative_indices,
 )
 from coincide.models import CoincidenceHead
+from coincide.train.compiling import CompiledOrEager
 
 torch.set_num_threads(1)
 

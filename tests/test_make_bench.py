@@ -20,18 +20,18 @@ import pytest
 import soundfile
 from PIL import Image
 
-from coincide.bench.benchmark import Benchmark, plan_benchmark
-from coincide.bench.compose import run
-from coincide.bench.nuisances import CLIP_COLUMNS, class_leak, clip_rows
-from coincide.bench.params import BenchParams
-from coincide.bench.plan import (
+from coincide.benchdata.benchmark import Benchmark, plan_benchmark
+from coincide.benchdata.compose import run
+from coincide.benchdata.nuisances import CLIP_COLUMNS, class_leak, clip_rows
+from coincide.benchdata.params import BenchParams
+from coincide.benchdata.plan import (
     BackgroundPiece,
     ClipPlan,
     SoundEvent,
     plan_clip,
     silent_seconds,
 )
-from coincide.bench.presets import (
+from coincide.benchdata.presets import (
     Inputs,
     SourceArgs,
     demo_data_dir,
@@ -39,9 +39,9 @@ from coincide.bench.presets import (
     resolve_inputs,
     speaker_splits,
 )
-from coincide.bench.prior import sample_classes, zipf_prior
-from coincide.bench.render import Material, render_audio, render_frames
-from coincide.bench.sources import (
+from coincide.benchdata.prior import sample_classes, zipf_prior
+from coincide.benchdata.render import Material, render_audio, render_frames
+from coincide.benchdata.sources import (
     SoundBank,
     Source,
     read_background_csv,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from coincide.errors import UserError
-from coincide.metrics import (
+from coincide.evaluation.metrics import (
     clip_scores,
     d_prime,
     labels_to_matrix,
@@ -21,7 +21,7 @@ from coincide.metrics import (
     shallow_classifier_map,
     v_measure,
 )
-from coincide.qbe import (
+from coincide.evaluation.qbe import (
     clip_embeddings,
     clip_labels,
     clip_qbe_average_precision_per_class,

@@ -18,12 +18,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from coincide.cli import app
+from coincide.cli.commands import app
 from coincide.errors import UserError
-from coincide.inference import load_model
 from coincide.media.decode import decode_audio
-from coincide.predict import LabelRule
-from coincide.predict import run as run_predict
+from coincide.models.inference import LabelRule, load_model
+from coincide.stages.predict import run as run_predict
 from coincide.store.features import open_store
 from inference_helpers import TinyRun, make_tiny_run, quiet, write_noise_wav
 
@@ -208,11 +207,13 @@ def test_long_waveforms_are_cut_into_blocks_without_changing_windows(model) -> N
 
 
 def test_finetune_file_names_match_the_writer() -> None:
-    import coincide.finetune
-    import coincide.inference
+    import coincide.classifier.train
+    import coincide.models.inference
 
-    assert coincide.inference.FINETUNE_CHECKPOINT == coincide.finetune.CHECKPOINT_FILE
-    assert coincide.inference.FINETUNE_SETTINGS == coincide.finetune.SETTINGS_FILE
+    assert (
+        coincide.models.inference.FINETUNE_CHECKPOINT == coincide.classifier.train.CHECKPOINT_FILE
+    )
+    assert coincide.models.inference.FINETUNE_SETTINGS == coincide.classifier.train.SETTINGS_FILE
 
 
 def test_newest_finished_finetuning_is_the_default(tiny: TinyRun, tmp_path: Path) -> None:
@@ -274,7 +275,7 @@ CHILD = """
 import resource, sys, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from coincide.predict import run
+from coincide.stages.predict import run
 from inference_helpers import quiet
 
 def peak_kib():

@@ -20,19 +20,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from coincide import cluster, evaluate, label
-from coincide.cli import app
-from coincide.embedding_map import NO_LABEL, first_labels, project_2d
+from coincide.classifier.train import FinetuneConfig
+from coincide.cli.commands import app
 from coincide.errors import UserError
-from coincide.finetune import FinetuneConfig
-from coincide.finetune_command import run as finetune
-from coincide.report import run as report
-from coincide.report import write_report
-from coincide.report_html import human_title, markdown_to_html
+from coincide.experiments.table3 import run_table3
+from coincide.report.embedding_map import NO_LABEL, first_labels, project_2d
+from coincide.report.html import human_title, markdown_to_html
+from coincide.report.page import run as report
+from coincide.report.page import write_report
+from coincide.stages import cluster, evaluate, label
+from coincide.stages.finetune import run as finetune
+from coincide.stages.train import run as train
 from coincide.store.features import open_store
 from coincide.store.labels_sqlite import SQLiteLabelStore
-from coincide.table3 import run_table3
-from coincide.train.loop import run as train
 from coincide.train.validation import overfitting_message
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -15,12 +15,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from coincide.cli import app
+from coincide.cli.commands import app
 from coincide.errors import UserError
-from coincide.inference import load_model
-from coincide.ingest import run as ingest
 from coincide.media.decode import decode_audio
-from coincide.search import (
+from coincide.models.inference import load_model
+from coincide.models.search_index import (
     INDEX_FILE,
     META_FILE,
     Query,
@@ -32,7 +31,8 @@ from coincide.search import (
     search_index,
     unit_rows,
 )
-from coincide.search import run as run_search
+from coincide.stages.ingest import run as ingest
+from coincide.stages.search import run as run_search
 from coincide.store.features import open_store
 from inference_helpers import TinyRun, make_tiny_run, quiet, write_noise_wav
 

@@ -15,18 +15,18 @@ import torch
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from coincide.cli import app
-from coincide.finetune import LabeledWindows
-from coincide.labelui import server
-from coincide.labelui.app import create_app
-from coincide.labelui.vocab import Vocabulary
-from coincide.search_label import (
+from coincide.classifier.train import LabeledWindows
+from coincide.cli.commands import app
+from coincide.labeling.search_label import (
     add_hits,
     merge_search_labels,
     search_answers,
     search_sessions,
     session_name,
 )
+from coincide.labelui import server
+from coincide.labelui.app import create_app
+from coincide.labelui.vocab import Vocabulary
 from coincide.store.features import open_store
 from coincide.store.labels import InMemoryLabelStore
 from coincide.store.labels_sqlite import SQLiteLabelStore

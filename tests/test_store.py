@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 import coincide
-from coincide.cli import app
+from coincide.cli.commands import app
 from coincide.errors import UserError
 from coincide.store import NoFrameError
 from coincide.store.chunk_files import MediaSource, Spool

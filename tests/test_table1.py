@@ -11,11 +11,19 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from coincide.cli import app
+from coincide.cli.commands import app
 from coincide.errors import UserError
-from coincide.evaluate import read_metrics
-from coincide.table1 import ROW_KEYS, ROWS, Row, Settings, parse_rows, run_folder, summarise
-from coincide.table1 import run as run_table1
+from coincide.experiments.table1 import (
+    ROW_KEYS,
+    ROWS,
+    Row,
+    Settings,
+    parse_rows,
+    run_folder,
+    summarise,
+)
+from coincide.experiments.table1 import run as run_table1
+from coincide.stages.evaluate import read_metrics
 from eval_helpers import TINY, make_store
 
 torch.set_num_threads(1)

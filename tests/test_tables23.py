@@ -12,12 +12,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from coincide.cli import app
-from coincide.consolidation_tables import run_table2, vm_over_single_label
+from coincide.classifier.train import FinetuneConfig
+from coincide.cli.commands import app
 from coincide.errors import UserError
-from coincide.finetune import FinetuneConfig
-from coincide.table3 import ALL_QUERIES, Query, parse_queries, run_table3
-from coincide.table3_report import budget_to_reach, label_efficiency, summarize
+from coincide.experiments.table2 import run_table2, vm_over_single_label
+from coincide.experiments.table3 import ALL_QUERIES, Query, parse_queries, run_table3
+from coincide.experiments.table3_report import budget_to_reach, label_efficiency, summarize
 
 sys.path.insert(0, str(Path(__file__).parent))
 from consolidation_helpers import balanced_clips, make_run, make_store  # noqa: E402

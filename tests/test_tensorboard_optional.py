@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from coincide.config import load_config
+from coincide.config.settings import load_config
 from coincide.train.loop import _Run
 from coincide.train.monitor import LOG_FILE, NO_TENSORBOARD, TB_DIR, Monitor
 from test_train import TINY, make_store

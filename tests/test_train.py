@@ -23,12 +23,13 @@ import pandas as pd
 import pytest
 import torch
 
-from coincide.config import PlateauConfig, load_config
+from coincide.config.settings import PlateauConfig, load_config
 from coincide.errors import UserError
+from coincide.stages.train import run, train
 from coincide.store.features import open_store
 from coincide.store.writer import MediaRecord, StoreWriter
 from coincide.train.checkpoint import load_checkpoint, load_models
-from coincide.train.loop import _Run, run, train
+from coincide.train.loop import _Run
 from coincide.train.monitor import ClusterWatch
 from coincide.train.optim import learning_rate
 from coincide.train.plateau import Plateau
@@ -223,7 +224,7 @@ def test_too_few_media_for_the_batch_is_a_clear_error(store, tmp_path):
 def test_compile_wraps_each_stages_step_and_checkpoints_stay_plain(store, tmp_path, monkeypatch):
     """optim.compile=true: each stage's step goes through torch.compile (static shapes); the
     checkpoints hold the plain modules' weights. (torch.compile is replaced by a recorder: a
-    real CPU compilation of the training step takes minutes, see coincide.compiling.)"""
+    real CPU compilation of the training step takes minutes, see coincide.train.compiling.)"""
     compiled = []
 
     def record(fn, **options):
@@ -300,7 +301,15 @@ def test_a_run_killed_with_sigkill_resumes_where_its_checkpoint_is(store, tmp_pa
 
 def test_a_non_finite_loss_stops_with_one_sentence_and_keeps_the_last_checkpoint(store, tmp_path):
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "coincide.cli", "train", str(run_dir), "--store", str(store)]
+    command = [
+        sys.executable,
+        "-m",
+        "coincide.cli.commands",
+        "train",
+        str(run_dir),
+        "--store",
+        str(store),
+    ]
     command += ["--config", "small"]
     for override in [*TINY, "optim.lr=1e30", "log.checkpoint_every=1"]:
         command += ["--set", override]
@@ -341,7 +350,15 @@ def test_a_full_disk_stops_training_with_one_sentence_and_it_resumes(store, tmp_
         resource.setrlimit(resource.RLIMIT_FSIZE, (60_000, 60_000))
 
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "coincide.cli", "train", str(run_dir), "--store", str(store)]
+    command = [
+        sys.executable,
+        "-m",
+        "coincide.cli.commands",
+        "train",
+        str(run_dir),
+        "--store",
+        str(store),
+    ]
     command += ["--config", "small"]
     for override in [*TINY, "log.checkpoint_every=1"]:
         command += ["--set", override]
@@ -456,7 +473,15 @@ def test_hard_negatives_weight_training_but_the_held_out_loss_stays_equation_1()
 def test_nproc_2_trains_in_two_gloo_processes(store, tmp_path):
     # `coincide train --nproc 2` starts torch's elastic agent in-process (no torchrun, no --).
     run_dir = tmp_path / "run"
-    command = [sys.executable, "-m", "coincide.cli", "train", str(run_dir), "--store", str(store)]
+    command = [
+        sys.executable,
+        "-m",
+        "coincide.cli.commands",
+        "train",
+        str(run_dir),
+        "--store",
+        str(store),
+    ]
     command += ["--config", "small", "--nproc", "2"]
     for override in [*TINY, "curriculum.max_steps=2", "log.checkpoint_every=1"]:
         command += ["--set", override]
@@ -477,7 +502,7 @@ def refuse_with_rank() -> None:
 
 
 def test_a_user_error_in_the_launched_processes_is_one_sentence_from_rank_0() -> None:
-    from coincide.launch import launch
+    from coincide.train.launch import launch
 
     with pytest.raises(UserError) as refused:
         launch(2, "test_train:refuse_with_rank")

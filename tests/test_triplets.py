@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from coincide.config import load_config
+from coincide.config.settings import load_config
 from coincide.data.batches import read_batch
 from coincide.data.pairs import WindowTable
 from coincide.errors import UserError
@@ -16,7 +16,7 @@ from coincide.store.media_labels import merge_labels
 from coincide.store.writer import store_lock
 from coincide.train.checkpoint import build_models
 from coincide.train.objective import LOSS_TERMS, StageObjective, StepEmbeddings
-from coincide.triplets import (
+from coincide.train.triplets import (
     LabelTriplet,
     LabelTripletSampler,
     TemporalTriplet,

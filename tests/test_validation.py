@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from coincide.config import load_config
+from coincide.config.settings import load_config
 from coincide.errors import UserError
+from coincide.stages.train import train
 from coincide.train.checkpoint import load_checkpoint, run_checkpoint
-from coincide.train.loop import train
 from coincide.train.validation import Overfitting, overfitting_message
 from test_train import TINY, make_store
 

@@ -11,7 +11,7 @@ def __getattr__(name: str) -> Any:
     # Imported on first use, not with the package: the command line imports `coincide` for
     # every subcommand, and `coincide --help` should not wait for pandas, pyarrow or torch.
     if name == "load_model":
-        from coincide.inference import load_model
+        from coincide.models.inference import load_model
 
         return load_model
     if name == "open_store":

@@ -9,6 +9,7 @@ elsewhere the table is printed as wide as its longest row, so a path stays whole
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -150,3 +151,13 @@ def files_progress(name: str, console: Console | None = None) -> Progress:
         console=console,
         transient=True,
     )
+
+
+def printable(path: str | Path) -> str:
+    """A path as printable text, even when its name holds bytes that are not UTF-8."""
+    return str(path).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def say(console: Console, text: str) -> None:
+    """Print a line as it is: no markup, no highlighting, no wrapping (paths stay greppable)."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -15,9 +15,9 @@ So f drops into evaluations that load a module by this API (heareval, EVAR):
 - `load_model(model_file_path)` returns a `torch.nn.Module` with the attributes `sample_rate`
   (16000, the rate f was trained at; HEAR's tasks come resampled to it, nothing here resamples),
   `scene_embedding_size` and `timestamp_embedding_size` (both d, the embedding size of f). The
-  path is read by `coincide.inference.load_model`: a run folder gives f of its newest finished
-  fine-tuning, else of its best held-out checkpoint; a checkpoint file or an exported folder
-  gives its own f. Only f is used (not a fine-tuned classifier on top).
+  path is read by `coincide.models.inference.load_model`: a run folder gives f of its newest
+  finished fine-tuning, else of its best held-out checkpoint; a checkpoint file or an exported
+  folder gives its own f. Only f is used (not a fine-tuned classifier on top).
 - `audio` is an `(n_sounds, n_samples)` float tensor of mono samples in [-1, 1] at
   `model.sample_rate`, on any device: the model moves there.
 - `get_timestamp_embeddings` returns embeddings at regular intervals *centred* on their
@@ -29,8 +29,8 @@ So f drops into evaluations that load a module by this API (heareval, EVAR):
   and `(n_sounds, n_timestamps)` float32.
 - `get_scene_embeddings` returns one `(n_sounds, d)` float32 embedding per sound: the mean of f
   over the sound's 1-second windows, the clip embedding of coincide's own clip-level evaluation
-  (`coincide.qbe.clip_embeddings`) and of `SoundModel.embed` (windows start on whole seconds;
-  audio shorter than one window is zero-padded to one).
+  (`coincide.evaluation.qbe.clip_embeddings`) and of `SoundModel.embed` (windows start on whole
+  seconds; audio shorter than one window is zero-padded to one).
 
 Both go through the log-mel frontend of ingestion (`coincide.media.frontend.LogMelFrontend`),
 in torch on the audio's device, a block of windows at a time so that 20 minutes of audio (the
@@ -43,8 +43,6 @@ import torch
 from torch import Tensor, nn
 
 from coincide.errors import UserError
-from coincide.inference import inference_autocast
-from coincide.inference import load_model as load_sound_model
 from coincide.media.frontend import (
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -52,6 +50,8 @@ from coincide.media.frontend import (
     LogMelFrontend,
 )
 from coincide.models.encoders import Encoder
+from coincide.models.inference import inference_autocast
+from coincide.models.inference import load_model as load_sound_model
 
 # The hop between timestamp embeddings: the API suggests <= 50 ms (the onset tolerance of its
 # music transcription tasks). A multiple of the 10 ms STFT hop, so windows reuse STFT frames.

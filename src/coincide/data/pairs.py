@@ -58,7 +58,7 @@ class PairBatch:
 
 class BatchSampler(Protocol):
     """Anything that maps a batch number to a batch, deterministically (`PairSampler`, the label
-    triplet sampler of coincide.triplets)."""
+    triplet sampler of coincide.train.triplets)."""
 
     def batch(self, number: int) -> PairBatch: ...
 

@@ -114,8 +114,8 @@ def session_assignment(run_dir: Path, store: FeatureStore, session: Session) -> 
     """
     if session.strategy in ("random", "search"):
         return np.arange(len(store), dtype=np.int64)
-    from coincide.cluster import load_clustering, parse_clustering_name
-    from coincide.label import assignment_fingerprint
+    from coincide.labeling.clusters import load_clustering, parse_clustering_name
+    from coincide.labeling.sessions import assignment_fingerprint
 
     name = str(session.params.get("clustering", "head"))
     try:
@@ -209,7 +209,7 @@ class Campaign:
 
     def cluster_size(self, cluster_id: int) -> int:
         if cluster_id < 0:
-            return 1  # a check request (`coincide.label_select.check_id`) asks about one window
+            return 1  # a check request (`coincide.labeling.select.check_id`) asks about one window
         return (
             int(self.cluster_sizes[cluster_id]) if 0 <= cluster_id < len(self.cluster_sizes) else 0
         )

@@ -6,9 +6,9 @@ Two files in the `--out` folder (default `RUN/labels/<session>/`, next to `propa
 - `answers.csv|json`: every request of the session in order, with its current answer: session,
   position, cluster_id, cluster_size, window_index, media_path, time_s, state, kind, labels,
   annotator, answered_at (ISO 8601, UTC). Pending requests have empty answer fields.
-- `windows.csv|json`: the propagated labels, by `coincide.label.propagate_answers` (the rule
-  `coincide finetune` trains with: a `label` answer gives its labels to every window of its
-  cluster; `skip`, `unsure` and `mixed` give none): window_index, media_path, time_s,
+- `windows.csv|json`: the propagated labels, by `coincide.labeling.sessions.propagate_answers`
+  (the rule `coincide finetune` trains with: a `label` answer gives its labels to every window
+  of its cluster; `skip`, `unsure` and `mixed` give none): window_index, media_path, time_s,
   cluster_id, labels.
 
 CSV is long ("tidy"), as the labels CSVs `coincide ingest` reads: one row per label, so a label
@@ -99,8 +99,8 @@ def session_tables(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The answers table and the propagated window-labels table of a session (see the module
     docstring for the columns); `labels` cells are lists of strings."""
-    from coincide.cluster import ClusterMembers
-    from coincide.label import session_labels
+    from coincide.labeling.clusters import ClusterMembers
+    from coincide.labeling.sessions import session_labels
 
     store = open_store(store_path)
     assignment = session_assignment(run_dir, store, session)

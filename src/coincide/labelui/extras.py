@@ -4,7 +4,7 @@
                      a search session's question ("is this a <class>?", with the query that
                      found the hits), and a cluster session's stopping signal (the estimated
                      label precision and coverage from the answers so far,
-                     `coincide.label_signal`).
+                     `coincide.labeling.signal`).
 
 The page's `static/extra.js` shows them; like every route, they only read the label store.
 """
@@ -18,8 +18,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from coincide.cluster import ClusterMembers
-from coincide.label_signal import estimate
+from coincide.labeling.clusters import ClusterMembers
+from coincide.labeling.signal import estimate
 from coincide.labelui.campaign import Campaign
 
 

@@ -62,8 +62,7 @@ def classifier_predictions(model_path: Path, logmel: np.ndarray) -> tuple[str, l
     windows `(n, 64, 96)`. The labels are those `coincide predict` gives by default (the best
     class, or every class scoring >= 0.5 for a multi-label classifier); the score is the best
     class score."""
-    from coincide.inference import load_model
-    from coincide.predict import LabelRule
+    from coincide.models.inference import LabelRule, load_model
 
     model = load_model(model_path)
     model.require_classifier()

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from coincide.config import Config, config_from_dict
+from coincide.config.settings import Config, config_from_dict
 from coincide.errors import UserError, short_reason
 from coincide.models.encoders import build_encoder
 from coincide.models.heads import ClusterHead, build_coincidence_head

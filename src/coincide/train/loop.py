@@ -1,4 +1,4 @@
-"""`coincide train RUN --store STORE`: the learning curriculum of paper 3.4, resumable.
+"""The learning curriculum of paper 3.4, resumable (`coincide train`: `coincide.stages.train`).
 
 One entry point for CPU, one GPU and `torchrun --nproc_per_node N coincide train ...`. The
 stages of the configuration run in order (av -> coin -> joint by default; a store without frames
@@ -23,16 +23,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from coincide import dist
-from coincide.compiling import CompiledOrEager, compiles_on
-from coincide.config import CONFIG_FILE, Config, StageConfig, load_config, save_config
+from coincide.config.settings import CONFIG_FILE, Config, StageConfig, save_config
 from coincide.data.augment import BatchAugment
 from coincide.data.batches import PairBatches, batch_loader
 from coincide.data.pairs import (
@@ -43,8 +42,6 @@ from coincide.data.pairs import (
     split_media,
 )
 from coincide.errors import UserError
-from coincide.evaluate import TrainingProbe
-from coincide.init_from import start_audio_from
 from coincide.store.features import FeatureStore, open_store
 from coincide.train.checkpoint import (
     BEST_CHECKPOINT,
@@ -55,7 +52,9 @@ from coincide.train.checkpoint import (
     read_best_info,
     save_checkpoint,
 )
+from coincide.train.compiling import CompiledOrEager, compiles_on
 from coincide.train.guards import check_store_finite, non_finite_error, non_finite_step
+from coincide.train.init_from import start_audio_from
 from coincide.train.monitor import ClusterWatch, Monitor, Throughput
 from coincide.train.objective import StageObjective, stage_parts
 from coincide.train.optim import autocast_context, build_optimizer, learning_rate, tune_device
@@ -79,6 +78,10 @@ from coincide.train.report import (
     resume_line,
     stage_summaries,
 )
+
+# The triplet terms of Table 1 rows a and c register themselves in LOSS_TERMS on import, and
+# bring the batch sampler for label triplets; every other stage gets coincidence pairs.
+from coincide.train.triplets import stage_sampler, stage_validation_batches
 from coincide.train.validation import (
     HeldOut,
     Overfitting,
@@ -86,40 +89,20 @@ from coincide.train.validation import (
     overfitting_message,
 )
 
-# The triplet terms of Table 1 rows a and c register themselves in LOSS_TERMS on import, and
-# bring the batch sampler for label triplets; every other stage gets coincidence pairs.
-from coincide.triplets import stage_sampler, stage_validation_batches
+
+class Probe(Protocol):
+    """A measure of the audio encoder during training: `probe(encoder, step)` records a figure
+    of `encoder` at training step `step` and returns it (higher is better)."""
+
+    def __call__(self, encoder: torch.nn.Module, step: int) -> float: ...
 
 
-def run(
-    store_path: Path,
-    run_dir: Path,
-    config_sources: Sequence[str],
-    overrides: Sequence[str],
-    eval_store: Path | None = None,
-    eval_every: int = 0,
-    init_from: Path | None = None,
-) -> None:
-    """The `coincide train` command: resolve the configuration, then train (see `train`).
+class ProbeFactory(Protocol):
+    """Builds the run's probe once its folder and TensorBoard writer exist (rank 0 only).
+    `coincide.stages.train` gives one that measures held-out QbE
+    (`coincide.evaluation.probe.TrainingProbe`); the loop does not import evaluation."""
 
-    Without --config, a run folder that already holds a config.yaml resumes with it; a new run
-    uses the `laptop` preset (`small` with stages long enough to learn).
-    """
-    if Path(run_dir).exists() and not Path(run_dir).is_dir():
-        raise UserError(f"run folder {run_dir} is a file; give a folder for the run.")
-    sources = list(config_sources)
-    if not sources:
-        saved = Path(run_dir) / CONFIG_FILE
-        sources = [str(saved)] if saved.is_file() else ["laptop"]
-    cfg = load_config(sources, overrides)
-    train(
-        cfg,
-        Path(store_path),
-        Path(run_dir),
-        eval_store=eval_store,
-        eval_every=eval_every,
-        init_from=init_from,
-    )
+    def __call__(self, run_dir: Path, *, seed: int, writer: Any) -> Probe: ...
 
 
 def train(
@@ -127,28 +110,29 @@ def train(
     store_path: Path,
     run_dir: Path,
     *,
-    eval_store: Path | None = None,
+    probe: ProbeFactory | None = None,
     eval_every: int = 0,
     init_from: Path | None = None,
 ) -> None:
     """Train the curriculum of `cfg` on a feature store into a run folder (resuming if it holds
     a checkpoint). Under torchrun every rank calls this; only rank 0 writes.
 
-    With `init_from`, f starts from a user's weights (`coincide.init_from`; recorded in the run,
-    so resuming does not load them again).
+    With `init_from`, f starts from a user's weights (`coincide.train.init_from`; recorded in the
+    run, so resuming does not load them again).
 
-    With `eval_store` (a labeled held-out store) and `eval_every` > 0, rank 0 measures QbE mAP
-    of the audio encoder at step 0 and every `eval_every` steps into RUN/eval_curve.csv and
-    TensorBoard (`eval/qbe_map`), so a run shows its learning curve."""
+    With a `probe` factory and `eval_every` > 0, rank 0 measures the audio encoder at step 0
+    and every `eval_every` steps (`coincide.stages.train` passes a held-out QbE probe that
+    writes RUN/eval_curve.csv and TensorBoard's `eval/qbe_map`), so a run shows its learning
+    curve."""
     if eval_every < 0:
         raise UserError(f"--eval-every {eval_every} is negative; give a number of steps >= 0.")
-    if eval_store is not None and eval_every == 0:
+    if probe is not None and eval_every == 0:
         raise UserError("--test-store needs --eval-every N (steps between measurements).")
-    if eval_every and eval_store is None:
+    if eval_every and probe is None:
         raise UserError("--eval-every needs --test-store TEST_STORE (a labeled held-out store).")
     device = dist.setup(cfg.device)
     try:
-        _Run(cfg, store_path, run_dir, device, eval_store, eval_every, init_from).train()
+        _Run(cfg, Path(store_path), Path(run_dir), device, probe, eval_every, init_from).train()
     finally:
         dist.cleanup()
 
@@ -162,14 +146,14 @@ class _Run:
         store_path: Path,
         run_dir: Path,
         device: torch.device,
-        eval_store: Path | None = None,
+        probe_factory: ProbeFactory | None = None,
         eval_every: int = 0,
         init_from: Path | None = None,
     ) -> None:
         self.cfg, self.run_dir, self.device = cfg, run_dir, device
-        self.eval_store, self.eval_every = eval_store, eval_every
+        self.probe_factory, self.eval_every = probe_factory, eval_every
         self.init_from = Path(init_from) if init_from is not None else None
-        self.probe: TrainingProbe | None = None
+        self.probe: Probe | None = None
         self.rank, self.world, self.main = dist.rank(), dist.world_size(), dist.is_main()
         self.cuda = device.type == "cuda"
         # Precision and memory format are decided once: bf16 autocast and channels_last on GPU.
@@ -240,9 +224,9 @@ class _Run:
             loss_names = sorted({n for stage in self.stages for n in stage.losses})
             self.monitor = Monitor(self.run_dir, loss_names, position.step, cfg.log.progress)
             self._announce(position)
-            if self.eval_store is not None and "audio" in self.models:
-                self.probe = TrainingProbe(
-                    self.eval_store, self.run_dir, seed=cfg.seed, writer=self.monitor.writer
+            if self.probe_factory is not None and "audio" in self.models:
+                self.probe = self.probe_factory(
+                    self.run_dir, seed=cfg.seed, writer=self.monitor.writer
                 )
                 if position.step == 0:
                     self._probe(0)
@@ -294,7 +278,8 @@ class _Run:
         trainable = [p for p in objective.parameters() if p.requires_grad]
 
         # -- batches: this rank's stream, and the fixed held-out pairs ---------------------
-        # (coincide.triplets picks label-triplet batches for a stage that trains triplet_label.)
+        # (coincide.train.triplets picks label-triplet batches for a stage that trains
+        # triplet_label.)
         sampler = stage_sampler(
             objective,
             self.table,
@@ -501,7 +486,7 @@ class _Run:
         return converged
 
     def _probe(self, step: int) -> None:
-        """QbE mAP of the audio encoder on the --test-store subset (rank 0 only)."""
+        """The probe's figure of the audio encoder (rank 0 only): held-out QbE mAP."""
         assert self.probe is not None
         score = self.probe(self.models["audio"], step)
         self._say(f"step {step}: held-out QbE mAP {score:.4f}")
@@ -594,4 +579,4 @@ class _Run:
             print(text, flush=True)
 
 
-__all__ = ["CHECKPOINTS_DIR", "CONFIG_FILE", "LAST_CHECKPOINT", "STATE_FILE", "run", "train"]
+__all__ = ["CHECKPOINTS_DIR", "LAST_CHECKPOINT", "STATE_FILE", "Probe", "ProbeFactory", "train"]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from coincide import dist
-from coincide.config import Config, StageConfig
+from coincide.config.settings import Config, StageConfig
 from coincide.errors import UserError
 from coincide.losses import (
     ClusterLoss,

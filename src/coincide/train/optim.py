@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from coincide.config import OptimConfig
+from coincide.config.settings import OptimConfig
 
 
 def build_optimizer(cfg: OptimConfig, models: nn.Module) -> torch.optim.Optimizer:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from coincide.config import PlateauConfig
+from coincide.config.settings import PlateauConfig
 
 
 class Plateau:

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from coincide.config import Config, StageConfig
+from coincide.config.settings import Config, StageConfig
 from coincide.data.pairs import SamplerState
 from coincide.errors import UserError
 from coincide.train.checkpoint import (

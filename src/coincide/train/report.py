@@ -16,7 +16,7 @@ import pandas as pd
 from coincide.train.monitor import EXTRA_COLUMNS, LOG_FILE
 
 if TYPE_CHECKING:
-    from coincide.config import StageConfig
+    from coincide.config.settings import StageConfig
     from coincide.train.position import Position
 
 PLOTS_DIR = "plots"

@@ -34,7 +34,7 @@
     yes.type = "button";
     yes.className = "primary";
     yes.textContent = "Yes, " + question;
-    // A yes is the class as the answer's label; a no is a skip (see coincide.search_label).
+    // A yes is the class as the answer's label; a no is a skip (see coincide.labeling.search_label).
     yes.addEventListener("click", () => {
       byId("label-input").value = question;
       byId("submit").click();

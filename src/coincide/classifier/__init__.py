@@ -1,0 +1,1 @@
+"""p_class: training it on labeled windows, how long, and scoring it."""

@@ -1,0 +1,1 @@
+"""Settings: the typed schema, the YAML presets (presets/, packaged), loading and --set."""

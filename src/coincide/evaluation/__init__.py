@@ -1,0 +1,1 @@
+"""Measures of a representation: metrics (NumPy/scikit-learn), QbE, fixed baselines."""

@@ -1,0 +1,1 @@
+"""`coincide report`: the HTML page of a run and its pieces."""

@@ -1,0 +1,133 @@
+"""`coincide finetune`: read the labels of a strategy, train p_class on f, score, write.
+
+The training itself is `coincide.classifier.train.finetune_strategy`; this module only finds the
+labels:
+a labeling session's propagated labels (`coincide label`), or every label of the store for the
+topline, plus, with `--add-session`, the answers of search sessions (`coincide search
+--label-as`), which add positive and negative labels of single windows.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from coincide.classifier.train import (
+    FinetuneConfig,
+    LabeledWindows,
+    Strategy,
+    finetune_strategy,
+)
+from coincide.errors import UserError
+from coincide.store.labels import label_store_path
+
+
+def default_session(strategy: Strategy) -> str | None:
+    """The labeling session a strategy reads by default (`coincide label`'s default names)."""
+    if strategy == "cluster":
+        return "cluster"
+    if strategy.startswith("random"):
+        return "random"
+    return None
+
+
+def run(
+    run_dir: Path,
+    store_path: Path,
+    strategy: Strategy = "cluster",
+    session: str | None = None,
+    out: str | None = None,
+    test_store_path: Path | None = None,
+    oracle: str = "store",
+    checkpoint: Path | None = None,
+    cfg: FinetuneConfig | None = None,
+    with_search: bool = False,
+    db: Path | None = None,
+) -> dict[str, Any]:
+    """The `coincide finetune` command: read the labels, train, evaluate, write. With
+    `with_search`, the answers of every search session on the store (in `db`, default
+    RUN/labels.sqlite) are added to the strategy's labels (`coincide.labeling.search_label`)."""
+    from coincide.labeling.oracle import oracle_window_labels
+    from coincide.labeling.sessions import check_propagated_current, read_propagated
+    from coincide.stages.cluster import default_checkpoint
+    from coincide.store.features import open_store
+
+    cfg = cfg or FinetuneConfig()
+    if not Path(run_dir).is_dir():
+        raise UserError(f"run folder {run_dir} does not exist; train a run first.")
+    checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(run_dir)
+    store = open_store(store_path)
+    test_store = open_store(test_store_path) if test_store_path else None
+
+    # The labels of this strategy.
+    extra: dict[str, Any] = {}
+    if strategy == "all":
+        labeled = LabeledWindows.from_window_labels(oracle_window_labels(store, oracle))
+    else:
+        session = session or default_session(strategy)
+        assert session is not None
+        summary_path = Path(run_dir) / "labels" / session / "summary.json"
+        propagated = read_propagated(run_dir, session)
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        wanted = "cluster" if strategy == "cluster" else "random"
+        if summary.get("strategy") != wanted:
+            raise UserError(
+                f"session {session!r} holds {summary.get('strategy')} labels but --strategy "
+                f"{strategy} trains on {wanted} labels; pass --session with a {wanted} session."
+            )
+        check_propagated_current(run_dir, session, summary)
+        labeled = LabeledWindows.from_frame(propagated, by_cluster=strategy == "cluster")
+        extra = {"session": session, "budget": summary.get("requests")}
+        if int(labeled.windows.max(initial=-1)) >= len(store):
+            raise UserError(
+                f"session {session!r} labels windows beyond the {len(store)} of {store_path}; "
+                "fine-tune on the store the session labeled."
+            )
+
+    if with_search:
+        labeled, extra["search_sessions"] = _add_search_labels(run_dir, store, labeled, db)
+
+    default_out = strategy if strategy == "all" else f"{strategy}-{session}"
+    default_out += "-search" if with_search else ""
+    out_dir = Path(run_dir) / "finetune" / (out or default_out)
+    metrics = finetune_strategy(
+        strategy, checkpoint, store, labeled, out_dir, cfg, test_store, extra=extra
+    )
+    line = (
+        f"{strategy}: trained on {metrics['labeled_windows']} labeled windows, "
+        f"{len(metrics['classes'])} classes"
+    )
+    if "mAP" in metrics:
+        line += f"; clip-level mAP {metrics['mAP']:.3f}, d' {metrics['d_prime']:.2f}"
+    print(f"{line}; wrote {out_dir}")
+    return metrics
+
+
+def _add_search_labels(
+    run_dir: Path, store: Any, labeled: LabeledWindows, db: Path | None
+) -> tuple[LabeledWindows, list[str]]:
+    """The labels with every search session's answers on top, and those sessions' names."""
+    from coincide.labeling.search_label import merge_search_labels, search_answers, search_sessions
+    from coincide.store.labels_sqlite import SQLiteLabelStore
+
+    db_path = label_store_path(run_dir, db or None)
+    if not db_path.is_file():
+        raise UserError(
+            f"--with-search: no label store at {db_path}; label search hits first with "
+            "`coincide search RUN --store STORE --query ... --label-as CLASS`."
+        )
+    with SQLiteLabelStore(db_path) as label_store:
+        sessions = search_sessions(label_store, store.root)
+        if not sessions:
+            raise UserError(
+                f"--with-search: {db_path} has no search session on {store.root}; label search "
+                "hits first with `coincide search ... --label-as CLASS`."
+            )
+        answers = search_answers(label_store, sessions)
+    merged = merge_search_labels(labeled, answers)
+    print(
+        f"search labels: {len(answers)} windows answered in {len(sessions)} search sessions; "
+        f"{len(merged.windows)} windows to train on"
+    )
+    return merged, [s.name for s in sessions]
