@@ -45,6 +45,7 @@ from coincide.data.augment import (
 )
 from coincide.data.batches import PairBatches, read_batch
 from coincide.data.pairs import PairSampler, WindowTable, split_media
+from coincide.dist import Precision
 from coincide.errors import UserError
 from coincide.store.features import FeatureStore, open_store
 from coincide.train.checkpoint import build_models
@@ -52,7 +53,6 @@ from coincide.train.objective import stage_parts
 from train_throughput import (
     WINDOWS_PER_MEDIA,
     JointStep,
-    _Precision,
     _repeat,
     default_media,
     find_stage,
@@ -128,7 +128,12 @@ def time_step(cfg: Config, store: FeatureStore, sampler: PairSampler, steps: int
     stage = find_stage(cfg, "joint")
     torch.manual_seed(cfg.seed)
     models = build_models(cfg, stage_parts(stage))
-    step = JointStep(cfg, stage, models, _Precision(cfg, torch.device("cpu")))
+    step = JointStep(
+        cfg,
+        stage,
+        models,
+        Precision.for_training(cfg.optim.amp, cfg.optim.channels_last, torch.device("cpu")),
+    )
     ready = [read_batch(store, sampler.batch(n)) for n in range(steps)]
     step.take(_repeat(ready[0]), 2)
     started = time.thread_time()

@@ -41,9 +41,10 @@ from rich.table import Table
 from threadpoolctl import threadpool_limits
 
 from coincide.config.settings import load_config
+from coincide.dist import resolve_device
 from coincide.media.decode import iter_features
 from coincide.models import ClassifierHead, build_encoder
-from coincide.models.inference import BLOCK_WINDOWS, SoundModel, resolve_device
+from coincide.models.inference import BLOCK_WINDOWS, SoundModel
 from coincide.models.search_index import build_index, default_nprobe, search_index, unit_rows
 from coincide.stages.predict import predict_file
 

@@ -10,7 +10,8 @@ one torch thread on CPU.
 What is measured (issue 3, "Proof"), all in one process, one after the other:
 
 1. The full training step of one curriculum stage (`--stage`, default `joint`: (1 - beta)
-   ((1 - alpha) L_AV + alpha L_AA) + beta L_clust), exactly as `coincide.train.loop` runs it:
+   ((1 - alpha) L_AV + alpha L_AA) + beta L_clust): the training loop's own step object,
+   `coincide.train.step.TrainingStep`, so what is timed is what trains:
    batches come from a feature store through the real loader (`stage_sampler` ->
    `PairBatches` -> `batch_loader` with the configuration's `data.workers` and `data.prefetch`,
    pinned memory on CUDA), are copied to the device, and go through `StageObjective` (f on the
@@ -75,7 +76,6 @@ Exits 1 when a bar that applies is missed, 2 on a usage error.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import math
 import sys
@@ -84,7 +84,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -95,14 +94,15 @@ from torch import nn
 from coincide.config.settings import Config, StageConfig, load_config
 from coincide.data.batches import PairBatches, batch_loader, read_batch
 from coincide.data.pairs import BatchSampler, WindowTable, split_media
+from coincide.dist import Precision
 from coincide.errors import UserError
 from coincide.store.features import FeatureStore, open_store
 from coincide.store.writer import MediaRecord, StoreWriter
 from coincide.train.checkpoint import build_models
-from coincide.train.compiling import CompiledOrEager, compiles_on
-from coincide.train.monitor import ClusterWatch
-from coincide.train.objective import StageObjective, stage_parts
+from coincide.train.compiling import compiles_on
+from coincide.train.objective import stage_parts
 from coincide.train.optim import build_optimizer, tune_device
+from coincide.train.step import TrainingStep
 from coincide.train.triplets import stage_sampler
 
 MIN_RATIO_GPU = 0.9
@@ -221,26 +221,6 @@ def find_stage(cfg: Config, name: str) -> StageConfig:
     raise UserError(f"--stage {name} is not a stage of the configuration; use one of {names}.")
 
 
-class _Precision:
-    """The loop's choices: bf16 autocast per `optim.amp`, channels_last on CUDA only."""
-
-    def __init__(self, cfg: Config, device: torch.device) -> None:
-        cuda = device.type == "cuda"
-        amp = cfg.optim.amp == "bf16" or (cfg.optim.amp == "auto" and cuda)
-        self.device = device
-        self.dtype = torch.bfloat16 if amp else None
-        self.channels_last = cuda and cfg.optim.channels_last
-        tune_device(device)  # as the loop does (cuDNN autotuning on CUDA)
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-
-    def name(self) -> str:
-        return "bf16 autocast" if self.dtype is not None else "fp32"
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -260,58 +240,31 @@ def _timed(device: torch.device, work: Callable[[], None]) -> float:
 
 
 class JointStep:
-    """One optimizer step of a stage, with the training loop's per-step work.
-
-    Mirrors `_Run._train_stage` (batches to the device, autocast forward, backward per
-    micro-batch, loss sums, finiteness flag, cluster watch, clipping, Adam, zero_grad) without
-    its logging, evaluation and checkpoints, which run every hundreds of steps.
-    """
+    """The training loop's own step (`coincide.train.step.TrainingStep`: batches to the device,
+    autocast forward, backward per micro-batch, loss sums, finiteness flag, cluster watch,
+    clipping, the optimizer step) at `optim.lr`, counted; without the loop's logging, held-out
+    evaluation and checkpoints, which run every hundreds of steps."""
 
     def __init__(
-        self, cfg: Config, stage: StageConfig, models: nn.ModuleDict, precision: _Precision
+        self, cfg: Config, stage: StageConfig, models: nn.ModuleDict, precision: Precision
     ) -> None:
-        self.cfg, self.precision, self.device = cfg, precision, precision.device
-        self.objective = StageObjective(cfg, stage, models)
-        self.objective.channels_last = precision.channels_last
-        for name, module in models.items():
-            module.requires_grad_(name in self.objective.parts)
-        self.objective.train()
-        self.model: Callable[..., dict[str, torch.Tensor]] = self.objective
-        if compiles_on(cfg.optim.compile, self.device):
-            self.model = CompiledOrEager(self.objective, "the training step", dynamic=False)
-        self.trainable = [p for p in self.objective.parameters() if p.requires_grad]
-        self.optimizer = build_optimizer(cfg.optim, models)
-        self.sums = {
-            name: torch.zeros((), device=self.device) for name in [*self.objective.weights, "total"]
-        }
-        self.finite = torch.ones((), dtype=torch.bool, device=self.device)
-        self.watch = None
-        if "clust" in self.objective.weights:
-            self.watch = ClusterWatch(
-                cfg.clustering.K, cfg.clustering.collapse_fraction, self.device
-            )
-        self.steps = 0
+        self.cfg = cfg
+        optimizer = build_optimizer(cfg.optim, models)
+        self.step = TrainingStep(
+            cfg,
+            stage,
+            models,
+            optimizer,
+            precision.device,
+            precision.autocast,
+            channels_last=precision.channels_last,
+        )
+        self.objective, self.device = self.step.objective, precision.device
         self.objective_name = stage.name
+        self.steps = 0
 
     def __call__(self, batches: Iterator[dict[str, torch.Tensor]]) -> None:
-        accum = self.cfg.optim.grad_accum
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.optim.lr
-        for _ in range(accum):
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in next(batches).items()}
-            with self.precision.autocast():
-                losses = self.model(batch)
-            (losses["total"] / accum).backward()
-            for name in self.sums:
-                self.sums[name] += losses[name].detach().float() / accum
-            self.finite &= torch.isfinite(losses["total"].detach())
-            stats = self.objective.term_stats()
-            if self.watch is not None and "assignments" in stats:
-                self.watch.add(stats["assignments"], stats["marginal"])
-        if self.cfg.optim.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.cfg.optim.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        self.step(batches, self.cfg.optim.lr, self.steps)
         self.steps += 1
 
     def take(self, batches: Iterator[dict[str, torch.Tensor]], steps: int) -> None:
@@ -320,17 +273,17 @@ class JointStep:
             self(batches)
 
     def reset(self) -> None:
-        """Forget the loss sums and step count of the warm-up."""
-        for value in self.sums.values():
+        """Forget the loss sums, the finiteness flag and step count of the warm-up."""
+        for value in self.step.sums.values():
             value.zero_()
-        self.finite.fill_(True)
+        self.step.bad_step.fill_(-1)
         self.steps = 0
 
     def mean_loss(self) -> float:
         """Mean total loss over the steps taken (NaN when any step's loss was not finite)."""
-        if not bool(self.finite):
+        if int(self.step.bad_step) >= 0:
             return math.nan
-        return float(self.sums["total"]) / max(1, self.steps)
+        return float(self.step.sums["total"]) / max(1, self.steps)
 
 
 def _repeat(batch: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
@@ -358,7 +311,7 @@ class Backbones:
     """f and g forward + backward on random device tensors; seconds per step of each."""
 
     def __init__(
-        self, models: nn.ModuleDict, audio_batch: int, image_batch: int, precision: _Precision
+        self, models: nn.ModuleDict, audio_batch: int, image_batch: int, precision: Precision
     ) -> None:
         self.precision, self.device = precision, precision.device
         self.models = models
@@ -426,7 +379,8 @@ def measure(
     if schedule not in SCHEDULES:
         raise UserError(f"--schedule {schedule} is unknown; use one of {', '.join(SCHEDULES)}.")
     stage = find_stage(cfg, stage_name)
-    precision = _Precision(cfg, device)
+    precision = Precision.for_training(cfg.optim.amp, cfg.optim.channels_last, device)
+    tune_device(device)  # as the loop does (cuDNN autotuning on CUDA)
     store = open_store(store_path)
     if len(store) == 0:
         raise UserError(f"store {store_path} holds no windows; give a store with media in it.")
@@ -488,7 +442,7 @@ def measure(
         grad_accum=cfg.optim.grad_accum,
         clusters=cfg.clustering.K,
         workers=cfg.data.workers,
-        precision=precision.name(),
+        precision=precision.name,
         channels_last=precision.channels_last,
         compiled=compiled,
         store=str(store_path),

@@ -40,8 +40,8 @@ def test_help_imports_neither_torch_nor_pandas() -> None:
 
 
 def test_a_device_name_that_is_not_one_is_one_sentence() -> None:
+    from coincide.dist import resolve_device
     from coincide.errors import UserError
-    from coincide.models.inference import resolve_device
 
     try:
         resolve_device("gpu")

@@ -16,9 +16,10 @@ from coincide.config.settings import load_config
 from coincide.errors import UserError
 from coincide.evaluation.measure import cap_windows, labeled_windows, split_by_media
 from coincide.evaluation.metrics import shallow_classifier_map
-from coincide.evaluation.probe import CURVE_FILE, TrainingProbe, evaluate_during_training
+from coincide.evaluation.probe import TrainingProbe, evaluate_during_training
 from coincide.evaluation.qbe import clip_qbe_map, qbe_map
 from coincide.evaluation.representations import pool_logmel, write_fixed_representation
+from coincide.run_folder import CURVE_FILE
 from coincide.stages.evaluate import metrics_markdown
 from coincide.stages.evaluate import run as evaluate_run
 from coincide.stages.train import train

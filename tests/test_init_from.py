@@ -20,8 +20,9 @@ from coincide.cli.commands import app
 from coincide.errors import UserError
 from coincide.models.encoders import EncoderConfig, build_encoder
 from coincide.models.inference import load_model
+from coincide.run_folder import INIT_FILE
 from coincide.train.checkpoint import load_models
-from coincide.train.init_from import INIT_FILE, read_encoder_state, start_audio_from
+from coincide.train.init_from import read_encoder_state, start_audio_from
 
 torch.set_num_threads(1)
 FROZEN = [*eval_helpers.TINY, "optim.lr=1e-30", "curriculum.stages=[av]"]

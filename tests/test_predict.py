@@ -206,16 +206,6 @@ def test_long_waveforms_are_cut_into_blocks_without_changing_windows(model) -> N
     np.testing.assert_allclose(blocked, whole, atol=1e-5)
 
 
-def test_finetune_file_names_match_the_writer() -> None:
-    import coincide.classifier.train
-    import coincide.models.inference
-
-    assert (
-        coincide.models.inference.FINETUNE_CHECKPOINT == coincide.classifier.train.CHECKPOINT_FILE
-    )
-    assert coincide.models.inference.FINETUNE_SETTINGS == coincide.classifier.train.SETTINGS_FILE
-
-
 def test_newest_finished_finetuning_is_the_default(tiny: TinyRun, tmp_path: Path) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny.run, run)

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from coincide.config.settings import load_config
+from coincide.run_folder import LOG_FILE, TB_DIR
 from coincide.train.loop import _Run
-from coincide.train.monitor import LOG_FILE, NO_TENSORBOARD, TB_DIR, Monitor
+from coincide.train.monitor import NO_TENSORBOARD, Monitor
 from test_train import TINY, make_store
 
 torch.set_num_threads(1)

@@ -1,4 +1,9 @@
-"""Process-group helpers that fall back to one process.
+"""Devices, precision and process groups: where and how coincide computes, decided here once.
+
+`default_device`/`resolve_device` pick the device of a command (`setup` that of a training
+process), `amp_dtype` and `Precision` the autocast decision of training and inference (bf16 on a
+GPU, float32 on a CPU, unless `optim.amp` says otherwise), and the process-group helpers fall
+back to one process.
 
 The same code runs as `coincide train ...` (one process: every helper is the identity), as
 `coincide train ... --nproc N` (`coincide.train.launch`) and as `torchrun --nproc-per-node N -m
@@ -14,12 +19,77 @@ the loss on the global batch.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as torch_dist
 
 from coincide.errors import UserError
+
+
+def default_device() -> torch.device:
+    """The device to compute on when none is named: the first CUDA GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """`"auto"` / None -> `default_device()`; otherwise the named device (UserError when absent)."""
+    if name is None or name == "auto":
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        visible = "cuda" if torch.cuda.is_available() else "no GPU is visible"
+        raise UserError(
+            f"--device {name} is not a device name; use auto, cpu or cuda ({visible})."
+        ) from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} asks for a GPU but none is visible; use --device cpu.")
+    return device
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a setting (`optim.amp`, finetune's `amp`): bf16 for "bf16", and
+    for "auto" on a GPU; None (plain float32) otherwise."""
+    return torch.bfloat16 if amp == "bf16" or (amp == "auto" and device.type == "cuda") else None
+
+
+def autocast_context(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager[object]:
+    """Autocast to `dtype` on `device` (bf16 on a GPU), or nothing when `dtype` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def inference_autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
+    """The precision of inference, as training's default: bf16 on a GPU, float32 on a CPU."""
+    return autocast_context(device, amp_dtype("auto", device))
+
+
+@dataclass(frozen=True)
+class Precision:
+    """How a training process computes: its autocast dtype and whether convolutions take
+    channels_last tensors (on a GPU only, when `optim.channels_last` asks for it)."""
+
+    device: torch.device
+    dtype: torch.dtype | None
+    channels_last: bool
+
+    @classmethod
+    def for_training(cls, amp: str, channels_last: bool, device: torch.device) -> Precision:
+        cuda = device.type == "cuda"
+        return cls(device, amp_dtype(amp, device), cuda and channels_last)
+
+    def autocast(self) -> contextlib.AbstractContextManager[object]:
+        return autocast_context(self.device, self.dtype)
+
+    @property
+    def name(self) -> str:
+        return "bf16 autocast" if self.dtype is not None else "fp32"
 
 
 def is_distributed() -> bool:

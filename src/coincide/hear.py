@@ -42,6 +42,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from coincide.dist import inference_autocast
 from coincide.errors import UserError
 from coincide.media.frontend import (
     HOP_LENGTH,
@@ -50,7 +51,6 @@ from coincide.media.frontend import (
     LogMelFrontend,
 )
 from coincide.models.encoders import Encoder
-from coincide.models.inference import inference_autocast
 from coincide.models.inference import load_model as load_sound_model
 
 # The hop between timestamp embeddings: the API suggests <= 50 ms (the onset tolerance of its

@@ -35,7 +35,6 @@ import dataclasses
 import hashlib
 import json
 import os
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -56,11 +55,13 @@ from coincide.classifier.fit import (
     is_multilabel,
 )
 from coincide.config.choices import FINETUNE_STRATEGIES, FinetuneStrategy
+from coincide.dist import amp_dtype, autocast_context, default_device
 from coincide.errors import UserError, short_reason
 from coincide.evaluation.representations import embed_positions
-from coincide.models.embed_store import DEFAULT_BATCH_SIZE, default_device
+from coincide.models.embed_store import DEFAULT_BATCH_SIZE
 from coincide.models.encoders import Encoder, EncoderConfig, build_encoder
 from coincide.models.heads import ClassifierHead
+from coincide.run_folder import FINETUNE_CHECKPOINT, FINETUNE_SETTINGS, METRICS_FILE
 from coincide.store.features import FeatureStore
 from coincide.train.checkpoint import CHECKSUM_KEY, payload_checksum, verify_checksum
 from coincide.train.monitor import Monitor, Throughput
@@ -75,9 +76,6 @@ STARTS_FROM_CURRICULUM = {
     "random-pretrained": True,
     "all": False,
 }
-CHECKPOINT_FILE = "checkpoint.pt"
-METRICS_FILE = "metrics.json"
-SETTINGS_FILE = "finetune.json"
 
 
 @dataclass
@@ -218,13 +216,6 @@ class Classifier(nn.Module):
 # Targets and batches
 
 
-def _autocast(device: torch.device, amp: str) -> AbstractContextManager[object]:
-    use_bf16 = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    if use_bf16:
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
 # ---------------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -351,7 +342,7 @@ def train_classifier(
 
     def step_loss(optimizer: torch.optim.Optimizer, positions: np.ndarray, step: int) -> float:
         logmel, rows = batch(positions)
-        with _autocast(device, cfg.amp):
+        with autocast_context(device, amp_dtype(cfg.amp, device)):
             logits = model(logmel)
         loss = classifier_loss(logits.float(), targets.rows(rows))
         if not torch.isfinite(loss):
@@ -366,7 +357,7 @@ def train_classifier(
 
     # Resume from this folder's checkpoint when it belongs to the same run.
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out_dir / CHECKPOINT_FILE
+    checkpoint_path = out_dir / FINETUNE_CHECKPOINT
     payload = None
     if checkpoint_path.is_file():
         payload = read_checkpoint(checkpoint_path)
@@ -580,6 +571,6 @@ def finetune_strategy(
             )
         )
     metrics["settings"] = settings
-    _write_json(out_dir / SETTINGS_FILE, settings)
+    _write_json(out_dir / FINETUNE_SETTINGS, settings)
     _write_json(metrics_path, metrics)
     return metrics

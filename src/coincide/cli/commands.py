@@ -294,7 +294,7 @@ def evaluate(
     ] = 20000,
 ) -> None:
     """Measure the run's audio embedding: QbE retrieval mAP and shallow classifier mAP."""
-    from coincide.stages.evaluate import EVAL_DIR, METRICS_TABLE
+    from coincide.run_folder import EVAL_DIR, METRICS_TABLE
     from coincide.stages.evaluate import run as run_evaluate
 
     run_evaluate(run, test_store, store, shallow_seed=seed, max_train_windows=max_train_windows)

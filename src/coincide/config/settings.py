@@ -485,7 +485,6 @@ def _non_negative(name: str, value: float) -> None:
 
 
 # A run's resolved configuration: RUN/config.yaml (`--config RUN/config.yaml` reproduces it).
-CONFIG_FILE = "config.yaml"
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -23,9 +23,9 @@ from coincide.evaluation.qbe import (
     qbe_average_precision_per_class,
 )
 from coincide.evaluation.representations import embed_positions
+from coincide.run_folder import CURVE_FILE
 from coincide.store.features import FeatureStore, open_store
 
-CURVE_FILE = "eval_curve.csv"
 CURVE_TAG = "eval/qbe_map"
 DEFAULT_PROBE_WINDOWS = 2000
 

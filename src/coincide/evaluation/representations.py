@@ -28,11 +28,11 @@ import torch
 from torch import nn
 
 from coincide.config.choices import POOLINGS, Pooling
+from coincide.dist import default_device, inference_autocast
 from coincide.errors import UserError
-from coincide.models.embed_store import DEFAULT_BATCH_SIZE, default_device, embed_windows
+from coincide.models.embed_store import DEFAULT_BATCH_SIZE, embed_windows
+from coincide.run_folder import REPRESENTATION_FILE
 from coincide.store.features import FeatureStore
-
-REPRESENTATION_FILE = "representation.json"
 
 
 class Representation(Protocol):
@@ -126,7 +126,7 @@ def embed_positions(
             for batch in _chunks(np.asarray(positions, dtype=np.int64), batch_size):
                 inputs = torch.from_numpy(store.logmel[batch]).unsqueeze(1).to(device)
                 # bf16 autocast on GPU as in training and `embed_windows`; float32 on CPU.
-                with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+                with inference_autocast(device):
                     outputs.append(encoder(inputs).float().cpu().numpy())
     finally:
         encoder.train(was_training)

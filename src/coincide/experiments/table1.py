@@ -39,8 +39,9 @@ from coincide.evaluation.measure import (
     qbe_excludes_same_media,
 )
 from coincide.evaluation.metrics import recovery
-from coincide.evaluation.probe import CURVE_FILE, read_curve
+from coincide.evaluation.probe import read_curve
 from coincide.evaluation.representations import Pooling, write_fixed_representation
+from coincide.run_folder import CURVE_FILE
 from coincide.stages.evaluate import read_metrics
 from coincide.stages.evaluate import run as evaluate_run
 from coincide.stages.train import train

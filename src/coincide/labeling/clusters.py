@@ -13,6 +13,7 @@ import numpy as np
 
 from coincide.config.choices import CLUSTER_METHODS, ClusterMethod
 from coincide.errors import UserError
+from coincide.run_folder import RunFolder
 
 Method = ClusterMethod
 
@@ -31,7 +32,7 @@ EMBEDDINGS_META = "embeddings.json"
 
 def store_clusters_dir(run: Path, store_root: Path) -> Path:
     """`RUN/clusters/<store name>/`: the clusterings and embeddings of one store."""
-    return Path(run) / "clusters" / Path(store_root).resolve().name
+    return RunFolder(run).clusters(store_root)
 
 
 def clustering_dir(

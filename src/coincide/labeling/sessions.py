@@ -27,6 +27,7 @@ from coincide.labeling.select import (
     random_window_requests,
     select_requests,
 )
+from coincide.run_folder import RunFolder
 from coincide.store.features import FeatureStore
 from coincide.store.labels import Answer, LabelStore, Request, Session, label_store_path
 from coincide.store.labels_sqlite import SQLiteLabelStore
@@ -321,7 +322,7 @@ def read_propagated(run: Path, session: str) -> pd.DataFrame:
 
 def labels_dir(run: Path, session: str) -> Path:
     """`RUN/labels/<session>/`."""
-    return Path(run) / "labels" / session
+    return RunFolder(run).labels(session)
 
 
 def default_session_name(

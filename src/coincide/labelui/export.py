@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from coincide.errors import UserError
+from coincide.labeling.sessions import labels_dir
 from coincide.labelui.campaign import find_session, session_assignment
 from coincide.store.features import open_store
 from coincide.store.labels import Session, label_store_path
@@ -154,7 +155,7 @@ def run(
         chosen = find_session(labels, session)
         store_path = Path(store) if store is not None else Path(chosen.store)
         answers, windows = session_tables(labels, chosen, run_dir, store_path)
-    folder = Path(out) if out is not None else run_dir / "labels" / chosen.name
+    folder = Path(out) if out is not None else labels_dir(run_dir, chosen.name)
     folder.mkdir(parents=True, exist_ok=True)
     written = [
         write_table(answers, folder / f"answers.{fmt}", chosen_format),

@@ -32,6 +32,7 @@ from urllib.parse import quote
 import numpy as np
 
 from coincide.errors import MediaError, UserError
+from coincide.labeling.sessions import labels_dir
 from coincide.labelui import clips
 from coincide.labelui import label_studio as fmt
 from coincide.labelui.campaign import Campaign, MediaUnavailable, find_session, session_assignment
@@ -102,7 +103,7 @@ def run(
         requests = labels.requests(chosen.id)
         current: dict[int, Answer] = {a.cluster_id: a for a in labels.answers(chosen.id)}
 
-    folder = Path(out) if out is not None else run_dir / "labels" / chosen.name / "label-studio"
+    folder = Path(out) if out is not None else labels_dir(run_dir, chosen.name) / "label-studio"
     root = Path(document_root) if document_root is not None else folder
     if not folder.resolve().is_relative_to(root.resolve()):
         raise UserError(

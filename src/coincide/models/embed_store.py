@@ -16,29 +16,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from coincide.dist import default_device, inference_autocast
 from coincide.models.heads import ClassifierHead, ClusterHead
 from coincide.store.features import FeatureStore
 
 DEFAULT_BATCH_SIZE = 512
-
-
-def default_device() -> torch.device:
-    """The device to compute on when none is named: the first CUDA GPU, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _autocast(device: torch.device) -> AbstractContextManager[object]:
-    # Decided once per device, as in training: bf16 on GPU, plain float32 on CPU.
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def window_batches(
@@ -83,7 +71,7 @@ def _map_windows(
             for start, logmel in window_batches(store, batch_size):
                 # (b, mel, frames) -> (b, 1, mel, frames): the encoder's single input channel.
                 inputs = torch.from_numpy(logmel).unsqueeze(1).to(device, non_blocking=True)
-                with _autocast(device):
+                with inference_autocast(device):
                     embeddings = encoder(inputs)
                 consume(start, embeddings.float())
     finally:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,6 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from coincide.dist import inference_autocast, resolve_device
 from coincide.errors import UserError, short_reason
 from coincide.media.frontend import (
     SAMPLE_RATE,
@@ -42,10 +42,15 @@ from coincide.media.frontend import (
     logmel_windows,
     num_windows,
 )
-from coincide.models.embed_store import default_device
 from coincide.models.encoders import Encoder, EncoderConfig, build_encoder
 from coincide.models.heads import ClassifierHead
-from coincide.train.checkpoint import CHECKPOINTS_DIR, run_checkpoint
+from coincide.run_folder import (
+    CHECKPOINTS_DIR,
+    FINETUNE_CHECKPOINT,
+    FINETUNE_DIR,
+    FINETUNE_SETTINGS,
+)
+from coincide.train.checkpoint import run_checkpoint
 
 EXPORT_FORMAT = "coincide-export"
 EXPORT_VERSION = 1
@@ -55,8 +60,6 @@ LABELS_FILE = "labels.txt"
 ONNX_FILE = "model.onnx"
 # The files `coincide finetune` writes in RUN/finetune/NAME/ (a test keeps them in step): named
 # here so that loading a model does not import the training code and its dependencies.
-FINETUNE_CHECKPOINT = "checkpoint.pt"
-FINETUNE_SETTINGS = "finetune.json"
 # Windows per frontend block and per network call (64 s of audio). The transient memory of a
 # block (its waveform, complex STFT, log-mel windows and activations) grows with it: predicting
 # an hour of audio peaked about 120 MB higher with blocks of 256 windows than with 64.
@@ -78,29 +81,6 @@ class Prediction(NamedTuple):
     window_scores: np.ndarray
     clip_scores: np.ndarray
     classes: list[str]
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """`"auto"` / None -> `default_device()`; otherwise the named device (UserError when absent)."""
-    if name is None or name == "auto":
-        return default_device()
-    try:
-        device = torch.device(name)
-    except RuntimeError as err:
-        visible = "cuda" if torch.cuda.is_available() else "no GPU is visible"
-        raise UserError(
-            f"--device {name} is not a device name; use auto, cpu or cuda ({visible})."
-        ) from err
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name} asks for a GPU but none is visible; use --device cpu.")
-    return device
-
-
-def inference_autocast(device: torch.device) -> AbstractContextManager[object]:
-    """The precision of inference, as in training: bf16 autocast on GPU, float32 on CPU."""
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 class SoundModel:
@@ -331,7 +311,7 @@ def _run_folder_of(checkpoint: Path) -> Path:
     """The run folder a checkpoint belongs to (RUN/checkpoints/x.pt, RUN/finetune/NAME/x.pt), or
     the checkpoint's own folder when it lies elsewhere."""
     parent = checkpoint.resolve().parent
-    if parent.name == "checkpoints":
+    if parent.name == CHECKPOINTS_DIR:
         return parent.parent
     if parent.parent.name == "finetune":
         return parent.parent.parent
@@ -343,7 +323,7 @@ def finished_finetunes(run: Path) -> list[Path]:
     `finetune.json`, which is written when training ends), newest first."""
     found = [
         folder / FINETUNE_CHECKPOINT
-        for folder in sorted((run / "finetune").glob("*"))
+        for folder in sorted((run / FINETUNE_DIR).glob("*"))
         if (folder / FINETUNE_CHECKPOINT).is_file() and (folder / FINETUNE_SETTINGS).is_file()
     ]
     return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)

@@ -45,9 +45,9 @@ from coincide.console import printable
 from coincide.errors import MediaError, UserError
 from coincide.files import atomic_output
 from coincide.models.inference import SoundModel
+from coincide.run_folder import SEARCH_DIR
 from coincide.store.features import FeatureStore
 
-SEARCH_DIR = "search"
 EMBEDDINGS_FILE = "embeddings.npy"
 INDEX_FILE = "index.faiss"
 META_FILE = "index.json"

@@ -22,13 +22,12 @@ import pandas as pd
 
 from coincide.console import printable
 from coincide.report.html import Pictures, key_table, missing, table, text
+from coincide.run_folder import FINETUNE_DIR, FINETUNE_SETTINGS, LABELS_DIR, METRICS_FILE, PLOTS_DIR
 from coincide.store.labels import label_store_path
 from coincide.store.layout import read_json_or_none
-from coincide.train.report import PLOTS_DIR, plot_stage
+from coincide.train.report import plot_stage
 
 RERUN = "delete it and run its command again"  # what to do about a file that does not parse
-LABELS_DIR = "labels"  # coincide.labeling.sessions.labels_dir
-FINETUNE_DIR = "finetune"  # coincide.stages.finetune.run's RUN/finetune/<name>/
 FINETUNE_PLOT = "stage1_finetune.png"  # what finetune's plot_stage(out, 1, "finetune") writes
 
 
@@ -173,7 +172,6 @@ def _per_class(metrics: dict[str, Any]) -> str:
 
 def finetune_section(run: Path, pictures: Pictures) -> str:
     """Section 4 (HTML): a table of the run's fine-tunings, then each one's curve and APs."""
-    from coincide.classifier.train import METRICS_FILE, SETTINGS_FILE
 
     base = run / FINETUNE_DIR
     folders = sorted(p for p in base.glob("*") if p.is_dir()) if base.is_dir() else []
@@ -185,7 +183,7 @@ def finetune_section(run: Path, pictures: Pictures) -> str:
     summary_rows, parts = [], []
     for folder in folders:
         metrics = read_json_or_none(folder / METRICS_FILE, RERUN) or {}
-        finished = (folder / SETTINGS_FILE).is_file()
+        finished = (folder / FINETUNE_SETTINGS).is_file()
         summary_rows.append(
             [
                 folder.name,

@@ -9,7 +9,7 @@ import numpy as np
 
 from coincide.config.choices import PROJECTIONS, Projection
 from coincide.errors import UserError
-from coincide.plots import literal, pyplot
+from coincide.report.plots import literal, pyplot
 
 NO_LABEL = "(no label)"
 

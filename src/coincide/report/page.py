@@ -33,14 +33,13 @@ import numpy as np
 import pandas as pd
 
 from coincide.console import printable
+from coincide.dist import default_device
 from coincide.errors import UserError
 from coincide.evaluation.measure import cap_windows
-from coincide.evaluation.probe import CURVE_FILE, read_curve
+from coincide.evaluation.probe import read_curve
 from coincide.evaluation.representations import embed_positions
 from coincide.files import atomic_output
 from coincide.labeling.clusters import SIZES_FILE, SUMMARY_FILE
-from coincide.models.embed_store import default_device
-from coincide.plots import literal, pyplot
 from coincide.report.consolidation import RERUN, finetune_section, labels_section
 from coincide.report.embedding_map import (
     Projection,
@@ -59,21 +58,31 @@ from coincide.report.html import (
     text,
     warning,
 )
-from coincide.stages.evaluate import EVAL_DIR, METRICS_FILE, read_metrics
+from coincide.report.plots import literal, pyplot
+from coincide.run_folder import (
+    BEST_CHECKPOINT,
+    CHECKPOINTS_DIR,
+    CLUSTERS_DIR,
+    CURVE_FILE,
+    EVAL_DIR,
+    LAST_CHECKPOINT,
+    METRICS_FILE,
+    PLOTS_DIR,
+    REPORT_FILE,
+    STATE_FILE,
+)
+from coincide.stages.evaluate import read_metrics
 from coincide.store.features import open_store
 from coincide.store.layout import read_json_or_none
-from coincide.train.checkpoint import BEST_CHECKPOINT, CHECKPOINTS_DIR, LAST_CHECKPOINT, load_models
+from coincide.train.checkpoint import load_models
 from coincide.train.init_from import read_record
-from coincide.train.loop import STATE_FILE
-from coincide.train.report import PLOTS_DIR, plot_stage, read_log
+from coincide.train.report import plot_stage, read_log
 from coincide.train.validation import overfitting_message
 
-REPORT_FILE = "report.html"
 DEFAULT_MAP_WINDOWS = 3000
 
 
 # RUN/clusters/: where `coincide cluster` keeps one folder per store (cluster.store_clusters_dir).
-_CLUSTERS_DIR = "clusters"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,7 +251,7 @@ def training_section(run: Path, pictures: Pictures) -> str:
 
 def _clustering_folders(run: Path) -> list[Path]:
     """Every folder under RUN/clusters/ holding a complete clustering (a summary.json)."""
-    base = run / _CLUSTERS_DIR
+    base = run / CLUSTERS_DIR
     return sorted(p.parent for p in base.glob("*/summary.json")) + sorted(
         p.parent for p in base.glob("*/kmeans-*/summary.json")
     )
@@ -275,13 +284,13 @@ def clusters_section(run: Path, pictures: Pictures) -> str:
     folders = _clustering_folders(run)
     if not folders:
         return missing(
-            f"a clustering ({run / _CLUSTERS_DIR}/STORE/summary.json)",
+            f"a clustering ({run / CLUSTERS_DIR}/STORE/summary.json)",
             f"coincide cluster {printable(run)} --store STORE",
         )
     parts = []
     for folder in folders:
         summary = read_json_or_none(folder / SUMMARY_FILE, RERUN)
-        name = folder.relative_to(run / _CLUSTERS_DIR).as_posix()
+        name = folder.relative_to(run / CLUSTERS_DIR).as_posix()
         sizes = np.sort(pd.read_csv(folder / SIZES_FILE)["size"].to_numpy())[::-1]
         title = f"{name}: {summary['active_clusters']} active of K = {summary['K']}"
         parts.append(f"<h3>{text(name)}</h3>")

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 
-from coincide.config.settings import CONFIG_FILE
 from coincide.errors import UserError
 from coincide.labeling.clusters import (
     CONFIDENCE_FILE,
@@ -45,6 +44,7 @@ from coincide.labeling.clusters import (
     write_clustering,
 )
 from coincide.models.embed_store import DEFAULT_BATCH_SIZE, embed_windows
+from coincide.run_folder import CONFIG_FILE
 from coincide.store.features import FeatureStore, open_store
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def store_embeddings(
 
 
 def _device() -> Any:
-    from coincide.models.embed_store import default_device
+    from coincide.dist import default_device
 
     return default_device()
 

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from coincide.run_folder import METRICS_FILE, RunFolder
+
 DEMO_BUDGET = 20  # clusters labeled by the simulated annotator
 DEMO_STEPS = 150  # fine-tuning steps (the CLI default, 2000, is for real data)
 
@@ -135,7 +137,7 @@ def summary(run: Path, test_store: Path, table3: Path) -> str:
     from coincide.evaluation.representations import LogMelRepresentation
     from coincide.store.features import open_store
 
-    learned = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    learned = json.loads((RunFolder(run).eval_dir / METRICS_FILE).read_text(encoding="utf-8"))
     logmel = evaluate_representation(LogMelRepresentation(), open_store(test_store), shallow=False)
     rows = pd.read_csv(table3 / "table3.csv")
     smallest = rows[rows["strategy"] == "cluster"]["budget"].min()

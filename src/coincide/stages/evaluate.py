@@ -26,13 +26,9 @@ from coincide.evaluation.representations import (
     Representation,
     read_fixed_representation,
 )
+from coincide.run_folder import EVAL_DIR, METRICS_FILE, METRICS_TABLE
 from coincide.store.features import open_store
 from coincide.store.layout import read_json_or_none
-
-EVAL_DIR = "eval"
-METRICS_FILE = "metrics.json"
-METRICS_TABLE = "metrics.md"
-
 
 # ---------------------------------------------------------------------------------------------
 # A run folder

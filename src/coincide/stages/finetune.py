@@ -20,6 +20,8 @@ from coincide.classifier.train import (
     finetune_strategy,
 )
 from coincide.errors import UserError
+from coincide.labeling.sessions import SUMMARY_FILE, labels_dir
+from coincide.run_folder import RunFolder
 from coincide.store.labels import label_store_path
 
 
@@ -67,7 +69,7 @@ def run(
     else:
         session = session or default_session(strategy)
         assert session is not None
-        summary_path = Path(run_dir) / "labels" / session / "summary.json"
+        summary_path = labels_dir(run_dir, session) / SUMMARY_FILE
         propagated = read_propagated(run_dir, session)
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
         wanted = "cluster" if strategy == "cluster" else "random"
@@ -90,7 +92,7 @@ def run(
 
     default_out = strategy if strategy == "all" else f"{strategy}-{session}"
     default_out += "-search" if with_search else ""
-    out_dir = Path(run_dir) / "finetune" / (out or default_out)
+    out_dir = RunFolder(run_dir).finetune(out or default_out)
     metrics = finetune_strategy(
         strategy, checkpoint, store, labeled, out_dir, cfg, test_store, extra=extra
     )

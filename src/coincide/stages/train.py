@@ -11,9 +11,10 @@ import functools
 from collections.abc import Sequence
 from pathlib import Path
 
-from coincide.config.settings import CONFIG_FILE, Config, load_config
+from coincide.config.settings import Config, load_config
 from coincide.errors import UserError
 from coincide.evaluation.probe import TrainingProbe
+from coincide.run_folder import CONFIG_FILE
 from coincide.train import loop
 
 

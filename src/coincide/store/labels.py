@@ -38,6 +38,7 @@ from typing import Any, Literal, Self, get_args
 import pandas as pd
 
 from coincide.errors import UserError
+from coincide.run_folder import LABEL_STORE_FILE
 from coincide.store.media_labels import check_label
 
 AnswerKind = Literal["label", "skip", "unsure", "mixed"]
@@ -46,7 +47,6 @@ ANSWER_KINDS: tuple[str, ...] = get_args(AnswerKind)
 Clock = Callable[[], float]
 
 # A run's label store: RUN/labels.sqlite (every command that reads or writes labels finds it here).
-LABEL_STORE_FILE = "labels.sqlite"
 
 
 def label_store_path(run_dir: str | Path, db: str | Path | None = None) -> Path:

@@ -47,14 +47,11 @@ from coincide.config.settings import Config, config_from_dict
 from coincide.errors import UserError, short_reason
 from coincide.models.encoders import build_encoder
 from coincide.models.heads import ClusterHead, build_coincidence_head
+from coincide.run_folder import BEST_CHECKPOINT, BEST_INFO, CHECKPOINTS_DIR, LAST_CHECKPOINT
 from coincide.store.layout import read_json_or_none
 
 CHECKPOINT_FORMAT = "coincide-train-checkpoint"
 CHECKPOINT_VERSION = 1
-CHECKPOINTS_DIR = "checkpoints"
-LAST_CHECKPOINT = "last.pt"
-BEST_CHECKPOINT = "best.pt"
-BEST_INFO = "best.json"
 CHECKSUM_KEY = "checksum"
 # f, g, p_AA, p_AV, p_clust: the names of the parts in a run's ModuleDict.
 MODEL_PARTS = ("audio", "image", "aa_head", "av_head", "cluster_head")

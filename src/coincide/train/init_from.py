@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from coincide.errors import UserError, short_reason
+from coincide.run_folder import INIT_FILE
 from coincide.store.layout import read_json_or_none
 
-INIT_FILE = "init_from.json"
 # Prefixes under which other tools (and coincide's own files) keep f's keys.
 _PREFIXES = ("module.", "audio.", "encoder.")
 

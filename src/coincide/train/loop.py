@@ -20,18 +20,15 @@ best weights, so the next stage starts from what generalized, not from what memo
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 
 from coincide import dist
-from coincide.config.settings import CONFIG_FILE, Config, StageConfig, save_config
+from coincide.config.settings import Config, StageConfig, save_config
 from coincide.data.augment import BatchAugment
 from coincide.data.batches import PairBatches, batch_loader
 from coincide.data.pairs import (
@@ -41,26 +38,23 @@ from coincide.data.pairs import (
     rank_share,
     split_media,
 )
+from coincide.dist import Precision
 from coincide.errors import UserError
-from coincide.store.features import FeatureStore, open_store
-from coincide.train.checkpoint import (
+from coincide.run_folder import (
     BEST_CHECKPOINT,
     CHECKPOINTS_DIR,
+    CONFIG_FILE,
     LAST_CHECKPOINT,
-    build_models,
-    load_resumable,
-    read_best_info,
-    save_checkpoint,
 )
-from coincide.train.compiling import CompiledOrEager, compiles_on
+from coincide.store.features import FeatureStore, open_store
+from coincide.train.checkpoint import build_models, load_resumable, read_best_info, save_checkpoint
 from coincide.train.guards import check_store_finite, non_finite_error, non_finite_step
 from coincide.train.init_from import start_audio_from
 from coincide.train.monitor import ClusterWatch, Monitor, Throughput
 from coincide.train.objective import StageObjective, stage_parts
-from coincide.train.optim import autocast_context, build_optimizer, learning_rate, tune_device
+from coincide.train.optim import build_optimizer, learning_rate, tune_device
 from coincide.train.plateau import Plateau
 from coincide.train.position import (
-    STATE_FILE,
     Position,
     TrainingState,
     check_resumable,
@@ -78,6 +72,7 @@ from coincide.train.report import (
     resume_line,
     stage_summaries,
 )
+from coincide.train.step import TrainingStep
 
 # The triplet terms of Table 1 rows a and c register themselves in LOSS_TERMS on import, and
 # bring the batch sampler for label triplets; every other stage gets coincidence pairs.
@@ -157,10 +152,9 @@ class _Run:
         self.rank, self.world, self.main = dist.rank(), dist.world_size(), dist.is_main()
         self.cuda = device.type == "cuda"
         # Precision and memory format are decided once: bf16 autocast and channels_last on GPU.
-        amp = cfg.optim.amp == "bf16" or (cfg.optim.amp == "auto" and self.cuda)
-        self.amp_dtype = torch.bfloat16 if amp else None
-        self._autocast = functools.partial(autocast_context, device, self.amp_dtype)
-        self.channels_last = self.cuda and cfg.optim.channels_last
+        self.precision = Precision.for_training(cfg.optim.amp, cfg.optim.channels_last, device)
+        self._autocast = self.precision.autocast
+        self.channels_last = self.precision.channels_last
         tune_device(device)
         self.store: FeatureStore = open_store(store_path)
         self.store_path = store_path
@@ -261,21 +255,18 @@ class _Run:
         stage = self.stages[index]
         accum = cfg.optim.grad_accum
 
-        # -- the stage's objective over the parts it trains (DDP sees exactly those) -------
-        objective = StageObjective(cfg, stage, self.models)
-        objective.channels_last = self.channels_last
-        for name, module in self.models.items():
-            module.requires_grad_(name in objective.parts)
-        objective.train()
-        step: Callable[..., dict[str, torch.Tensor]] = objective
-        ddp: DistributedDataParallel | None = None
-        if self.world > 1:
-            device_ids = [self.device.index] if self.cuda else None
-            step = ddp = DistributedDataParallel(objective, device_ids=device_ids)
-        if compiles_on(cfg.optim.compile, self.device):
-            # Static shapes: every training batch of a stage has the same size.
-            step = CompiledOrEager(step, "the training step", dynamic=False)
-        trainable = [p for p in objective.parameters() if p.requires_grad]
+        # -- the stage's step over the parts it trains (DDP sees exactly those) ------------
+        step = TrainingStep(
+            cfg,
+            stage,
+            self.models,
+            self.optimizer,
+            self.device,
+            self._autocast,
+            channels_last=self.channels_last,
+            world=self.world,
+        )
+        objective = step.objective
 
         # -- batches: this rank's stream, and the fixed held-out pairs ---------------------
         # (coincide.train.triplets picks label-triplet batches for a stage that trains
@@ -311,7 +302,6 @@ class _Run:
         resumed_best = info is not None and int(info["stage_index"]) == index and pos.stage_step
         self.stage_best = float(info["value"]) if resumed_best else math.inf
         overfitting = Overfitting()
-        train_since_eval = [torch.zeros((), device=self.device), 0]
         if self.main:
             self._say(
                 f"stage {index + 1}/{len(self.stages)} '{stage.name}': "
@@ -327,71 +317,32 @@ class _Run:
             self._measure(objective, val_batches, stage, pos, plateau, overfitting, None)
 
         # -- the loop ------------------------------------------------------------------------
-        sums = {name: torch.zeros((), device=self.device) for name in [*objective.weights, "total"]}
         intervals = 0
-        watch = None
-        if "clust" in objective.weights:
-            watch = ClusterWatch(
-                cfg.clustering.K,
-                cfg.clustering.collapse_fraction,
-                self.device,
-                grace_steps=cfg.optim.warmup_steps,
-            )
-        bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         speed = Throughput()
         stopped = "step cap"
         lr = learning_rate(cfg.optim, stage.max_steps, pos.stage_step)
         while pos.stage_step < stage.max_steps:
             lr = learning_rate(cfg.optim, stage.max_steps, pos.stage_step)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            for micro in range(accum):
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in next(loader).items()}
-                pos.next_batch += 1
-                # DDP: all-reduce gradients only on the last micro-batch of a step.
-                sync: contextlib.AbstractContextManager = contextlib.nullcontext()
-                if ddp is not None and micro < accum - 1:
-                    sync = ddp.no_sync()
-                with sync:
-                    with self._autocast():
-                        losses = step(batch)
-                    (losses["total"] / accum).backward()
-                for name in sums:
-                    sums[name] += losses[name].detach().float() / accum
-                train_since_eval[0] += objective.monitored_loss(losses).detach() / accum
-                finite = torch.isfinite(losses["total"].detach())
-                bad_step = torch.where(
-                    (bad_step < 0) & ~finite, torch.full_like(bad_step, pos.step + 1), bad_step
-                )
-                stats = objective.term_stats()
-                if watch is not None and "assignments" in stats:
-                    watch.add(stats["assignments"], stats["marginal"])
-            if cfg.optim.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(trainable, cfg.optim.grad_clip)
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+            step(loader, lr, pos.step)
+            pos.next_batch += accum
             pos.step += 1
             pos.stage_step += 1
             intervals += 1
-            train_since_eval[1] += 1
             speed.add(cfg.data.batch_size * accum)
             at_cap = pos.stage_step >= stage.max_steps
 
             # -- log, evaluate, checkpoint ---------------------------------------------------
             if pos.step % cfg.log.every == 0 or at_cap:
-                self._check_finite(bad_step, stage, pos)
-                self._log(pos, stage, sums, intervals, lr, speed.rate(), watch)
+                self._check_finite(step.bad_step, stage, pos)
+                self._log(pos, stage, step.sums, intervals, lr, speed.rate(), step.watch)
                 intervals = 0
             # The QbE probe runs before the plateau test, which may end the stage (a step that
             # ends a stage is still measured).
             if self.probe is not None and pos.step % self.eval_every == 0:
                 self._probe(pos.step)
             if val_batches and pos.stage_step % stage.plateau.eval_every == 0:
-                self._check_finite(bad_step, stage, pos)
-                train_loss = float(
-                    dist.all_reduce_mean(train_since_eval[0] / max(1, train_since_eval[1]))
-                )
-                train_since_eval = [torch.zeros((), device=self.device), 0]
+                self._check_finite(step.bad_step, stage, pos)
+                train_loss = float(dist.all_reduce_mean(step.take_monitored()))
                 converged = self._measure(
                     objective, val_batches, stage, pos, plateau, overfitting, train_loss
                 )
@@ -400,7 +351,7 @@ class _Run:
                     break
                 speed.restart()
             if pos.step % cfg.log.checkpoint_every == 0 and not at_cap:
-                self._check_finite(bad_step, stage, pos)
+                self._check_finite(step.bad_step, stage, pos)
                 self._save(pos, plateau, finished=False)
                 speed.restart()
             if self.main:
@@ -409,9 +360,9 @@ class _Run:
         del loader  # stops the stage's loader workers
 
         # -- stage end: back to the best held-out weights, checkpoints, plot, record ---------
-        self._check_finite(bad_step, stage, pos)
+        self._check_finite(step.bad_step, stage, pos)
         if intervals:
-            self._log(pos, stage, sums, intervals, lr, speed.rate(), watch)
+            self._log(pos, stage, step.sums, intervals, lr, speed.rate(), step.watch)
         restored = None  # back to the stage's best held-out weights: their step (restore_best)
         if cfg.curriculum.restore_best:
             restored = restore_best(self.run_dir, self.models, self.best_state, index, pos.step)
@@ -565,7 +516,7 @@ class _Run:
 
     def _announce(self, pos: Position) -> None:
         self._say(curriculum_line(self.stages, self.audio_only, self.store_path, len(self.store)))
-        precision = "bf16 autocast" if self.amp_dtype is not None else "fp32"
+        precision = self.precision.name
         self._say(f"device {self.device} x {self.world} process(es), {precision}")
         if self.init_note:
             self._say(self.init_note)
@@ -579,4 +530,4 @@ class _Run:
             print(text, flush=True)
 
 
-__all__ = ["CHECKPOINTS_DIR", "LAST_CHECKPOINT", "STATE_FILE", "Probe", "ProbeFactory", "train"]
+__all__ = ["Probe", "ProbeFactory", "train"]

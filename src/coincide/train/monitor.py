@@ -20,12 +20,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from coincide.console import ElapsedColumn, EtaColumn, progress
+from coincide.run_folder import LOG_FILE, TB_DIR
 
 if TYPE_CHECKING:
     from coincide.train.validation import HeldOut
 
-LOG_FILE = "train_log.csv"
-TB_DIR = "tb"
 NO_TENSORBOARD = (
     "TensorBoard is not installed, so this run logs to train_log.csv and its plots only; "
     "pip install 'coincide[tensorboard]' to also get TensorBoard logs in RUN/tb."

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -52,12 +51,3 @@ def tune_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.set_float32_matmul_precision("high")
-
-
-def autocast_context(
-    device: torch.device, dtype: torch.dtype | None
-) -> contextlib.AbstractContextManager[object]:
-    """Autocast to `dtype` on `device` (bf16 on a GPU), or nothing when `dtype` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -17,11 +17,10 @@ import torch
 from coincide.config.settings import Config, StageConfig
 from coincide.data.pairs import SamplerState
 from coincide.errors import UserError
+from coincide.run_folder import BEST_CHECKPOINT, CHECKPOINTS_DIR, STATE_FILE
 from coincide.train.checkpoint import (
-    BEST_CHECKPOINT,
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
-    CHECKPOINTS_DIR,
     load_checkpoint,
     read_best_info,
     save_checkpoint,
@@ -30,8 +29,6 @@ from coincide.train.checkpoint import (
 from coincide.train.objective import stage_pair_kinds
 from coincide.train.plateau import Plateau
 from coincide.train.validation import HeldOut
-
-STATE_FILE = "state.json"
 
 
 @dataclass

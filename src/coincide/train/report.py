@@ -13,13 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from coincide.train.monitor import EXTRA_COLUMNS, LOG_FILE
+from coincide.run_folder import LOG_FILE, PLOTS_DIR
+from coincide.train.monitor import EXTRA_COLUMNS
 
 if TYPE_CHECKING:
     from coincide.config.settings import StageConfig
     from coincide.train.position import Position
 
-PLOTS_DIR = "plots"
 _NOT_LOSSES = {"step", "stage", "stage_step", "split", *EXTRA_COLUMNS}
 
 
