@@ -75,7 +75,7 @@ write_synthetic_store(Path(sys.argv[1]), int(sys.argv[2]))
 print("synthetic store:", sys.argv[2], "media")
 EOF
 RUN="$WORK/run"
-{ printf 'exec %q -m coincide.cli.commands train %q --store %q --config %q --set device=%q' \
+{ printf 'exec %q -m coincide.cli train %q --store %q --config %q --set device=%q' \
     "$PY" "$RUN" "$WORK/store" "$CONFIG" "$DEVICE"; printf ' %q' "${TRAIN_SET[@]}"; echo; } >"$WORK/train.sh"
 setsid bash "$WORK/train.sh" >"$OUT/train_first.log" 2>&1 &
 pid=$!

@@ -71,7 +71,7 @@ def demo_benchmark(out: Path) -> Path:
     command = [
         sys.executable,
         "-m",
-        "coincide.cli.commands",
+        "coincide.cli",
         "make-bench",
         "--out",
         str(out),

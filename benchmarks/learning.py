@@ -137,7 +137,7 @@ def run_raw_qbe(run_dir: Path, windows: list[np.ndarray], digits: Sequence[str])
 def coincide(args: Sequence[str]) -> float:
     """Run one `coincide` command (its output streams through); returns its CPU minutes."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    command = [sys.executable, "-m", "coincide.cli.commands", *args]
+    command = [sys.executable, "-m", "coincide.cli", *args]
     print("$ coincide " + " ".join(args), flush=True)
     if subprocess.run(command, check=False).returncode != 0:
         sys.exit(f"`coincide {' '.join(args)}` failed; see its output above.")

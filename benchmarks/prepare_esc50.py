@@ -53,7 +53,7 @@ def main() -> None:
         command = [
             sys.executable,
             "-m",
-            "coincide.cli.commands",
+            "coincide.cli",
             "ingest",
             *paths,
             "--store",

@@ -96,10 +96,10 @@ from coincide.data.batches import PairBatches, batch_loader, read_batch
 from coincide.data.pairs import BatchSampler, WindowTable, split_media
 from coincide.dist import Precision
 from coincide.errors import UserError
+from coincide.models.compiling import compiles_on
 from coincide.store.features import FeatureStore, open_store
 from coincide.store.writer import MediaRecord, StoreWriter
 from coincide.train.checkpoint import build_models
-from coincide.train.compiling import compiles_on
 from coincide.train.objective import stage_parts
 from coincide.train.optim import build_optimizer, tune_device
 from coincide.train.step import TrainingStep
@@ -107,7 +107,7 @@ from coincide.train.triplets import stage_sampler
 
 MIN_RATIO_GPU = 0.9
 TARGET_PAIRS_PER_S_H100 = 7000.0
-# The shapes `coincide ingest` writes (coincide.stages.ingest.frontend_parameters; a test keeps
+# The shapes `coincide ingest` writes (coincide.media.frontend.frontend_parameters; a test keeps
 # them in step). Not imported from there: coincide.media needs PyAV, which a GPU box for
 # training may lack.
 N_MELS = 64

@@ -203,10 +203,8 @@ def test_a_train_line_passes_through_torchrun_without_a_double_dash(monkeypatch)
 
     train = ["train", "RUN", "--store", "S", "--config", "paper", "--set", "optim.lr=0.1"]
     train += ["--test-store", "T", "--eval-every", "5"]
-    parsed = get_args_parser().parse_args(
-        ["--nproc-per-node", "2", "-m", "coincide.cli.commands", *train]
-    )
-    assert parsed.module and parsed.training_script == "coincide.cli.commands"
+    parsed = get_args_parser().parse_args(["--nproc-per-node", "2", "-m", "coincide.cli", *train])
+    assert parsed.module and parsed.training_script == "coincide.cli"
     assert parsed.training_script_args == train
     # No option of `train` is a prefix of one of torchrun's (the old --run was: --run-path), so
     # argparse never takes it for its own. --nproc is: it has no place under torchrun, which

@@ -1,4 +1,4 @@
-"""coincide.train.compiling: torch.compile with eager code as the fallback, and the `optim.compile`
+"""coincide.models.compiling: torch.compile with eager code as the fallback, and the `optim.compile`
 setting ("auto" compiles on CUDA only)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import warnings
 import pytest
 import torch
 
-from coincide.train.compiling import CompiledOrEager, compiles_on
+from coincide.models.compiling import CompiledOrEager, compiles_on
 
 torch.set_num_threads(1)
 

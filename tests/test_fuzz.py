@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import mediagen
 from coincide.config.settings import load_config
 from coincide.errors import UserError
-from coincide.stages.ingest import frontend_parameters
+from coincide.media.frontend import frontend_parameters
 from coincide.stages.ingest_workers import Decoded, Skipped, examine
 from coincide.store.chunk_files import SPOOL_LOGMEL, Spool
 from coincide.store.media_labels import read_labels_csv

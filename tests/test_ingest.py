@@ -451,7 +451,7 @@ def test_kill_9_of_a_parallel_ingest_takes_its_workers_with_it(tmp_path):
     folder.mkdir()
     for i in range(40):
         mediagen.write_audio(folder / f"clip {i:02d}.wav", "wav", seconds=3)
-    command = [sys.executable, "-m", "coincide.cli.commands", "ingest", str(folder), "--store"]
+    command = [sys.executable, "-m", "coincide.cli", "ingest", str(folder), "--store"]
     command += [str(tmp_path / "store"), "--workers", "2", "--chunk-windows", "2"]
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -144,7 +144,7 @@ def test_kill_9_in_the_middle_of_a_file_resumes_exactly(long_media, tmp_path, wo
     command = [
         sys.executable,
         "-m",
-        "coincide.cli.commands",
+        "coincide.cli",
         "ingest",
         *args,
         "--store",

@@ -681,7 +681,7 @@ def test_a_page_stopped_by_a_signal_writes_the_labels_and_finetune_sees_stale_on
     propagated labels are written. Answers given after that make them stale for finetune."""
     from coincide.labeling.sessions import check_propagated_current, labels_dir
 
-    command = [sys.executable, "-m", "coincide.cli.commands", "label", str(setup.run), "--store"]
+    command = [sys.executable, "-m", "coincide.cli", "label", str(setup.run), "--store"]
     command += [str(setup.store), "--budget", "3", "--session", "people", "--serve"]
     command += ["--port", "0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

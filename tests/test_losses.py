@@ -21,7 +21,7 @@ from coincide.losses import (
     random_negative_indices,
 )
 from coincide.models import CoincidenceHead
-from coincide.train.compiling import CompiledOrEager
+from coincide.models.compiling import CompiledOrEager
 
 torch.set_num_threads(1)
 

@@ -224,7 +224,7 @@ def test_too_few_media_for_the_batch_is_a_clear_error(store, tmp_path):
 def test_compile_wraps_each_stages_step_and_checkpoints_stay_plain(store, tmp_path, monkeypatch):
     """optim.compile=true: each stage's step goes through torch.compile (static shapes); the
     checkpoints hold the plain modules' weights. (torch.compile is replaced by a recorder: a
-    real CPU compilation of the training step takes minutes, see coincide.train.compiling.)"""
+    real CPU compilation of the training step takes minutes, see coincide.models.compiling.)"""
     compiled = []
 
     def record(fn, **options):
@@ -304,7 +304,7 @@ def test_a_non_finite_loss_stops_with_one_sentence_and_keeps_the_last_checkpoint
     command = [
         sys.executable,
         "-m",
-        "coincide.cli.commands",
+        "coincide.cli",
         "train",
         str(run_dir),
         "--store",
@@ -353,7 +353,7 @@ def test_a_full_disk_stops_training_with_one_sentence_and_it_resumes(store, tmp_
     command = [
         sys.executable,
         "-m",
-        "coincide.cli.commands",
+        "coincide.cli",
         "train",
         str(run_dir),
         "--store",
@@ -476,7 +476,7 @@ def test_nproc_2_trains_in_two_gloo_processes(store, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "coincide.cli.commands",
+        "coincide.cli",
         "train",
         str(run_dir),
         "--store",

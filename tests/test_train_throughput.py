@@ -123,7 +123,7 @@ def test_default_media_leave_a_batch_for_training(batch: int, fraction: float) -
 
 
 def test_shapes_match_the_ingest_frontend() -> None:
-    from coincide.stages.ingest import frontend_parameters
+    from coincide.media.frontend import frontend_parameters
 
     params = frontend_parameters()
     assert (

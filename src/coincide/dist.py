@@ -7,7 +7,7 @@ back to one process.
 
 The same code runs as `coincide train ...` (one process: every helper is the identity), as
 `coincide train ... --nproc N` (`coincide.train.launch`) and as `torchrun --nproc-per-node N -m
-coincide.cli.commands train ...` (`setup` joins the group the launcher describes in the environment:
+coincide.cli train ...` (`setup` joins the group the launcher describes in the environment:
 RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT).
 
 Gradient convention of the two collectives with gradient: each is the exact adjoint of its

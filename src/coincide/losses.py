@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from coincide.train.compiling import CompiledOrEager
+from coincide.models.compiling import CompiledOrEager
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:

@@ -63,7 +63,7 @@ from coincide.models.encoders import Encoder, EncoderConfig, build_encoder
 from coincide.models.heads import ClassifierHead
 from coincide.run_folder import FINETUNE_CHECKPOINT, FINETUNE_SETTINGS, METRICS_FILE
 from coincide.store.features import FeatureStore
-from coincide.train.checkpoint import CHECKSUM_KEY, payload_checksum, verify_checksum
+from coincide.train.checkpoint import CHECKSUM_KEY, FINETUNE_KEYS, payload_checksum, verify_checksum
 from coincide.train.monitor import Monitor, Throughput
 from coincide.train.report import plot_stage
 
@@ -220,9 +220,6 @@ class Classifier(nn.Module):
 # Checkpoints
 
 
-FINETUNE_KEYS = frozenset(
-    {"model", "optimizer", "step", "config", "encoder_config", "head_config", "classes"}
-)
 # Older checkpoints have no "selected" (the step counts early stopping chose): they are trained
 # with a fixed step count and never resumed by this version (their settings differ).
 

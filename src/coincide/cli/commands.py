@@ -252,7 +252,7 @@ def train(
 
     Several GPUs (or CPU processes) of one machine: --nproc N.
 
-    Several machines: torchrun ... -m coincide.cli.commands train RUN --store STORE (no -- needed).
+    Several machines: torchrun ... -m coincide.cli train RUN --store STORE (no -- needed).
     """
     args = (store, run, config or [], overrides or [], test_store, eval_every, init_from)
     if nproc > 1:

@@ -130,7 +130,7 @@ def search(
         fmt=fmt,
     )
     if label_as is not None:
-        from coincide.labeling.search_label import run as label_hits
+        from coincide.stages.search_label import run as label_hits
         from coincide.store.features import open_store
 
         asked = query if query is not None else f"store window {query_window}"

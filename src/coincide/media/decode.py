@@ -42,7 +42,13 @@ from av.stream import Discard, Disposition
 from coincide.errors import MediaError
 from coincide.media.audio import AudioConverter
 from coincide.media.frames import FrameSelector
-from coincide.media.frontend import SAMPLE_RATE, WINDOW_SAMPLES, WINDOW_STEP, logmel_windows
+from coincide.media.frontend import (
+    FRAME_SIZE,
+    SAMPLE_RATE,
+    WINDOW_SAMPLES,
+    WINDOW_STEP,
+    logmel_windows,
+)
 from coincide.media.promise import promised_s
 
 logger = logging.getLogger(__name__)
@@ -50,7 +56,6 @@ logger = logging.getLogger(__name__)
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 AUDIO_EXTENSIONS = {".wav", ".flac", ".mp3", ".ogg", ".m4a", ".aac", ".opus"}
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | AUDIO_EXTENSIONS
-FRAME_SIZE = 128
 # Video is decoded up to this far past the audio's stated end (headers are approximate).
 VIDEO_MARGIN_S = 2.0
 # Audio this much shorter than its header promises is reported as truncated; less is within how

@@ -13,6 +13,7 @@ The numpy entry point `logmel_windows` and the torch module `LogMelFrontend` are
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,3 +152,26 @@ def logmel_windows(waveform: np.ndarray) -> np.ndarray:
     # Inference mode, not just no_grad: no autograd bookkeeping on any op (cheaper per call).
     with torch.inference_mode():
         return _shared_frontend()(samples[None])[0].numpy()
+
+
+# Side of the square RGB frames kept at 1 Hz (pixels).
+FRAME_SIZE = 128
+
+
+def frontend_parameters() -> dict[str, Any]:
+    """The parameters that fix what the stored features mean; a store keeps them in store.json
+    and refuses features made with others."""
+    return {
+        "sample_rate": SAMPLE_RATE,
+        "n_mels": N_MELS,
+        "win_length": WIN_LENGTH,
+        "n_fft": N_FFT,
+        "hop_length": HOP_LENGTH,
+        "window_frames": N_FRAMES,
+        "window_step": WINDOW_STEP,
+        "fmin": FMIN,
+        "fmax": FMAX,
+        "mel_norm": MEL_NORM,
+        "log_offset": LOG_OFFSET,
+        "frame_size": FRAME_SIZE,
+    }

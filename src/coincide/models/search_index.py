@@ -247,7 +247,7 @@ def parse_query(text: str | None, window: int | None) -> Query:
 def check_frontend(store: FeatureStore) -> None:
     """UserError when the store's windows were made by other frontend settings than the ones
     a media query is decoded with now (its distances would compare unlike features)."""
-    from coincide.stages.ingest import frontend_parameters
+    from coincide.media.frontend import frontend_parameters
 
     # A setting the store does not record counts as different: it predates that setting. The
     # frame size concerns pictures only.

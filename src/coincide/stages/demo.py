@@ -21,7 +21,7 @@ DEMO_STEPS = 150  # fine-tuning steps (the CLI default, 2000, is for real data)
 
 def _step(title: str, args: list[str]) -> None:
     """Run one `coincide` command, echoing it; stop the demo if it fails."""
-    command = [sys.executable, "-m", "coincide.cli.commands", *args]
+    command = [sys.executable, "-m", "coincide.cli", *args]
     print(f"\n== {title}\n$ coincide {shlex.join(args)}", flush=True)
     started = time.monotonic()
     result = subprocess.run(command, check=False)

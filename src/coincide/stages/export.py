@@ -144,7 +144,7 @@ def export_model(model: SoundModel, out: Path, onnx: bool = True) -> dict[str, A
     """
     from safetensors.torch import save
 
-    from coincide.stages.ingest import frontend_parameters
+    from coincide.media.frontend import frontend_parameters
     from coincide.store.media_labels import check_label
 
     for name in model.classes:  # one per line in labels.txt: a newline would shift them all

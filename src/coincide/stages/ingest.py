@@ -22,13 +22,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from coincide.console import files_progress, print_table
 from coincide.errors import UserError
+from coincide.media.frontend import frontend_parameters
 from coincide.stages.ingest_workers import AlreadyStored, Outcome, Skipped, outcomes
 from coincide.store.features import open_store
 from coincide.store.ingest_report import MediaWarning, Skip, read_report, record_run
@@ -117,28 +117,6 @@ def _resolve(path: Path) -> Path:
 
 
 # -- the stage -------------------------------------------------------------------------------
-
-
-def frontend_parameters() -> dict[str, Any]:
-    """The parameters that fix what the stored features mean; a store keeps them in store.json
-    and refuses features made with others."""
-    from coincide.media import frontend
-    from coincide.media.decode import FRAME_SIZE
-
-    return {
-        "sample_rate": frontend.SAMPLE_RATE,
-        "n_mels": frontend.N_MELS,
-        "win_length": frontend.WIN_LENGTH,
-        "n_fft": frontend.N_FFT,
-        "hop_length": frontend.HOP_LENGTH,
-        "window_frames": frontend.N_FRAMES,
-        "window_step": frontend.WINDOW_STEP,
-        "fmin": frontend.FMIN,
-        "fmax": frontend.FMAX,
-        "mel_norm": frontend.MEL_NORM,
-        "log_offset": frontend.LOG_OFFSET,
-        "frame_size": FRAME_SIZE,
-    }
 
 
 def _now() -> str:

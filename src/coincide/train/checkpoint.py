@@ -246,3 +246,9 @@ def write_best_info(run_dir: str | Path, info: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
     os.replace(tmp, path)
+
+
+# The keys of a fine-tuning checkpoint (`coincide finetune`: classifier/train.py writes it).
+FINETUNE_KEYS = frozenset(
+    {"model", "optimizer", "step", "config", "encoder_config", "head_config", "classes"}
+)

@@ -53,8 +53,7 @@ def _file_digest(path: Path) -> str:
 
 
 def _is_coincide_checkpoint(payload: Any) -> bool:
-    from coincide.classifier.train import FINETUNE_KEYS
-    from coincide.train.checkpoint import CHECKPOINT_FORMAT
+    from coincide.train.checkpoint import CHECKPOINT_FORMAT, FINETUNE_KEYS
 
     return isinstance(payload, dict) and (
         payload.get("format") == CHECKPOINT_FORMAT or set(payload) >= FINETUNE_KEYS

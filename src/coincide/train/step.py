@@ -19,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from coincide.config.settings import Config, StageConfig
-from coincide.train.compiling import CompiledOrEager, compiles_on
+from coincide.models.compiling import CompiledOrEager, compiles_on
 from coincide.train.monitor import ClusterWatch
 from coincide.train.objective import StageObjective
 
