@@ -48,6 +48,7 @@ from coincide.config.tree import (
     as_fraction,
     build_dataclass,
     deep_merge,
+    read_yaml,
     unknown_message,
 )
 from coincide.data.augment import AugmentConfig
@@ -257,7 +258,7 @@ class OptimConfig:
     grad_accum: int
     grad_clip: float
     amp: Literal["auto", "bf16", "fp32"]
-    compile: Literal["auto", True, False]
+    compile: Literal["auto"] | bool
     channels_last: bool
 
     def __post_init__(self) -> None:
@@ -376,7 +377,7 @@ def _read_yaml_mapping(source: str | Path) -> dict[str, Any]:
             "file; give one of those."
         )
     try:
-        data = yaml.safe_load(text)
+        data = read_yaml(text)
     except yaml.YAMLError as err:
         raise UserError(f"cannot parse {origin} as YAML ({err}); fix the file.") from err
     if data is None:

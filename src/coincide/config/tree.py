@@ -1,21 +1,50 @@
 """The raw configuration tree and its typed form: merging YAML mappings, `--set dotted.key=value`
-overrides, and building nested dataclasses from a mapping with checked keys and types, each
-mistake one sentence naming the key. Generic: the schema itself is `coincide.config.settings`.
+overrides, and building nested dataclasses from a mapping with checked keys and types
+(pydantic), each mistake one sentence naming the key. Generic: the schema itself is
+`coincide.config.settings`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 import yaml
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from coincide.errors import UserError
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does: `1e-4` (no dot) is the float it
+    looks like, not the string YAML 1.1 makes of it."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """YAML text as Python values, numbers read as YAML 1.2 reads them (`YamlLoader`)."""
+    return yaml.load(text, Loader=YamlLoader)  # a SafeLoader: no Python objects
 
 
 def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -40,7 +69,7 @@ def apply_override(tree: dict[str, Any], override: str) -> None:
     if not sep or not key:
         raise UserError(f"--set {override!r} is not of the form key.sub=value; fix the flag.")
     try:
-        value = yaml.safe_load(raw_value)
+        value = read_yaml(raw_value)
     except yaml.YAMLError as err:
         raise UserError(f"--set {key}: cannot parse value {raw_value!r} as YAML ({err}).") from err
     parts = key.split(".")
@@ -81,70 +110,120 @@ def _list_index(node: list[Any], part: str, where: str) -> int:
     return int(part)
 
 
-def build_dataclass(cls: type, data: Any, where: str) -> Any:
-    """Instantiate dataclass `cls` from a mapping, recursively, checking keys and types.
+# Every config dataclass is validated by pydantic under these rules, set once for the whole tree
+# (`_validator`) so that the dataclasses stay plain: unknown keys are errors, nan and inf are not
+# numbers a setting can take, and types are strict (JSON's: 1 is not `true`, 2.5 is not a whole
+# number, "3" is not a number).
+_RULES = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
-    `where` is the dotted path of `data` in the config, used in error messages.
-    """
+
+def build_dataclass(cls: type, data: Any, where: str) -> Any:
+    """Instantiate dataclass `cls` from a mapping, recursively, checking keys and types (with
+    pydantic); the first mistake is a UserError naming its dotted key (`where` is the path of
+    `data` in the config)."""
     if not isinstance(data, Mapping):
         raise UserError(f"config key '{where}' must be a mapping; fix the config.")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [key for key in data if key not in fields]
-    if unknown:
-        raise UserError(unknown_message(join_key(where, str(unknown[0])), cls))
-    kwargs: dict[str, Any] = {}
-    for name, f in fields.items():
-        path = join_key(where, name)
-        if name in data:
-            kwargs[name] = _coerce(hints[name], data[name], path)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise UserError(f"config key '{path}' is missing; add it to the config.")
-    return cls(**kwargs)
+    # As JSON: pydantic builds dataclasses from mappings in strict mode only from JSON input.
+    text = json.dumps(data, allow_nan=True, default=str)
+    try:
+        return _validator(cls).validate_json(text)
+    except ValidationError as err:
+        raise UserError(_sentence(cls, err.errors(), where)) from None
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint):
-        return build_dataclass(typing.cast(type, hint), value, where)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            return _coerce(arg, value, where)
-    if origin is Literal:
-        # By type too: 1 == True, and YAML 1 is not the `true` a key may ask for.
-        if not any(value == arg and type(value) is type(arg) for arg in args):
-            raise UserError(
-                f"config key '{where}' is {value!r}; use one of {', '.join(map(str, args))}."
-            )
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise UserError(f"config key '{where}' must be a list; fix the config.")
-        return [_coerce(args[0], item, f"{where}.{i}") for i, item in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise UserError(f"config key '{where}' must be a mapping; fix the config.")
-        return {str(k): _coerce(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"config key '{where}' is {value!r}; use true or false.")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise UserError(f"config key '{where}' is {value!r}; use a whole number.")
-        return value
-    if hint is float:
-        return as_float(where, value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise UserError(f"config key '{where}' is {value!r}; use a string.")
-        return value
-    raise TypeError(f"config field {where} has an unsupported type {hint!r}")
+@functools.cache
+def _validator(cls: type) -> TypeAdapter[Any]:
+    for node in _dataclasses_below(cls):
+        if "__pydantic_config__" not in vars(node):
+            node.__pydantic_config__ = _RULES  # type: ignore[attr-defined]
+    return TypeAdapter(cls)
+
+
+def _dataclasses_below(hint: Any, seen: set[type] | None = None) -> set[type]:
+    """`hint` and every dataclass its fields hold, through lists, dicts and unions."""
+    seen = set() if seen is None else seen
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type) and hint not in seen:
+        seen.add(hint)
+        for field_hint in typing.get_type_hints(hint).values():
+            _dataclasses_below(field_hint, seen)
+    for arg in typing.get_args(hint):
+        _dataclasses_below(arg, seen)
+    return seen
+
+
+def _sentence(cls: type, errors: list[Any], where: str) -> str:
+    """The first pydantic error as the sentence a user reads: the key, its value, what to write
+    (for a key of several types, such as `"auto"` or a bool, what each of them takes)."""
+    first = errors[0]
+    key, owner = _key_of(cls, tuple(first["loc"]), where)
+    value, kind = first.get("input"), first["type"]
+    if kind == "missing":
+        return f"config key '{key}' is missing; add it to the config."
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        return unknown_message(key, owner)
+    if kind == "list_type":
+        return f"config key '{key}' must be a list; fix the config."
+    if kind in ("dataclass_type", "dict_type", "dataclass_exact_type"):
+        return f"config key '{key}' must be a mapping; fix the config."
+    same_key = [e for e in errors if _key_of(cls, tuple(e["loc"]), where)[0] == key]
+    wanted = list(dict.fromkeys(filter(None, (_expected(e) for e in same_key))))
+    if not wanted:
+        return f"config key '{key}' is {value!r}: {first['msg']}; fix the config."
+    return f"config key '{key}' is {value!r}; use {' or '.join(wanted)}."
+
+
+def _expected(error: Mapping[str, Any]) -> str | None:
+    """What a value of the type behind one pydantic error looks like, in words."""
+    kind = error["type"]
+    if kind in ("int_type", "int_from_float", "int_parsing"):
+        return "a whole number"
+    if kind in ("bool_type", "bool_parsing"):
+        return "true or false"
+    if kind == "finite_number" or (kind == "float_type" and _non_finite_text(error.get("input"))):
+        return "a finite number"
+    if kind in ("float_type", "float_parsing"):
+        return "a number"
+    if kind == "literal_error":
+        expected = str(error["ctx"]["expected"])
+        return expected if " or " not in expected else f"one of {expected}"
+    if kind == "string_type":
+        return "a string"
+    return None
+
+
+def _key_of(cls: type, loc: tuple[Any, ...], where: str) -> tuple[str, type]:
+    """The dotted config key of a pydantic error location, and the dataclass that holds it.
+    Union members' tags (`bool`, `literal['auto']`) in the location are not keys."""
+    parts = [where] if where else []
+    node: Any = cls
+    owner = cls
+    for item in loc:
+        while typing.get_origin(node) in (typing.Union, types.UnionType):
+            node = next(a for a in typing.get_args(node) if a is not type(None))
+        if dataclasses.is_dataclass(node) and isinstance(node, type):
+            owner = node
+            parts.append(str(item))
+            fields = typing.get_type_hints(node)
+            if item not in fields:
+                break
+            node = fields[item]
+        elif typing.get_origin(node) in (list, dict) and isinstance(item, int | str):
+            if typing.get_origin(node) is list and not isinstance(item, int):
+                break
+            parts.append(str(item))
+            node = typing.get_args(node)[-1]
+        else:
+            break
+    return ".".join(parts), owner
+
+
+def _non_finite_text(value: Any) -> bool:
+    """A string that reads as nan or inf (YAML reads `nan`, unlike `.nan`, as text)."""
+    if not isinstance(value, str):
+        return False
+    with contextlib.suppress(ValueError):
+        return not math.isfinite(float(value))
+    return False
 
 
 def as_float(where: str, value: Any) -> float:
