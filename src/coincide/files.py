@@ -1,5 +1,8 @@
-"""Files that appear whole or not at all: written to a temporary name next to the target, then
-renamed over it (`os.replace`, atomic on POSIX and Windows)."""
+"""Files that appear whole or not at all: written under a temporary name next to the target,
+then renamed over it (`os.replace`, atomic on POSIX and Windows). A reader sees the old file or
+the new one, never half of one; a write that fails leaves the old file and no temporary one.
+Every file coincide writes for another step to read goes through here.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +14,38 @@ from typing import IO
 
 
 @contextmanager
-def atomic_output(path: Path, newline: str | None = None) -> Iterator[IO[str]]:
-    """A text file that appears under `path` only if the block completes (temp file + rename);
-    on an error the temp file is removed and `path` is left as it was."""
+def atomic_path(path: Path, *, durable: bool = False) -> Iterator[Path]:
+    """A temporary path to write `path`'s new content to (same folder, same suffix, so that
+    writers that add a suffix, such as `np.save`, keep it); renamed over `path` when the block
+    completes, removed when it raises. `durable` flushes the content to the disk first (fsync),
+    for files that must survive a power cut, not only a killed process."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
-        with open(tmp, "w", encoding="utf-8", newline=newline) as stream:
-            yield stream
+        yield tmp
+        if durable:
+            with open(tmp, "rb") as written:
+                os.fsync(written.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_output(path: Path, newline: str | None = None) -> Iterator[IO[str]]:
+    """A UTF-8 text stream whose content appears under `path` only if the block completes."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline=newline) as stream:
+        yield stream
+
+
+def write_text_atomic(path: Path, text: str, *, durable: bool = False) -> None:
+    """`path.write_text(text)` (UTF-8), atomically."""
+    with atomic_path(path, durable=durable) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """`path.write_bytes(data)`, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)

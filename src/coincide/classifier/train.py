@@ -34,7 +34,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -58,6 +57,7 @@ from coincide.config.choices import FINETUNE_STRATEGIES, FinetuneStrategy
 from coincide.dist import amp_dtype, autocast_context, default_device
 from coincide.errors import UserError, short_reason
 from coincide.evaluation.representations import embed_positions
+from coincide.files import atomic_path, write_text_atomic
 from coincide.models.embed_store import DEFAULT_BATCH_SIZE
 from coincide.models.encoders import Encoder, EncoderConfig, build_encoder
 from coincide.models.heads import ClassifierHead
@@ -225,15 +225,12 @@ class Classifier(nn.Module):
 
 
 def _save_atomic(payload: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({**payload, CHECKSUM_KEY: payload_checksum(payload)}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({**payload, CHECKSUM_KEY: payload_checksum(payload)}, tmp)
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from coincide.config.tree import (
 )
 from coincide.data.augment import AugmentConfig
 from coincide.errors import UserError
+from coincide.files import write_text_atomic
 from coincide.models.encoders import EncoderConfig
 
 # Loss weights of each named stage recipe as a function of (alpha, beta): paper section 3.4.
@@ -490,10 +491,7 @@ def _non_negative(name: str, value: float) -> None:
 
 def save_config(config: Config, path: Path) -> None:
     """Write the resolved configuration as YAML (atomically: temp file, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(config_to_yaml(config), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, config_to_yaml(config))
 
 
 def config_to_yaml(config: Config) -> str:

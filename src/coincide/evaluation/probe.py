@@ -23,6 +23,7 @@ from coincide.evaluation.qbe import (
     qbe_average_precision_per_class,
 )
 from coincide.evaluation.representations import embed_positions
+from coincide.files import atomic_output
 from coincide.run_folder import CURVE_FILE
 from coincide.store.features import FeatureStore, open_store
 
@@ -114,13 +115,10 @@ def append_curve_row(path: Path, row: dict[str, Any]) -> None:
     if path.is_file():
         with open(path, newline="", encoding="utf-8") as f:
             kept = [r for r in csv.DictReader(f) if int(r["step"]) < int(row["step"])]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_output(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(row))
         writer.writeheader()
         writer.writerows([*kept, row])
-    tmp.replace(path)
 
 
 def read_curve(path: Path) -> list[dict[str, float]]:

@@ -4,7 +4,6 @@ sizes, written and read (`coincide cluster` computes them: `coincide.stages.clus
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ import numpy as np
 
 from coincide.config.choices import CLUSTER_METHODS, ClusterMethod
 from coincide.errors import UserError
+from coincide.files import atomic_path, write_text_atomic
 from coincide.run_folder import RunFolder
 
 Method = ClusterMethod
@@ -153,15 +153,12 @@ def summarize(assignment: np.ndarray, num_clusters: int) -> dict[str, Any]:
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.save(tmp, array)
 
 
 def _write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
 
 
 def _plot_sizes(path: Path, sizes: np.ndarray, title: str) -> None:
@@ -208,9 +205,7 @@ def write_clustering(
     active = np.flatnonzero(sizes)
     by_size = active[np.argsort(-sizes[active], kind="stable")]
     lines = ["cluster,size", *(f"{c},{sizes[c]}" for c in by_size)]
-    tmp = folder / f".{SIZES_FILE}.tmp"
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, folder / SIZES_FILE)
+    write_text_atomic(folder / SIZES_FILE, "\n".join(lines) + "\n")
     summary = {**summarize(assignment, num_clusters), **provenance}
     _plot_sizes(
         folder / SIZES_PLOT,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import pandas as pd
 from coincide.config.choices import ClusterOrder, LabelStrategy, MemberChoice
 from coincide.errors import UserError
 from coincide.evaluation.metrics import labels_to_matrix, propagated_label_quality
+from coincide.files import atomic_path, write_text_atomic
 from coincide.labeling.clusters import (
     Clustering,
     ClusterMembers,
@@ -296,14 +296,10 @@ def label_quality(
 
 def write_propagated(folder: Path, propagated: pd.DataFrame, summary: dict[str, Any]) -> Path:
     """Write propagated.parquet and summary.json into `folder` (atomic renames)."""
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / PROPAGATED_FILE
-    tmp = folder / f".{PROPAGATED_FILE}.tmp"
-    propagated.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    tmp_summary = folder / f".{SUMMARY_FILE}.tmp"
-    tmp_summary.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp_summary, folder / SUMMARY_FILE)
+    with atomic_path(path) as tmp:
+        propagated.to_parquet(tmp, index=False)
+    write_text_atomic(folder / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
     return path
 
 

@@ -19,7 +19,6 @@ JSON is a list of objects with `labels` as a list.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from coincide.errors import UserError
+from coincide.files import atomic_path
 from coincide.labeling.sessions import labels_dir
 from coincide.labelui.campaign import find_session, session_assignment
 from coincide.store.features import open_store
@@ -80,9 +80,8 @@ def _long(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write_atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def write_table(frame: pd.DataFrame, path: Path, fmt: Format) -> Path:

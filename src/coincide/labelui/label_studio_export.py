@@ -25,13 +25,13 @@ A request whose media file is gone or changed since ingest is left out, with one
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
 
 from coincide.errors import MediaError, UserError
+from coincide.files import write_bytes_atomic
 from coincide.labeling.sessions import labels_dir
 from coincide.labelui import clips
 from coincide.labelui import label_studio as fmt
@@ -44,12 +44,6 @@ from coincide.store.labels_sqlite import SQLiteLabelStore
 
 STORE_MODEL_VERSION = "coincide label store"
 AUDIO_DIR = "audio"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _audio_url(path: Path, document_root: Path) -> str:
@@ -128,7 +122,7 @@ def run(
             skipped.append(f"cluster {request.cluster_id} (window {request.window_index}): {err}")
             continue
         wav = audio_dir / f"cluster{request.cluster_id}-window{request.window_index}.wav"
-        _write_atomic(wav, clips.wav_bytes(samples))
+        write_bytes_atomic(wav, clips.wav_bytes(samples))
         span = member.span
         task_predictions = []
         answer = current.get(request.cluster_id)
@@ -161,9 +155,9 @@ def run(
     offered += [term.name for term in vocabulary.terms]
     written = [folder / "tasks.json", folder / "label_config.xml"]
     tasks_text = json.dumps(tasks, indent=1, ensure_ascii=False) + "\n"
-    _write_atomic(written[0], tasks_text.encode("utf-8"))
+    write_bytes_atomic(written[0], tasks_text.encode("utf-8"))
     config = fmt.label_config(list(dict.fromkeys(offered)))
-    _write_atomic(written[1], config.encode("utf-8"))
+    write_bytes_atomic(written[1], config.encode("utf-8"))
 
     for line in skipped:
         print(f"left out {line}")

@@ -43,7 +43,7 @@ from rich.console import Console
 
 from coincide.console import printable
 from coincide.errors import MediaError, UserError
-from coincide.files import atomic_output
+from coincide.files import atomic_output, atomic_path
 from coincide.models.inference import SoundModel
 from coincide.run_folder import SEARCH_DIR
 from coincide.store.features import FeatureStore
@@ -180,18 +180,12 @@ def ensure_index(
         console.print(f"indexing the {len(store)} windows of {printable(store.root)} ...")
     folder.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # the files below change: they match no identity now
-    tmp_embeddings = folder / f"embeddings.tmp-{os.getpid()}.npy"
-    tmp_index = folder / f".{INDEX_FILE}.tmp-{os.getpid()}"
-    try:
-        embed_windows(model.encoder, store, batch_size, model.device, out=tmp_embeddings)
-        os.replace(tmp_embeddings, folder / EMBEDDINGS_FILE)
-        embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
-        index = build_index(embeddings)
-        faiss.write_index(index, str(tmp_index))
-        os.replace(tmp_index, folder / INDEX_FILE)
-    finally:
-        tmp_embeddings.unlink(missing_ok=True)
-        tmp_index.unlink(missing_ok=True)
+    with atomic_path(folder / EMBEDDINGS_FILE) as tmp:
+        embed_windows(model.encoder, store, batch_size, model.device, out=tmp)
+    embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
+    index = build_index(embeddings)
+    with atomic_path(folder / INDEX_FILE) as tmp:
+        faiss.write_index(index, str(tmp))
     kind = "ivf-flat" if isinstance(index, faiss.IndexIVF) else "flat"
     meta = {"identity": identity, "index": kind, "ntotal": int(index.ntotal)}
     if isinstance(index, faiss.IndexIVF):

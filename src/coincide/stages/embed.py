@@ -14,7 +14,6 @@ Read it back with `pandas.read_parquet(path)` (the embedding column holds arrays
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +25,7 @@ from rich.console import Console
 
 from coincide.console import printable, say
 from coincide.errors import MediaError, UserError
+from coincide.files import atomic_path
 from coincide.models.inference import BLOCK_WINDOWS, SoundModel, load_model
 
 ROW_GROUP_ROWS = 65536
@@ -97,46 +97,40 @@ def run(
         raise UserError(f"no media files under {shown}; give media files or folders.")
 
     schema = embedding_schema(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     pending: list[tuple[str, np.ndarray, np.ndarray]] = []
     pending_rows = windows = skipped = 0
     sizes = {p: p.stat().st_size if p.is_file() else 0 for p in files}
     progress = files_progress("embed", console)
     started = time.perf_counter()
-    try:
-        with pq.ParquetWriter(tmp, schema) as writer, progress:
-            task = progress.add_task("", total=max(sum(sizes.values()), 1), files="", rate="")
-            for done, path in enumerate(files, start=1):
-                try:
-                    times, embeddings = embed_file(model, path)
-                except MediaError as err:
-                    skipped += 1
-                    say(progress.console, f"skipped {printable(path)}: {err}")
-                else:
-                    pending.append((printable(path), times, embeddings))
-                    pending_rows += len(times)
-                    windows += len(times)
-                    if pending_rows >= ROW_GROUP_ROWS:
-                        writer.write_table(_table(schema, pending))
-                        pending, pending_rows = [], 0
-                rate = windows / max(time.perf_counter() - started, 1e-9)
-                progress.update(
-                    task,
-                    advance=sizes[path],
-                    files=f"{done}/{len(files)} files",
-                    rate=f"{rate:,.0f} windows/s",
-                )
-            if skipped == len(files):
-                raise UserError(
-                    f"none of the {len(files)} media files could be read; the reasons are "
-                    "printed above."
-                )
-            if pending:
-                writer.write_table(_table(schema, pending))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer, progress:
+        task = progress.add_task("", total=max(sum(sizes.values()), 1), files="", rate="")
+        for done, path in enumerate(files, start=1):
+            try:
+                times, embeddings = embed_file(model, path)
+            except MediaError as err:
+                skipped += 1
+                say(progress.console, f"skipped {printable(path)}: {err}")
+            else:
+                pending.append((printable(path), times, embeddings))
+                pending_rows += len(times)
+                windows += len(times)
+                if pending_rows >= ROW_GROUP_ROWS:
+                    writer.write_table(_table(schema, pending))
+                    pending, pending_rows = [], 0
+            rate = windows / max(time.perf_counter() - started, 1e-9)
+            progress.update(
+                task,
+                advance=sizes[path],
+                files=f"{done}/{len(files)} files",
+                rate=f"{rate:,.0f} windows/s",
+            )
+        if skipped == len(files):
+            raise UserError(
+                f"none of the {len(files)} media files could be read; the reasons are "
+                "printed above."
+            )
+        if pending:
+            writer.write_table(_table(schema, pending))
     say(
         console,
         f"{len(files)} files: {len(files) - skipped} embedded ({windows} windows), "

@@ -23,7 +23,6 @@ compared with PyTorch.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from torch import nn
 
 from coincide.console import printable, say
 from coincide.errors import UserError
-from coincide.files import atomic_output
+from coincide.files import atomic_output, write_bytes_atomic
 from coincide.media.frontend import WINDOW_SAMPLES, LogMelFrontend
 from coincide.models.inference import (
     CONFIG_FILE,
@@ -154,12 +153,7 @@ def export_model(model: SoundModel, out: Path, onnx: bool = True) -> dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     # Bytes written by open() get the user's usual file mode (safetensors' own writer makes the
     # file private), and the rename makes the write atomic.
-    weights = out / f".{WEIGHTS_FILE}.tmp-{os.getpid()}"
-    try:
-        weights.write_bytes(save(model_state(model)))
-        os.replace(weights, out / WEIGHTS_FILE)
-    finally:
-        weights.unlink(missing_ok=True)
+    write_bytes_atomic(out / WEIGHTS_FILE, save(model_state(model)))
     with atomic_output(out / LABELS_FILE) as stream:
         stream.write("".join(f"{name}\n" for name in model.classes))
     onnx_info = None

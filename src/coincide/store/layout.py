@@ -18,12 +18,12 @@ STORE/
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from coincide.errors import UserError
+from coincide.files import write_text_atomic
 
 FORMAT_NAME = "coincide-feature-store"
 FORMAT_VERSION = 1
@@ -58,12 +58,8 @@ def committed_chunk_ids(root: Path) -> list[int]:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to `path` so that readers see the old or the new file, never half of one."""
-    tmp = path.with_name(f"{TEMP_PREFIX}{path.name}.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=1, sort_keys=True, ensure_ascii=False)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    text = json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False)
+    write_text_atomic(path, text, durable=True)
 
 
 def read_json_or_none(path: Path, remedy: str) -> Any:

@@ -45,6 +45,7 @@ from torch import nn
 
 from coincide.config.settings import Config, config_from_dict
 from coincide.errors import UserError, short_reason
+from coincide.files import write_text_atomic
 from coincide.models.encoders import build_encoder
 from coincide.models.heads import ClusterHead, build_coincidence_head
 from coincide.run_folder import BEST_CHECKPOINT, BEST_INFO, CHECKPOINTS_DIR, LAST_CHECKPOINT
@@ -242,10 +243,7 @@ def read_best_info(run_dir: str | Path) -> dict[str, Any] | None:
 
 def write_best_info(run_dir: str | Path, info: dict[str, Any]) -> None:
     """Write best.json atomically, after best.pt itself (so it never describes a missing file)."""
-    path = Path(run_dir) / CHECKPOINTS_DIR / BEST_INFO
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(Path(run_dir) / CHECKPOINTS_DIR / BEST_INFO, json.dumps(info, indent=1))
 
 
 # The keys of a fine-tuning checkpoint (`coincide finetune`: classifier/train.py writes it).

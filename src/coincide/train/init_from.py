@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from coincide.errors import UserError, short_reason
+from coincide.files import write_text_atomic
 from coincide.run_folder import INIT_FILE
 from coincide.store.layout import read_json_or_none
 
@@ -135,10 +135,7 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / f".{INIT_FILE}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, run_dir / INIT_FILE)
+    write_text_atomic(run_dir / INIT_FILE, json.dumps(record, indent=1) + "\n")
 
 
 def start_audio_from(

@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from coincide.console import ElapsedColumn, EtaColumn, progress
+from coincide.files import atomic_path
 from coincide.run_folder import LOG_FILE, TB_DIR
 
 if TYPE_CHECKING:
@@ -220,9 +221,8 @@ def _open_log(path: Path, columns: list[str], resume_step: int) -> Any:
     if path.exists():
         previous = pd.read_csv(path)
         previous = previous[previous["step"] <= resume_step].reindex(columns=columns)
-        tmp = path.with_name(f".{path.name}.tmp")
-        previous.to_csv(tmp, index=False)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            previous.to_csv(tmp, index=False)
         return open(path, "a", newline="", encoding="utf-8")  # noqa: SIM115 (kept open: the log)
     with open(path, "w", newline="", encoding="utf-8") as handle:
         csv.DictWriter(handle, fieldnames=columns).writeheader()

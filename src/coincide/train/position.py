@@ -17,6 +17,7 @@ import torch
 from coincide.config.settings import Config, StageConfig
 from coincide.data.pairs import SamplerState
 from coincide.errors import UserError
+from coincide.files import write_text_atomic
 from coincide.run_folder import BEST_CHECKPOINT, CHECKPOINTS_DIR, STATE_FILE
 from coincide.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -80,9 +81,7 @@ def write_state(
     if not state["done"]:
         state["stage"] = stages[min(pos.stage_index, len(stages) - 1)].name
         state["stage_step"] = pos.stage_step
-    tmp = run_dir / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=1), encoding="utf-8")
-    tmp.replace(run_dir / STATE_FILE)
+    write_text_atomic(run_dir / STATE_FILE, json.dumps(state, indent=1))
 
 
 def check_resumable(
