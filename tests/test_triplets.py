@@ -15,11 +15,10 @@ from coincide.store.features import open_store
 from coincide.store.media_labels import merge_labels
 from coincide.store.writer import store_lock
 from coincide.train.checkpoint import build_models
-from coincide.train.objective import LOSS_TERMS, StageObjective, StepEmbeddings
+from coincide.train.objective import StageObjective
+from coincide.train.terms import LOSS_TERMS, LabelTriplet, StepEmbeddings, TemporalTriplet
 from coincide.train.triplets import (
-    LabelTriplet,
     LabelTripletSampler,
-    TemporalTriplet,
     media_label_matrix,
     objective_sampler_kind,
     stage_sampler,

@@ -74,8 +74,8 @@ from coincide.train.report import (
 )
 from coincide.train.step import TrainingStep
 
-# The triplet terms of Table 1 rows a and c register themselves in LOSS_TERMS on import, and
-# bring the batch sampler for label triplets; every other stage gets coincidence pairs.
+# A stage with the label-triplet term (Table 1 row a) trains on label-triplet batches; every
+# other stage on coincidence pairs.
 from coincide.train.triplets import stage_sampler, stage_validation_batches
 from coincide.train.validation import (
     HeldOut,

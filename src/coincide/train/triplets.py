@@ -1,4 +1,4 @@
-"""Triplet training for Table 1 rows a and c, as loss terms of the training loop.
+"""Triplet training for Table 1 rows a and c: the batches of the loop's triplet loss terms.
 
 Row c, temporal-proximity triplet (Jansen et al. 2018 [11]): anchor and positive are two windows
 of one media within Delta_T of each other, the negative a random window of another media. That
@@ -13,19 +13,16 @@ valid negative of anchor i. The term `triplet_label` therefore needs no labels i
 stage's sampler must be the label sampler (`stage_sampler` picks it for stages with that term).
 
 Both terms use `coincide.losses.TripletLoss` (squared distance of unit-length embeddings,
-margin 0.1). Importing this module registers the two terms in the loop's `LOSS_TERMS`.
+margin 0.1). The terms are in `coincide.train.terms`; this module samples their batches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
-import torch
-from torch import nn
 
-from coincide.config.settings import Config
 from coincide.data.pairs import (
     VALIDATION_STREAM,
     PairBatch,
@@ -34,76 +31,16 @@ from coincide.data.pairs import (
     validation_batches,
 )
 from coincide.errors import UserError
-from coincide.losses import TripletLoss, random_negative_indices
 from coincide.store.features import FeatureStore
-from coincide.train.objective import LOSS_TERMS, LossTerm, StageObjective, StepEmbeddings
+from coincide.train.objective import StageObjective
+from coincide.train.terms import LabelTriplet
 
 # Tries to find the next anchor of the cycle among random candidates before giving up.
 CYCLE_DRAWS = 64
 
 
 # ---------------------------------------------------------------------------------------------
-# Loss terms
-
-
-class TemporalTriplet(LossTerm):
-    """Row c: triplet(f(x1_i), f(x2_i), f(x2_pi(i))) for a random derangement pi of the global
-    batch's AA partners, i.e. the negative is a window of another media ([11], section 2.3)."""
-
-    name = "triplet_time"
-    pairs = ("aa",)
-    parts = ()
-    monitored = True
-    sampler: ClassVar[str] = "coincidence"
-
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        self.loss = TripletLoss()
-
-    def forward(self, parts: nn.ModuleDict, emb: StepEmbeddings) -> torch.Tensor:
-        assert emb.aa is not None  # the batch carries AA partners for this term
-        rows = torch.arange(emb.anchor.shape[0], device=emb.anchor.device) + emb.offset
-        derangement = random_negative_indices(emb.aa.shape[0]).to(emb.anchor.device)
-        return self.loss(emb.anchor, emb.aa[rows], emb.aa[derangement[rows]])
-
-
-class LabelTriplet(LossTerm):
-    """Row a: triplet(f(a_i), f(p_i), f(a_{i+1 mod B})) on `LabelTripletSampler` batches, where
-    p_i shares a class label with a_i and a_{i+1} shares none (the sampler's cycle rule).
-
-    The AA partner slot carries the label positives, so the loop embeds them like AA partners.
-    """
-
-    name = "triplet_label"
-    pairs = ("aa",)
-    parts = ()
-    monitored = True
-    sampler: ClassVar[str] = "label"
-
-    def __init__(self, cfg: Config) -> None:
-        super().__init__(cfg)
-        self.loss = TripletLoss()
-        # Set by `stage_sampler`: on ordinary AA batches this term would silently train a
-        # temporal triplet instead, so it refuses to run on batches it did not ask for.
-        self.label_batches = False
-
-    def forward(self, parts: nn.ModuleDict, emb: StepEmbeddings) -> torch.Tensor:
-        if not self.label_batches:
-            raise RuntimeError(
-                "loss triplet_label runs on batches of LabelTripletSampler; build the stage's "
-                "sampler with coincide.train.triplets.stage_sampler"
-            )
-        assert emb.aa is not None  # the batch carries the label positives
-        b = emb.anchor.shape[0]
-        positives = emb.aa[emb.offset : emb.offset + b]
-        # The cycle is per rank: this rank's anchors only (the gathered partners are not).
-        negatives = emb.anchor.roll(-1, dims=0)
-        return self.loss(emb.anchor, positives, negatives)
-
-
-TRIPLET_TERMS: tuple[type[LossTerm], ...] = (TemporalTriplet, LabelTriplet)
-for _term in TRIPLET_TERMS:
-    LOSS_TERMS[_term.name] = _term
+# Which batches a stage trains on
 
 
 def objective_sampler_kind(objective: StageObjective) -> Literal["coincidence", "label"]:
