@@ -19,7 +19,7 @@ import torch
 from rich.console import Console
 
 import mediagen
-from coincide.classifier.train import FinetuneConfig, LabeledWindows, finetune_strategy
+from coincide.classifier.train import FinetuneConfig, TrainingSet, finetune_strategy
 from coincide.config.settings import load_config
 from coincide.stages.ingest import run as ingest
 from coincide.store.features import open_store
@@ -108,7 +108,7 @@ def make_tiny_run(root: Path, finetune: bool = True) -> TinyRun:
     checkpoint = write_curriculum_checkpoint(run, store)
     if finetune:
         features = open_store(store)
-        labeled = LabeledWindows.from_window_labels([list(x) for x in features.index["labels"]])
+        labeled = TrainingSet.from_window_labels([list(x) for x in features.index["labels"]])
         cfg = FinetuneConfig(steps=4, batch_size=8, checkpoint_every=4, progress=False)
         torch.manual_seed(0)
         finetune_strategy(

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from coincide.classifier.train import (
     FinetuneConfig,
-    LabeledWindows,
+    TrainingSet,
     load_classifier,
     train_classifier,
 )
@@ -104,7 +104,7 @@ def test_finetune_resume_refuses_a_planted_checkpoint(
     out = tmp_path / "ft"
     plant(out / "checkpoint.pt", marker)
     store = open_store(tiny.store)
-    labeled = LabeledWindows.from_window_labels([list(x) for x in store.index["labels"]])
+    labeled = TrainingSet.from_window_labels([list(x) for x in store.index["labels"]])
     encoder = build_encoder(EncoderConfig(arch="tiny"))
     cfg = FinetuneConfig(steps=2, batch_size=4, checkpoint_every=2, progress=False)
     with pytest.raises(UserError, match="checkpoint.pt"):

@@ -25,7 +25,7 @@ from coincide.classifier.fit import (
 from coincide.classifier.train import (
     Classifier,
     FinetuneConfig,
-    LabeledWindows,
+    TrainingSet,
     evaluate_classifier,
     train_classifier,
 )
@@ -169,7 +169,7 @@ def test_the_final_classifier_is_trained_on_every_label(workspace):
     root, train, _, checkpoint = workspace
     labels = list(train.index["labels"])
     windows = np.arange(0, 96, 3)
-    labeled = LabeledWindows(windows, [labels[i] for i in windows])
+    labeled = TrainingSet(windows, [labels[i] for i in windows])
     encoder = load_models(checkpoint)["audio"].eval()
     with torch.no_grad():
         frozen = encoder(torch.from_numpy(train.logmel[windows]).unsqueeze(1)).numpy()

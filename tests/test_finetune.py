@@ -16,7 +16,7 @@ from coincide.classifier import train as finetune_stage
 from coincide.classifier.fit import is_multilabel, target_matrix
 from coincide.classifier.train import (
     FinetuneConfig,
-    LabeledWindows,
+    TrainingSet,
     evaluate_classifier,
     finetune_strategy,
     load_classifier,
@@ -64,13 +64,13 @@ def test_labeled_windows_drop_rows_without_labels():
     frame = pd.DataFrame(
         {"window_index": [3, 5, 9], "labels": [["a"], [], ["b", "c"]], "cluster_id": [7, 7, 2]}
     )
-    labeled = LabeledWindows.from_frame(frame)
+    labeled = TrainingSet.from_frame(frame)
     assert labeled.windows.tolist() == [3, 9] and labeled.labels == [["a"], ["b", "c"]]
     assert labeled.groups is None  # validation holds out media files
-    by_cluster = LabeledWindows.from_frame(frame, by_cluster=True)
+    by_cluster = TrainingSet.from_frame(frame, by_cluster=True)
     assert by_cluster.groups.tolist() == [7, 2]  # ... or the answered clusters
     assert by_cluster.fingerprint() != labeled.fingerprint()
-    assert LabeledWindows.from_window_labels([[], ["x"], []]).windows.tolist() == [1]
+    assert TrainingSet.from_window_labels([[], ["x"], []]).windows.tolist() == [1]
 
 
 def test_strategies_start_from_the_curriculum_or_from_scratch(workspace):
@@ -90,9 +90,9 @@ def test_each_strategy_trains_and_writes_metrics(workspace, strategy):
     root, train, test, checkpoint = workspace
     labels = list(train.index["labels"])
     labeled = (
-        LabeledWindows.from_window_labels(labels)
+        TrainingSet.from_window_labels(labels)
         if strategy == "all"
-        else LabeledWindows(np.array([0, 4, 8, 50]), [labels[i] for i in (0, 4, 8, 50)])
+        else TrainingSet(np.array([0, 4, 8, 50]), [labels[i] for i in (0, 4, 8, 50)])
     )
     out = root / "ft" / strategy
     metrics = finetune_strategy(strategy, checkpoint, train, labeled, out, FAST, test)
@@ -117,20 +117,20 @@ def test_each_strategy_trains_and_writes_metrics(workspace, strategy):
 
 def test_a_finished_run_is_not_redone_and_a_foreign_checkpoint_is_refused(workspace):
     root, train, test, checkpoint = workspace
-    labeled = LabeledWindows(np.array([0, 40]), [["a"], ["b"]])
+    labeled = TrainingSet(np.array([0, 40]), [["a"], ["b"]])
     out = root / "ft" / "reuse"
     finetune_strategy("cluster", checkpoint, train, labeled, out, FAST, test)
     stamp = (out / "checkpoint.pt").stat().st_mtime_ns
     finetune_strategy("cluster", checkpoint, train, labeled, out, FAST, test)
     assert (out / "checkpoint.pt").stat().st_mtime_ns == stamp
-    other = LabeledWindows(np.array([1, 41]), [["a"], ["b"]])
+    other = TrainingSet(np.array([1, 41]), [["a"], ["b"]])
     with pytest.raises(UserError, match="other fine-tuning settings"):
         finetune_strategy("cluster", checkpoint, train, other, out, FAST, test)
 
 
 def test_a_stopped_run_resumes_to_the_same_weights(workspace):
     root, train, _, checkpoint = workspace
-    labeled = LabeledWindows(np.array([0, 4, 8, 40, 44, 80]), [["a"], ["b"], ["c"]] * 2)
+    labeled = TrainingSet(np.array([0, 4, 8, 40, 44, 80]), [["a"], ["b"], ["c"]] * 2)
     # Fixed steps: the checkpoints belong to the final training (step selection is redone).
     cfg = FinetuneConfig(
         steps=4,
@@ -182,7 +182,7 @@ def test_a_stopped_run_resumes_to_the_same_weights(workspace):
 
 def test_finetune_writes_its_loss_curve_as_train_does(workspace):
     root, train, _, checkpoint = workspace
-    labeled = LabeledWindows(np.array([0, 4, 8, 40, 44, 80]), [["a"], ["b"], ["c"]] * 2)
+    labeled = TrainingSet(np.array([0, 4, 8, 40, 44, 80]), [["a"], ["b"], ["c"]] * 2)
     cpu = torch.device("cpu")
     curves = {}
     for every in (1, 2):
@@ -206,7 +206,7 @@ def test_finetune_writes_its_loss_curve_as_train_does(workspace):
 
 def test_training_on_all_labels_learns_the_classes(workspace):
     root, train, test, checkpoint = workspace
-    labeled = LabeledWindows.from_window_labels(list(train.index["labels"]))
+    labeled = TrainingSet.from_window_labels(list(train.index["labels"]))
     cfg = FinetuneConfig(steps=30, batch_size=16, lr=3e-3, progress=False)
     metrics = finetune_strategy("all", checkpoint, train, labeled, root / "ft/learn", cfg, test)
     assert metrics["multilabel"] is False
@@ -218,7 +218,7 @@ def test_multi_label_store_trains_a_sigmoid_classifier(tmp_path):
     train = open_store(make_store(tmp_path / "train", clips, windows_per_clip=3))
     test = open_store(make_store(tmp_path / "test", clips[:6], windows_per_clip=3, seed=2))
     checkpoint = make_run(tmp_path / "run")
-    labeled = LabeledWindows.from_window_labels(list(train.index["labels"]))
+    labeled = TrainingSet.from_window_labels(list(train.index["labels"]))
     metrics = finetune_strategy("all", checkpoint, train, labeled, tmp_path / "ft", FAST, test)
     assert metrics["multilabel"] is True and metrics["test_classes"] == 3
     model = load_classifier(tmp_path / "ft/checkpoint.pt", torch.device("cpu"))
@@ -229,7 +229,7 @@ def test_multi_label_store_trains_a_sigmoid_classifier(tmp_path):
 
 def test_a_test_class_never_trained_scores_constant(workspace):
     root, train, test, checkpoint = workspace
-    labeled = LabeledWindows(np.array([0, 4]), [["a"], ["b"]])  # class "c" never labeled
+    labeled = TrainingSet(np.array([0, 4]), [["a"], ["b"]])  # class "c" never labeled
     model = finetune_stage.train_classifier(
         load_models(checkpoint)["audio"],
         train,

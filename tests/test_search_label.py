@@ -15,7 +15,7 @@ import torch
 from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
-from coincide.classifier.train import LabeledWindows
+from coincide.classifier.train import TrainingSet
 from coincide.cli.commands import app
 from coincide.labeling.search_label import (
     add_hits,
@@ -39,7 +39,7 @@ torch.set_num_threads(1)
 
 
 def test_merge_search_labels_by_hand():
-    cluster = LabeledWindows(np.array([1, 2, 3]), [["cat"], ["dog"], ["dog"]])
+    cluster = TrainingSet(np.array([1, 2, 3]), [["cat"], ["dog"], ["dog"]])
     answers = {2: {"dog": False}, 3: {"bird": True}, 7: {"dog": True}, 8: {"cat": False}}
     merged = merge_search_labels(cluster, answers)
     assert merged.windows.tolist() == [1, 2, 3, 7, 8]
@@ -48,7 +48,7 @@ def test_merge_search_labels_by_hand():
     # Window 1 keeps its closed cluster label; 2 lost its only label, 7 and 8 were only searched.
     assert merged.closed.tolist() == [True, False, True, False, False]
     assert merged.groups is None
-    grouped = LabeledWindows(cluster.windows, cluster.labels, groups=np.array([4, 5, 5]))
+    grouped = TrainingSet(cluster.windows, cluster.labels, groups=np.array([4, 5, 5]))
     # Validation groups: the answered clusters, and a group of its own for a searched window.
     assert merge_search_labels(grouped, answers).groups.tolist() == [4, 5, 5, -8, -9]
 

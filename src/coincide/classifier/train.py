@@ -67,7 +67,6 @@ from coincide.train.checkpoint import CHECKSUM_KEY, FINETUNE_KEYS, payload_check
 from coincide.train.monitor import Monitor, Throughput
 from coincide.train.report import plot_stage
 
-Strategy = FinetuneStrategy
 STRATEGIES = FINETUNE_STRATEGIES
 # Where each strategy's f starts: the curriculum checkpoint or fresh weights.
 STARTS_FROM_CURRICULUM = {
@@ -144,7 +143,7 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
-class LabeledWindows:
+class TrainingSet:
     """The training set: `windows` `(m,)` int64 store indices and their `labels` (m lists).
 
     Partial labels (search answers) add `negatives` (m lists of classes known to be absent) and
@@ -161,7 +160,7 @@ class LabeledWindows:
     groups: np.ndarray | None = None
 
     @classmethod
-    def from_frame(cls, frame: pd.DataFrame, by_cluster: bool = False) -> LabeledWindows:
+    def from_frame(cls, frame: pd.DataFrame, by_cluster: bool = False) -> TrainingSet:
         """From a `window_index, labels[, cluster_id]` table (propagated labels); rows without a
         label drop. `by_cluster`: validation holds out whole answered clusters."""
         keep = [bool(len(labels)) for labels in frame["labels"]]
@@ -173,7 +172,7 @@ class LabeledWindows:
         )
 
     @classmethod
-    def from_window_labels(cls, window_labels: list[list[str]]) -> LabeledWindows:
+    def from_window_labels(cls, window_labels: list[list[str]]) -> TrainingSet:
         """Every window that has a label (the topline's training set)."""
         windows = np.array([i for i, labels in enumerate(window_labels) if labels], dtype=np.int64)
         return cls(windows=windows, labels=[list(window_labels[i]) for i in windows])
@@ -269,7 +268,7 @@ def load_classifier(path: Path, device: torch.device | None = None) -> Classifie
 def train_classifier(
     encoder: Encoder,
     store: FeatureStore,
-    labeled: LabeledWindows,
+    labeled: TrainingSet,
     out_dir: Path,
     cfg: FinetuneConfig,
     settings: dict[str, Any],
@@ -476,7 +475,7 @@ def _progress(enabled: bool, name: str) -> Any:
 # One strategy, end to end
 
 
-def starting_encoder(strategy: Strategy, checkpoint: Path, seed: int) -> Encoder:
+def starting_encoder(strategy: FinetuneStrategy, checkpoint: Path, seed: int) -> Encoder:
     """f as the strategy starts it: the curriculum checkpoint's weights, or fresh weights of
     the same architecture (seeded)."""
     from coincide.train.checkpoint import load_models
@@ -494,10 +493,10 @@ def _checkpoint_identity(checkpoint: Path) -> dict[str, Any]:
 
 
 def finetune_strategy(
-    strategy: Strategy,
+    strategy: FinetuneStrategy,
     checkpoint: Path,
     store: FeatureStore,
-    labeled: LabeledWindows,
+    labeled: TrainingSet,
     out_dir: Path,
     cfg: FinetuneConfig,
     test_store: FeatureStore | None = None,

@@ -24,12 +24,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from coincide.config.choices import ClusterOrder
 from coincide.errors import UserError
 from coincide.evaluation.metrics import v_measure
 from coincide.experiments.table3_report import cell
 from coincide.labeling.clusters import Clustering, ClusterMembers
 from coincide.labeling.oracle import WindowLabelOracle, answer_with_oracle, oracle_window_labels
-from coincide.labeling.select import MemberChoice, Order
+from coincide.labeling.select import MemberChoice
 from coincide.labeling.sessions import cluster_plan, extend_session, label_quality, session_labels
 from coincide.stages.cluster import default_checkpoint, ensure_clustering, store_embeddings
 from coincide.store.features import FeatureStore, open_store
@@ -83,7 +84,7 @@ def clustering_label_quality(
     clustering: Clustering,
     window_labels: Sequence[Sequence[str]],
     budget: int,
-    order: Order = "random",
+    order: ClusterOrder = "random",
     member: MemberChoice = "random",
     seed: int = 0,
     label_store: LabelStore | None = None,
@@ -123,7 +124,7 @@ def table2(
     window_labels: Sequence[Sequence[str]],
     budgets: Sequence[int] | None = None,
     budget_fraction: float = PAPER_BUDGET_FRACTION,
-    order: Order = "random",
+    order: ClusterOrder = "random",
     member: MemberChoice = "random",
     seed: int = 0,
 ) -> pd.DataFrame:
@@ -222,7 +223,7 @@ def run_table2(
     kmeans_k: Sequence[int] = (),
     budgets: Sequence[int] | None = None,
     budget_fraction: float = PAPER_BUDGET_FRACTION,
-    order: Order = "random",
+    order: ClusterOrder = "random",
     member: MemberChoice = "random",
     seed: int = 0,
     head_steps: Sequence[int] = (),

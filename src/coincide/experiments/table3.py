@@ -44,11 +44,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from coincide.classifier.train import FinetuneConfig, LabeledWindows, finetune_strategy
+from coincide.classifier.train import FinetuneConfig, TrainingSet, finetune_strategy
+from coincide.config.choices import ClusterMethod, ClusterOrder
 from coincide.errors import UserError
-from coincide.labeling.clusters import EMBEDDINGS_FILE, ClusterMembers, Method, store_clusters_dir
+from coincide.labeling.clusters import EMBEDDINGS_FILE, ClusterMembers, store_clusters_dir
 from coincide.labeling.oracle import WindowLabelOracle, answer_with_oracle, oracle_window_labels
-from coincide.labeling.select import MEMBERS, ORDERS, MemberChoice, Order
+from coincide.labeling.select import MEMBERS, ORDERS, MemberChoice
 from coincide.labeling.sessions import (
     SessionPlan,
     cluster_plan,
@@ -81,7 +82,7 @@ DEFAULT_CHECK_EVERY = 4
 class Query:
     """One way of asking clusters; the default is the paper's (random order, random member)."""
 
-    order: Order = "random"
+    order: ClusterOrder = "random"
     member: MemberChoice = "random"
     check_every: int = 0
 
@@ -147,7 +148,7 @@ class Labels:
     query: str
     seed: int
     budget: int  # requests asked (the budget, or fewer when every cluster was asked)
-    labeled: LabeledWindows
+    labeled: TrainingSet
     quality: dict[str, float | None]
 
 
@@ -212,7 +213,7 @@ def draw_labels(
                         # The estimate needs checks; without them it is not made.
                         "precision_estimate": signal.precision if query.check_every else None,
                     }
-                labeled = LabeledWindows.from_frame(propagated, by_cluster=query is not None)
+                labeled = TrainingSet.from_frame(propagated, by_cluster=query is not None)
                 strategy, name = ("random", "") if query is None else (query.strategy, query.name)
                 found.append(Labels(strategy, name, seed, asked, labeled, quality))
     return found
@@ -328,7 +329,7 @@ class Table3Settings:
     budgets: tuple[int, ...]
     out: Path
     cfg: FinetuneConfig
-    method: Method = "head"
+    method: ClusterMethod = "head"
     k: int | None = None
     head_steps: int = 0
     seeds: tuple[int, ...] = DEFAULT_SEEDS
@@ -425,7 +426,7 @@ def table3(
                 }
             )
     if settings.topline:
-        labeled = LabeledWindows.from_window_labels([list(x) for x in window_labels])
+        labeled = TrainingSet.from_window_labels([list(x) for x in window_labels])
         base = {"strategy": "all", "query": "", "budget": len(labeled.windows)}
         base.update(seed=settings.cfg.seed, examples=len(labeled.windows))
         tasks.append(
@@ -476,7 +477,7 @@ def run_table3(
     out: Path,
     oracle: str = "store",
     cfg: FinetuneConfig | None = None,
-    method: Method | None = None,
+    method: ClusterMethod | None = None,
     k: int | None = None,
     seeds: Sequence[int] = DEFAULT_SEEDS,
     queries: Sequence[Query] = (),

@@ -15,8 +15,6 @@ from coincide.errors import UserError
 from coincide.files import atomic_path, write_text_atomic
 from coincide.run_folder import RunFolder
 
-Method = ClusterMethod
-
 ASSIGNMENT_FILE = "assignment.npy"
 CONFIDENCE_FILE = "confidence.npy"
 SIZES_FILE = "sizes.csv"
@@ -36,7 +34,11 @@ def store_clusters_dir(run: Path, store_root: Path) -> Path:
 
 
 def clustering_dir(
-    run: Path, store_root: Path, method: Method = "head", k: int | None = None, head_steps: int = 0
+    run: Path,
+    store_root: Path,
+    method: ClusterMethod = "head",
+    k: int | None = None,
+    head_steps: int = 0,
 ) -> Path:
     """Folder of one clustering of a store: the head's (trained `head_steps` more), or k-means
     with `k` centres."""
@@ -50,7 +52,7 @@ def clustering_dir(
     raise ValueError(f"clustering method {method!r} is not one of {CLUSTER_METHODS}")
 
 
-def clustering_name(method: Method, k: int | None, head_steps: int = 0) -> str:
+def clustering_name(method: ClusterMethod, k: int | None, head_steps: int = 0) -> str:
     """Short name of a clustering, as sessions and tables record it: `head`, `head-steps-N`
     or `kmeans-K`."""
     if method == "head":
@@ -58,7 +60,7 @@ def clustering_name(method: Method, k: int | None, head_steps: int = 0) -> str:
     return f"kmeans-{k}"
 
 
-def parse_clustering_name(name: str) -> tuple[Method, int | None, int]:
+def parse_clustering_name(name: str) -> tuple[ClusterMethod, int | None, int]:
     """`(method, k, head_steps)` of a clustering name; UserError for an unknown one."""
     prefix, _, number = name.rpartition("-")
     if name == "head":
@@ -217,7 +219,11 @@ def write_clustering(
 
 
 def load_clustering(
-    run: Path, store_root: Path, method: Method = "head", k: int | None = None, head_steps: int = 0
+    run: Path,
+    store_root: Path,
+    method: ClusterMethod = "head",
+    k: int | None = None,
+    head_steps: int = 0,
 ) -> Clustering:
     """Read a clustering written by `coincide cluster`; a missing one is a UserError."""
     folder = clustering_dir(run, store_root, method, k, head_steps)

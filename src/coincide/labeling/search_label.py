@@ -16,7 +16,7 @@ What the answer kinds mean in a search session:
 `coincide finetune --with-search` adds the answers of every search session on the store to the
 strategy's labels (`merge_search_labels`): a window a person answered about directly gains the
 class (yes) or loses it (no) on top of any propagated cluster label; a window with no other
-label is trained on the answered class only, its other classes unknown (`LabeledWindows`
+label is trained on the answered class only, its other classes unknown (`TrainingSet`
 partial labels, `coincide.classifier.fit.classifier_loss`).
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from coincide.classifier.train import LabeledWindows
+from coincide.classifier.train import TrainingSet
 from coincide.errors import UserError
 from coincide.labeling.select import check_id
 from coincide.store.features import FeatureStore
@@ -142,8 +142,8 @@ def search_answers(
 
 
 def merge_search_labels(
-    labeled: LabeledWindows | None, answers: dict[int, dict[str, bool]]
-) -> LabeledWindows:
+    labeled: TrainingSet | None, answers: dict[int, dict[str, bool]]
+) -> TrainingSet:
     """The training set with the search answers on top (see the module docstring).
 
     Args:
@@ -172,7 +172,7 @@ def merge_search_labels(
             (negative if present else positive).discard(name)
         rows[window] = (positive, negative, is_closed and bool(positive))
     kept = sorted(w for w, (positive, negative, _) in rows.items() if positive or negative)
-    return LabeledWindows(
+    return TrainingSet(
         windows=np.array(kept, dtype=np.int64),
         labels=[sorted(rows[w][0]) for w in kept],
         negatives=[sorted(rows[w][1]) for w in kept],

@@ -29,7 +29,6 @@ from coincide.config.choices import ClusterOrder, MemberChoice
 from coincide.errors import UserError
 from coincide.labeling.clusters import ClusterMembers
 
-Order = ClusterOrder
 ORDERS: tuple[str, ...] = ("random", "size", "size-uncertainty")
 MEMBERS: tuple[str, ...] = ("random", "medoid", "typical")
 
@@ -55,7 +54,7 @@ def _need_confidence(confidence: np.ndarray | None, what: str) -> np.ndarray:
 
 def cluster_order(
     sizes: np.ndarray,
-    order: Order = "random",
+    order: ClusterOrder = "random",
     seed: int = 0,
     uncertainty: np.ndarray | None = None,
 ) -> np.ndarray:
@@ -162,7 +161,7 @@ def select_requests(
     assignment: np.ndarray,
     num_clusters: int,
     budget: int,
-    order: Order = "random",
+    order: ClusterOrder = "random",
     member: MemberChoice = "random",
     seed: int = 0,
     embeddings: np.ndarray | None = None,

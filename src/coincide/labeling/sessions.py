@@ -37,9 +37,6 @@ KNOWN = ("label", "skip")
 PROPAGATED_FILE = "propagated.parquet"
 SUMMARY_FILE = "summary.json"
 
-Strategy = LabelStrategy
-Order = ClusterOrder
-
 
 # ---------------------------------------------------------------------------------------------
 # Sessions
@@ -55,11 +52,11 @@ def assignment_fingerprint(assignment: np.ndarray) -> str:
 class SessionPlan:
     """How a session chooses its requests; stored in the session, checked when extending."""
 
-    strategy: Strategy
+    strategy: LabelStrategy
     seed: int
     windows: int
     clustering: str | None = None
-    order: Order = "random"
+    order: ClusterOrder = "random"
     member: MemberChoice = "random"
     fingerprint: str | None = None
     check_every: int = 0
@@ -81,7 +78,7 @@ class SessionPlan:
 
 def cluster_plan(
     clustering: Clustering,
-    order: Order = "random",
+    order: ClusterOrder = "random",
     member: MemberChoice = "random",
     seed: int = 0,
     check_every: int = 0,
@@ -322,7 +319,7 @@ def labels_dir(run: Path, session: str) -> Path:
 
 
 def default_session_name(
-    strategy: Strategy, clustering: str = "head", run_default: str = "head"
+    strategy: LabelStrategy, clustering: str = "head", run_default: str = "head"
 ) -> str:
     """`random`; `cluster` for cluster labeling of the run's default clustering (`run_default`,
     see `cluster.run_clustering`), which finetune reads by default; `cluster-<clustering>` for

@@ -54,9 +54,9 @@ from coincide.train.checkpoint import run_checkpoint
 
 EXPORT_FORMAT = "coincide-export"
 EXPORT_VERSION = 1
-CONFIG_FILE = "config.json"
+EXPORT_CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-LABELS_FILE = "labels.txt"
+EXPORT_LABELS_FILE = "labels.txt"
 ONNX_FILE = "model.onnx"
 # The files `coincide finetune` writes in RUN/finetune/NAME/ (a test keeps them in step): named
 # here so that loading a model does not import the training code and its dependencies.
@@ -355,7 +355,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> So
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist; give a run folder or an exported model folder.")
-    if path.is_dir() and (path / CONFIG_FILE).is_file():
+    if path.is_dir() and (path / EXPORT_CONFIG_FILE).is_file():
         return load_exported(path, device)
     checkpoint = find_checkpoint(path)
     try:
@@ -396,7 +396,7 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> So
 
 def read_export_config(folder: Path) -> dict[str, Any]:
     """The config.json of an exported folder, checked for format and version."""
-    path = folder / CONFIG_FILE
+    path = folder / EXPORT_CONFIG_FILE
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:

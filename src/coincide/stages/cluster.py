@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from coincide.config.choices import ClusterMethod
 from coincide.errors import UserError
 from coincide.labeling.clusters import (
     CONFIDENCE_FILE,
@@ -35,7 +36,6 @@ from coincide.labeling.clusters import (
     EMBEDDINGS_META,
     SUMMARY_FILE,
     Clustering,
-    Method,
     _write_json_atomic,
     clustering_dir,
     clustering_name,
@@ -142,7 +142,7 @@ def _device() -> Any:
 def cluster_store(
     run: Path,
     store: FeatureStore,
-    method: Method = "head",
+    method: ClusterMethod = "head",
     k: int | None = None,
     checkpoint: Path | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -194,7 +194,7 @@ def cluster_store(
 def ensure_clustering(
     run: Path,
     store: FeatureStore,
-    method: Method = "head",
+    method: ClusterMethod = "head",
     k: int | None = None,
     checkpoint: Path | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -226,15 +226,17 @@ def _clustering_config(run: Path) -> dict[str, Any]:
     """The `clustering` section of RUN/config.yaml ({} without a readable one)."""
     import yaml
 
+    from coincide.config.tree import read_yaml
+
     try:
-        tree = yaml.safe_load((Path(run) / CONFIG_FILE).read_text(encoding="utf-8"))
+        tree = read_yaml((Path(run) / CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         return {}
     section = tree.get("clustering") if isinstance(tree, dict) else None
     return section if isinstance(section, dict) else {}
 
 
-def run_clustering(run: Path) -> tuple[Method, int | None]:
+def run_clustering(run: Path) -> tuple[ClusterMethod, int | None]:
     """The clustering a run's commands use unless told otherwise: its `clustering.method`,
     k-means at the run's `clustering.K` or the head; the head for a run whose config predates
     the key (or that has no config)."""
@@ -244,7 +246,9 @@ def run_clustering(run: Path) -> tuple[Method, int | None]:
     return "head", None
 
 
-def resolve_method(run: Path, method: Method | None, k: int | None) -> tuple[Method, int | None]:
+def resolve_method(
+    run: Path, method: ClusterMethod | None, k: int | None
+) -> tuple[ClusterMethod, int | None]:
     """`(method, k)` from a command's `--method` and `--clusters`: neither given, the run's own
     (`run_clustering`); `--clusters K` alone, k-means; `--method kmeans` alone, at the run's K."""
     if method is None:
@@ -258,7 +262,7 @@ def resolve_method(run: Path, method: Method | None, k: int | None) -> tuple[Met
 def run(
     run_dir: Path,
     store_path: Path,
-    method: Method | None = None,
+    method: ClusterMethod | None = None,
     k: int | None = None,
     checkpoint: Path | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,

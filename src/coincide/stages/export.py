@@ -36,10 +36,10 @@ from coincide.errors import UserError
 from coincide.files import atomic_output, write_bytes_atomic
 from coincide.media.frontend import WINDOW_SAMPLES, LogMelFrontend
 from coincide.models.inference import (
-    CONFIG_FILE,
+    EXPORT_CONFIG_FILE,
     EXPORT_FORMAT,
+    EXPORT_LABELS_FILE,
     EXPORT_VERSION,
-    LABELS_FILE,
     ONNX_FILE,
     WEIGHTS_FILE,
     SoundModel,
@@ -154,7 +154,7 @@ def export_model(model: SoundModel, out: Path, onnx: bool = True) -> dict[str, A
     # Bytes written by open() get the user's usual file mode (safetensors' own writer makes the
     # file private), and the rename makes the write atomic.
     write_bytes_atomic(out / WEIGHTS_FILE, save(model_state(model)))
-    with atomic_output(out / LABELS_FILE) as stream:
+    with atomic_output(out / EXPORT_LABELS_FILE) as stream:
         stream.write("".join(f"{name}\n" for name in model.classes))
     onnx_info = None
     if onnx:
@@ -180,7 +180,7 @@ def export_model(model: SoundModel, out: Path, onnx: bool = True) -> dict[str, A
         "onnx": onnx_info,
         "exported_from": model.identity,
     }
-    with atomic_output(out / CONFIG_FILE) as stream:
+    with atomic_output(out / EXPORT_CONFIG_FILE) as stream:
         json.dump(config, stream, indent=1)
         stream.write("\n")
     return config
@@ -204,7 +204,7 @@ def run(
             "(run `coincide finetune` first to export class scores).",
         )
     export_model(model, out, onnx=onnx)
-    written = [WEIGHTS_FILE, CONFIG_FILE, LABELS_FILE] + ([ONNX_FILE] if onnx else [])
+    written = [WEIGHTS_FILE, EXPORT_CONFIG_FILE, EXPORT_LABELS_FILE] + ([ONNX_FILE] if onnx else [])
     say(console, f"wrote {', '.join(written)} to {printable(out)}")
     if onnx:
         difference = check_onnx(model, out / ONNX_FILE)

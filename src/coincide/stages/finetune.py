@@ -15,8 +15,8 @@ from typing import Any
 
 from coincide.classifier.train import (
     FinetuneConfig,
-    LabeledWindows,
-    Strategy,
+    FinetuneStrategy,
+    TrainingSet,
     finetune_strategy,
 )
 from coincide.errors import UserError
@@ -25,7 +25,7 @@ from coincide.run_folder import RunFolder
 from coincide.store.labels import label_store_path
 
 
-def default_session(strategy: Strategy) -> str | None:
+def default_session(strategy: FinetuneStrategy) -> str | None:
     """The labeling session a strategy reads by default (`coincide label`'s default names)."""
     if strategy == "cluster":
         return "cluster"
@@ -37,7 +37,7 @@ def default_session(strategy: Strategy) -> str | None:
 def run(
     run_dir: Path,
     store_path: Path,
-    strategy: Strategy = "cluster",
+    strategy: FinetuneStrategy = "cluster",
     session: str | None = None,
     out: str | None = None,
     test_store_path: Path | None = None,
@@ -65,7 +65,7 @@ def run(
     # The labels of this strategy.
     extra: dict[str, Any] = {}
     if strategy == "all":
-        labeled = LabeledWindows.from_window_labels(oracle_window_labels(store, oracle))
+        labeled = TrainingSet.from_window_labels(oracle_window_labels(store, oracle))
     else:
         session = session or default_session(strategy)
         assert session is not None
@@ -79,7 +79,7 @@ def run(
                 f"{strategy} trains on {wanted} labels; pass --session with a {wanted} session."
             )
         check_propagated_current(run_dir, session, summary)
-        labeled = LabeledWindows.from_frame(propagated, by_cluster=strategy == "cluster")
+        labeled = TrainingSet.from_frame(propagated, by_cluster=strategy == "cluster")
         extra = {"session": session, "budget": summary.get("requests")}
         if int(labeled.windows.max(initial=-1)) >= len(store):
             raise UserError(
@@ -107,8 +107,8 @@ def run(
 
 
 def _add_search_labels(
-    run_dir: Path, store: Any, labeled: LabeledWindows, db: Path | None
-) -> tuple[LabeledWindows, list[str]]:
+    run_dir: Path, store: Any, labeled: TrainingSet, db: Path | None
+) -> tuple[TrainingSet, list[str]]:
     """The labels with every search session's answers on top, and those sessions' names."""
     from coincide.labeling.search_label import merge_search_labels, search_answers, search_sessions
     from coincide.store.labels_sqlite import SQLiteLabelStore

@@ -61,8 +61,6 @@ from coincide.store.features import FeatureStore, open_store
 from coincide.store.labels import label_store_path
 from coincide.store.labels_sqlite import SQLiteLabelStore
 
-Strategy = LabelStrategy
-Order = ClusterOrder
 STRATEGIES: tuple[str, ...] = ("cluster", "random")
 # ---------------------------------------------------------------------------------------------
 # The command
@@ -83,8 +81,8 @@ def run(
     store_path: Path,
     budget: int,
     oracle: str | None = None,
-    strategy: Strategy = "cluster",
-    select: Order = "random",
+    strategy: LabelStrategy = "cluster",
+    select: ClusterOrder = "random",
     member: MemberChoice = "random",
     session_name: str | None = None,
     db: Path | None = None,

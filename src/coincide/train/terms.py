@@ -123,7 +123,7 @@ class AACoincidence(_CoincidenceTerm):
         return self._loss(parts["aa_head"], emb.anchor, emb.aa, emb.offset)
 
 
-class Clustering(LossTerm):
+class ClusterTerm(LossTerm):
     """L_clust (paper 3.2) on the anchors' cluster logits, marginal over the global batch."""
 
     name = "clust"
@@ -202,7 +202,7 @@ class LabelTriplet(LossTerm):
 # Every term, by the name a stage's `losses` uses.
 LOSS_TERMS: dict[str, type[LossTerm]] = {
     term.name: term
-    for term in (AVCoincidence, AACoincidence, Clustering, TemporalTriplet, LabelTriplet)
+    for term in (AVCoincidence, AACoincidence, ClusterTerm, TemporalTriplet, LabelTriplet)
 }
 
 
