@@ -21,7 +21,6 @@ SIZES_FILE = "sizes.csv"
 SUMMARY_FILE = "summary.json"
 SIZES_PLOT = "sizes.png"
 EMBEDDINGS_FILE = "embeddings.npy"
-EMBEDDINGS_META = "embeddings.json"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,10 +10,15 @@ the current one runs through the network, and the network runs on the GPU when t
 - `assign_windows`: the arg-max cluster of p_clust(f(x)) for every window, `(n,)`, optionally
   writing the embeddings on the way (one pass over the store for both).
 - `score_windows`: p_class(f(x)) for every window, `(n, C)`.
+- `cached_embeddings`: f(x) of every window kept in a `.npy` file next to a JSON record of what
+  made it (the model and the store); read back while the record matches, made again otherwise.
+  `coincide cluster` (RUN/clusters/STORE/) and `coincide search` (RUN/search/...) both keep
+  their embeddings through it.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 
 from coincide.dist import default_device, inference_autocast
+from coincide.files import atomic_path, write_text_atomic
 from coincide.models.heads import ClassifierHead, ClusterHead
 from coincide.store.features import FeatureStore
 
@@ -196,3 +202,28 @@ def score_windows(
         num_classes = classifier.layers[-1].out_features
         return np.empty((0, num_classes), dtype=np.float32)
     return scores
+
+
+def cached_embeddings(
+    path: Path,
+    identity: dict[str, object],
+    encoder: Callable[[], nn.Module],
+    store: FeatureStore,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: torch.device | None = None,
+) -> tuple[np.ndarray, bool]:
+    """`(n, d)` float32 f(x) of every window of `store`, memory-mapped from `path` (a `.npy`)
+    when `path`'s record (`path` with `.json`) equals `identity`; otherwise `encoder()` embeds
+    them into `path` and the record is written after it. Returns (embeddings, made now)."""
+    record = path.with_suffix(".json")
+    if (
+        path.is_file()
+        and record.is_file()
+        and json.loads(record.read_text(encoding="utf-8")) == identity
+    ):
+        return np.load(path, mmap_mode="r"), False
+    record.unlink(missing_ok=True)  # the file below changes: it matches no record now
+    with atomic_path(path) as tmp:
+        embed_windows(encoder(), store, batch_size, device, out=tmp)
+    write_text_atomic(record, json.dumps(identity, indent=1) + "\n")
+    return np.load(path, mmap_mode="r"), True

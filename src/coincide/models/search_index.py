@@ -164,25 +164,25 @@ def ensure_index(
     file and store content, otherwise (re)built and saved first."""
     import faiss
 
-    from coincide.models.embed_store import embed_windows
+    from coincide.models.embed_store import cached_embeddings
 
     folder = index_folder(model, store)
     identity = {"model": model.identity, **store_identity(store)}
     meta_path = folder / META_FILE
+    cached = folder / EMBEDDINGS_FILE
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta.get("identity") == identity:
-            embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
+            embeddings, _ = cached_embeddings(cached, identity, lambda: model.encoder, store)
             return StoreIndex(folder, embeddings, faiss.read_index(str(folder / INDEX_FILE)), False)
     if len(store) == 0:
         raise UserError(f"store {printable(store.root)} has no windows; ingest media first.")
     if console is not None:
         console.print(f"indexing the {len(store)} windows of {printable(store.root)} ...")
-    folder.mkdir(parents=True, exist_ok=True)
     meta_path.unlink(missing_ok=True)  # the files below change: they match no identity now
-    with atomic_path(folder / EMBEDDINGS_FILE) as tmp:
-        embed_windows(model.encoder, store, batch_size, model.device, out=tmp)
-    embeddings = np.load(folder / EMBEDDINGS_FILE, mmap_mode="r")
+    embeddings, _ = cached_embeddings(
+        cached, identity, lambda: model.encoder, store, batch_size, model.device
+    )
     index = build_index(embeddings)
     with atomic_path(folder / INDEX_FILE) as tmp:
         faiss.write_index(index, str(tmp))

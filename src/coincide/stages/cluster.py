@@ -33,17 +33,15 @@ from coincide.errors import UserError
 from coincide.labeling.clusters import (
     CONFIDENCE_FILE,
     EMBEDDINGS_FILE,
-    EMBEDDINGS_META,
     SUMMARY_FILE,
     Clustering,
-    _write_json_atomic,
     clustering_dir,
     clustering_name,
     load_clustering,
     store_clusters_dir,
     write_clustering,
 )
-from coincide.models.embed_store import DEFAULT_BATCH_SIZE, embed_windows
+from coincide.models.embed_store import DEFAULT_BATCH_SIZE, cached_embeddings
 from coincide.run_folder import CONFIG_FILE
 from coincide.store.features import FeatureStore, open_store
 
@@ -113,24 +111,16 @@ def store_embeddings(
     """`(n, d)` float32 embeddings f(x) of every window of `store` under `checkpoint`,
     read from `RUN/clusters/<store>/embeddings.npy` when they were made from the same
     checkpoint and store, computed (and kept there) otherwise. Memory-mapped."""
-    folder = store_clusters_dir(run, store.root)
-    path, meta_path = folder / EMBEDDINGS_FILE, folder / EMBEDDINGS_META
     identity = {**_checkpoint_identity(checkpoint), "windows": len(store)}
-    if (
-        path.is_file()
-        and meta_path.is_file()
-        and json.loads(meta_path.read_text(encoding="utf-8")) == identity
-    ):
-        return np.load(path, mmap_mode="r")
-    from coincide.train.checkpoint import load_models
-
-    models = load_models(checkpoint)
     device = device or _device()
-    encoder = models["audio"].to(device)
-    meta_path.unlink(missing_ok=True)
-    embed_windows(encoder, store, batch_size, device, out=path)
-    _write_json_atomic(meta_path, identity)
-    return np.load(path, mmap_mode="r")
+
+    def encoder() -> Any:
+        from coincide.train.checkpoint import load_models
+
+        return load_models(checkpoint)["audio"].to(device)
+
+    path = store_clusters_dir(run, store.root) / EMBEDDINGS_FILE
+    return cached_embeddings(path, identity, encoder, store, batch_size, device)[0]
 
 
 def _device() -> Any:
