@@ -55,15 +55,20 @@ from coincide.classifier.fit import (
 )
 from coincide.config.choices import FINETUNE_STRATEGIES, FinetuneStrategy
 from coincide.dist import amp_dtype, autocast_context, default_device
-from coincide.errors import UserError, short_reason
+from coincide.errors import UserError
 from coincide.evaluation.representations import embed_positions
-from coincide.files import atomic_path, write_text_atomic
+from coincide.files import write_text_atomic
 from coincide.models.embed_store import DEFAULT_BATCH_SIZE
 from coincide.models.encoders import Encoder, EncoderConfig, build_encoder
 from coincide.models.heads import ClassifierHead
 from coincide.run_folder import FINETUNE_CHECKPOINT, FINETUNE_SETTINGS, METRICS_FILE
 from coincide.store.features import FeatureStore
-from coincide.train.checkpoint import CHECKSUM_KEY, FINETUNE_KEYS, payload_checksum, verify_checksum
+from coincide.train.checkpoint import (
+    FINETUNE_FORMAT,
+    FINETUNE_VERSION,
+    load_finetune_checkpoint,
+    save_checkpoint,
+)
 from coincide.train.monitor import Monitor, Throughput
 from coincide.train.report import plot_stage
 
@@ -223,37 +228,17 @@ class Classifier(nn.Module):
 # with a fixed step count and never resumed by this version (their settings differ).
 
 
-def _save_atomic(payload: dict[str, Any], path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({**payload, CHECKSUM_KEY: payload_checksum(payload)}, tmp)
+def _save_checkpoint(payload: dict[str, Any], path: Path) -> None:
+    save_checkpoint({"format": FINETUNE_FORMAT, "version": FINETUNE_VERSION, **payload}, path)
 
 
 def _write_json(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """The payload of a fine-tuning checkpoint, read with `weights_only=True`: tensors, numbers,
-    strings and containers only, so a planted pickle in a run folder cannot run code. A file
-    that is damaged, foreign or not a fine-tuning checkpoint is a UserError naming it."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged or foreign file
-        raise UserError(
-            f"cannot read fine-tuning checkpoint {path} ({short_reason(err)}); it is damaged or "
-            "not a coincide checkpoint: delete it and fine-tune again."
-        ) from err
-    if not isinstance(payload, dict) or not set(payload) >= FINETUNE_KEYS:
-        raise UserError(
-            f"{path} is not a coincide fine-tuning checkpoint; delete it and fine-tune again."
-        )
-    verify_checksum(payload, path)
-    return payload
-
-
 def load_classifier(path: Path, device: torch.device | None = None) -> Classifier:
     """Rebuild a fine-tuned classifier (f and p_class) from its checkpoint alone."""
-    payload = read_checkpoint(path)
+    payload = load_finetune_checkpoint(path)
     encoder = build_encoder(EncoderConfig(**payload["encoder_config"]))
     head = ClassifierHead(**payload["head_config"])
     model = Classifier(encoder, head, list(payload["classes"]))
@@ -353,7 +338,7 @@ def train_classifier(
     checkpoint_path = out_dir / FINETUNE_CHECKPOINT
     payload = None
     if checkpoint_path.is_file():
-        payload = read_checkpoint(checkpoint_path)
+        payload = load_finetune_checkpoint(checkpoint_path)
         if payload["config"] != settings:
             raise UserError(
                 f"{checkpoint_path} was made with other fine-tuning settings; "
@@ -404,7 +389,7 @@ def train_classifier(
         step = int(payload["step"])
 
     def save(at_step: int) -> None:
-        _save_atomic(
+        _save_checkpoint(
             {
                 "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from coincide.dist import inference_autocast, resolve_device
-from coincide.errors import UserError, short_reason
+from coincide.errors import UserError
 from coincide.media.frontend import (
     SAMPLE_RATE,
     WINDOW_SAMPLES,
@@ -358,33 +358,25 @@ def load_model(path: str | Path, device: str | torch.device | None = None) -> So
     if path.is_dir() and (path / EXPORT_CONFIG_FILE).is_file():
         return load_exported(path, device)
     checkpoint = find_checkpoint(path)
-    try:
-        payload = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a damaged or foreign file
-        raise UserError(
-            f"cannot read {checkpoint} ({short_reason(err)}); give a coincide checkpoint."
-        ) from err
+    from coincide.train.checkpoint import (
+        checkpoint_config,
+        checkpoint_kind,
+        load_checkpoint,
+        read_checkpoint_file,
+    )
+
+    payload = read_checkpoint_file(checkpoint)
     where = {"source": checkpoint, "home": _run_folder_of(checkpoint)}
     identity = _file_identity(checkpoint)
-    if isinstance(payload, dict) and {"classes", "encoder_config", "head_config"} <= set(payload):
-        # A fine-tuning checkpoint: the state of finetune.Classifier, `encoder.*` and `head.*`.
-        from coincide.train.checkpoint import verify_checksum
-
-        verify_checksum(payload, checkpoint)
+    if checkpoint_kind(payload) == "finetune":
+        # A fine-tuning checkpoint: the state of the classifier, `encoder.*` and `head.*`.
         encoder = build_encoder(EncoderConfig(**payload["encoder_config"]))
         encoder.load_state_dict(_with_prefix(payload["model"], "encoder."))
         head = ClassifierHead(**payload["head_config"])
         head.load_state_dict(_with_prefix(payload["model"], "head."))
         classes = list(payload["classes"])
         return SoundModel(encoder, head, classes, device, identity=identity, **where)
-    from coincide.train.checkpoint import CHECKPOINT_FORMAT, checkpoint_config, load_checkpoint
-
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(
-            f"{checkpoint} is neither a training nor a fine-tuning checkpoint of coincide; "
-            "give a run folder or a file from it."
-        )
-    payload = load_checkpoint(checkpoint)  # checks the version
+    payload = load_checkpoint(checkpoint)  # a training checkpoint: checks the version
     if "audio" not in payload["parts"]:
         raise UserError(f"{checkpoint} holds no audio encoder; give a checkpoint of a run.")
     encoder = build_encoder(checkpoint_config(payload).model.audio)

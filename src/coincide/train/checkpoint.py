@@ -1,6 +1,13 @@
-"""Models of a run and their checkpoints.
+"""Models of a run and their checkpoints: one file format for training and fine-tuning.
 
-A checkpoint is one dict:
+Every checkpoint coincide writes is a dict saved by `save_checkpoint` (torch.save, atomic, with
+a checksum) and read by `read_checkpoint_file` (torch.load with `weights_only=True`, so a
+planted pickle cannot run code; the checksum checked), tagged by its `format`:
+`coincide-train-checkpoint` (below) or `coincide-finetune-checkpoint` (`coincide finetune`: the
+classifier f + p_class with its optimizer, FINETUNE_KEYS; one written before the tag existed has
+the keys and no tag, and reads the same).
+
+A training checkpoint is one dict:
 
     format, version        "coincide-train-checkpoint", 1
     config                 the resolved Config as plain data (the model config is inside it)
@@ -53,6 +60,8 @@ from coincide.store.layout import read_json_or_none
 
 CHECKPOINT_FORMAT = "coincide-train-checkpoint"
 CHECKPOINT_VERSION = 1
+FINETUNE_FORMAT = "coincide-finetune-checkpoint"
+FINETUNE_VERSION = 1
 CHECKSUM_KEY = "checksum"
 # f, g, p_AA, p_AV, p_clust: the names of the parts in a run's ModuleDict.
 MODEL_PARTS = ("audio", "image", "aa_head", "av_head", "cluster_head")
@@ -159,8 +168,10 @@ def load_resumable(path: Path) -> tuple[dict[str, Any], Path] | None:
     return load_checkpoint(previous), previous
 
 
-def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint` (tensors, numbers, strings only)."""
+def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """The dict of a checkpoint file of either kind, read with `weights_only=True` (tensors,
+    numbers, strings and containers only) and its checksum verified; a missing, damaged or
+    foreign file is a UserError naming it."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; give a RUN/checkpoints/*.pt file.")
@@ -168,9 +179,33 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for a damaged or foreign file
         raise UserError(
-            f"cannot read checkpoint {path} ({short_reason(err)}); it is damaged or not one."
+            f"cannot read checkpoint {path} ({short_reason(err)}); it is damaged or not a "
+            "coincide checkpoint."
         ) from err
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(payload, dict) or checkpoint_kind(payload) is None:
+        raise UserError(
+            f"{path} is neither a training nor a fine-tuning checkpoint of coincide; give a run "
+            "folder or a checkpoint file from one."
+        )
+    verify_checksum(payload, path)
+    return payload
+
+
+def checkpoint_kind(payload: dict[str, Any]) -> str | None:
+    """ "train", "finetune" or None (not a coincide checkpoint)."""
+    if payload.get("format") == CHECKPOINT_FORMAT:
+        return "train"
+    if payload.get("format") == FINETUNE_FORMAT or (
+        "format" not in payload and set(payload) >= FINETUNE_KEYS
+    ):
+        return "finetune"
+    return None
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a training checkpoint (written by `save_checkpoint`; see the module docstring)."""
+    payload = read_checkpoint_file(path, map_location)
+    if checkpoint_kind(payload) != "train":
         raise UserError(
             f"{path} is not a coincide training checkpoint; give a RUN/checkpoints file."
         )
@@ -179,7 +214,16 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             f"{path} has checkpoint version {payload.get('version')}, this coincide reads "
             f"{CHECKPOINT_VERSION}; retrain with this version."
         )
-    verify_checksum(payload, path)
+    return payload
+
+
+def load_finetune_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a fine-tuning checkpoint (`coincide finetune`'s RUN/finetune/NAME/checkpoint.pt)."""
+    payload = read_checkpoint_file(path)
+    if checkpoint_kind(payload) != "finetune":
+        raise UserError(
+            f"{path} is not a coincide fine-tuning checkpoint; delete it and fine-tune again."
+        )
     return payload
 
 

@@ -53,11 +53,9 @@ def _file_digest(path: Path) -> str:
 
 
 def _is_coincide_checkpoint(payload: Any) -> bool:
-    from coincide.train.checkpoint import CHECKPOINT_FORMAT, FINETUNE_KEYS
+    from coincide.train.checkpoint import checkpoint_kind
 
-    return isinstance(payload, dict) and (
-        payload.get("format") == CHECKPOINT_FORMAT or set(payload) >= FINETUNE_KEYS
-    )
+    return isinstance(payload, dict) and checkpoint_kind(payload) is not None
 
 
 def read_encoder_state(source: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
