@@ -6,11 +6,12 @@ Every file coincide writes for another step to read goes through here.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 @contextmanager
@@ -49,3 +50,11 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     """`path.write_bytes(data)`, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def write_json_atomic(
+    path: Path, payload: Any, *, sort_keys: bool = False, durable: bool = False
+) -> None:
+    """`payload` as indented UTF-8 JSON (one trailing newline), atomically."""
+    text = json.dumps(payload, indent=1, sort_keys=sort_keys, ensure_ascii=False) + "\n"
+    write_text_atomic(path, text, durable=durable)

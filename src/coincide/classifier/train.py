@@ -57,7 +57,7 @@ from coincide.config.choices import FINETUNE_STRATEGIES, FinetuneStrategy
 from coincide.dist import amp_dtype, autocast_context, default_device
 from coincide.errors import UserError
 from coincide.evaluation.representations import embed_positions
-from coincide.files import write_text_atomic
+from coincide.files import write_json_atomic
 from coincide.models.embed_store import DEFAULT_BATCH_SIZE
 from coincide.models.encoders import Encoder, EncoderConfig, build_encoder
 from coincide.models.heads import ClassifierHead
@@ -230,10 +230,6 @@ class Classifier(nn.Module):
 
 def _save_checkpoint(payload: dict[str, Any], path: Path) -> None:
     save_checkpoint({"format": FINETUNE_FORMAT, "version": FINETUNE_VERSION, **payload}, path)
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
 
 
 def load_classifier(path: Path, device: torch.device | None = None) -> Classifier:
@@ -549,6 +545,6 @@ def finetune_strategy(
             )
         )
     metrics["settings"] = settings
-    _write_json(out_dir / FINETUNE_SETTINGS, settings)
-    _write_json(metrics_path, metrics)
+    write_json_atomic(out_dir / FINETUNE_SETTINGS, settings)
+    write_json_atomic(metrics_path, metrics)
     return metrics

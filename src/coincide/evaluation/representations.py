@@ -30,6 +30,7 @@ from torch import nn
 from coincide.config.choices import POOLINGS, Pooling
 from coincide.dist import default_device, inference_autocast
 from coincide.errors import UserError
+from coincide.files import write_json_atomic
 from coincide.models.embed_store import DEFAULT_BATCH_SIZE, embed_windows
 from coincide.run_folder import REPRESENTATION_FILE
 from coincide.store.features import FeatureStore
@@ -139,7 +140,7 @@ def write_fixed_representation(run_dir: Path, pooling: Pooling = "flatten") -> N
     """Mark `run_dir` as the log-mel baseline (no training; `coincide evaluate` reads this)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     payload = {"kind": "logmel", "pooling": pooling}
-    (run_dir / REPRESENTATION_FILE).write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    write_json_atomic(run_dir / REPRESENTATION_FILE, payload)
 
 
 def read_fixed_representation(run_dir: Path) -> LogMelRepresentation | None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from coincide.config.choices import CLUSTER_METHODS, ClusterMethod
 from coincide.errors import UserError
-from coincide.files import atomic_path, write_text_atomic
+from coincide.files import atomic_path, write_json_atomic, write_text_atomic
 from coincide.run_folder import RunFolder
 
 ASSIGNMENT_FILE = "assignment.npy"
@@ -158,10 +158,6 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
         np.save(tmp, array)
 
 
-def _write_json_atomic(path: Path, payload: Any) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
-
-
 def _plot_sizes(path: Path, sizes: np.ndarray, title: str) -> None:
     import matplotlib
 
@@ -213,7 +209,7 @@ def write_clustering(
         sizes,
         f"{provenance.get('clustering', '')}: {summary['active_clusters']} of K = {num_clusters}",
     )
-    _write_json_atomic(folder / SUMMARY_FILE, summary)
+    write_json_atomic(folder / SUMMARY_FILE, summary)
     return summary
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 from coincide.config.choices import ClusterOrder, LabelStrategy, MemberChoice
 from coincide.errors import UserError
 from coincide.evaluation.metrics import labels_to_matrix, propagated_label_quality
-from coincide.files import atomic_path, write_text_atomic
+from coincide.files import atomic_path, write_json_atomic
 from coincide.labeling.clusters import (
     Clustering,
     ClusterMembers,
@@ -296,7 +296,7 @@ def write_propagated(folder: Path, propagated: pd.DataFrame, summary: dict[str, 
     path = folder / PROPAGATED_FILE
     with atomic_path(path) as tmp:
         propagated.to_parquet(tmp, index=False)
-    write_text_atomic(folder / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
+    write_json_atomic(folder / SUMMARY_FILE, summary)
     return path
 
 

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from coincide.dist import default_device, inference_autocast
-from coincide.files import atomic_path, write_text_atomic
+from coincide.files import atomic_path, write_json_atomic
 from coincide.models.heads import ClassifierHead, ClusterHead
 from coincide.store.features import FeatureStore
 
@@ -225,5 +225,5 @@ def cached_embeddings(
     record.unlink(missing_ok=True)  # the file below changes: it matches no record now
     with atomic_path(path) as tmp:
         embed_windows(encoder(), store, batch_size, device, out=tmp)
-    write_text_atomic(record, json.dumps(identity, indent=1) + "\n")
+    write_json_atomic(record, identity)
     return np.load(path, mmap_mode="r"), True

@@ -43,7 +43,7 @@ from rich.console import Console
 
 from coincide.console import printable
 from coincide.errors import MediaError, UserError
-from coincide.files import atomic_output, atomic_path
+from coincide.files import atomic_path, write_json_atomic
 from coincide.models.inference import SoundModel
 from coincide.run_folder import SEARCH_DIR
 from coincide.store.features import FeatureStore
@@ -190,8 +190,7 @@ def ensure_index(
     meta = {"identity": identity, "index": kind, "ntotal": int(index.ntotal)}
     if isinstance(index, faiss.IndexIVF):
         meta.update(nlist=int(index.nlist), nprobe=int(index.nprobe))
-    with atomic_output(meta_path) as stream:
-        json.dump(meta, stream, indent=1)
+    write_json_atomic(meta_path, meta)
     return StoreIndex(folder, embeddings, index, True)
 
 

@@ -9,7 +9,6 @@ The learning curve during training is `coincide.evaluation.probe`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from coincide.evaluation.representations import (
     Representation,
     read_fixed_representation,
 )
-from coincide.files import write_text_atomic
+from coincide.files import write_json_atomic
 from coincide.run_folder import EVAL_DIR, METRICS_FILE, METRICS_TABLE
 from coincide.store.features import open_store
 from coincide.store.layout import read_json_or_none
@@ -92,7 +91,7 @@ def write_metrics(run_dir: Path, metrics: dict[str, Any]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / METRICS_TABLE).write_text(metrics_markdown(metrics), encoding="utf-8")
     path = out / METRICS_FILE
-    write_text_atomic(path, json.dumps(metrics, indent=1, sort_keys=True))
+    write_json_atomic(path, metrics, sort_keys=True)
     return path
 
 

@@ -22,7 +22,6 @@ compared with PyTorch.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +32,7 @@ from torch import nn
 
 from coincide.console import printable, say
 from coincide.errors import UserError
-from coincide.files import atomic_output, write_bytes_atomic
+from coincide.files import atomic_output, write_bytes_atomic, write_json_atomic
 from coincide.media.frontend import WINDOW_SAMPLES, LogMelFrontend
 from coincide.models.inference import (
     EXPORT_CONFIG_FILE,
@@ -180,9 +179,7 @@ def export_model(model: SoundModel, out: Path, onnx: bool = True) -> dict[str, A
         "onnx": onnx_info,
         "exported_from": model.identity,
     }
-    with atomic_output(out / EXPORT_CONFIG_FILE) as stream:
-        json.dump(config, stream, indent=1)
-        stream.write("\n")
+    write_json_atomic(out / EXPORT_CONFIG_FILE, config)
     return config
 
 

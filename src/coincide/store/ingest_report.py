@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from coincide.errors import UserError
-from coincide.store.layout import REPORT_FILE, write_json_atomic
+from coincide.files import write_json_atomic
+from coincide.store.layout import REPORT_FILE
 
 
 @dataclass
@@ -81,4 +82,4 @@ def record_run(
         [*kept, *map(asdict, warnings)], key=lambda entry: (entry["path"], entry["time"])
     )
     report["runs"] = [*report.get("runs", []), run]
-    write_json_atomic(Path(root) / REPORT_FILE, report)
+    write_json_atomic(Path(root) / REPORT_FILE, report, sort_keys=True, durable=True)

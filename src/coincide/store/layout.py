@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 from coincide.errors import UserError
-from coincide.files import write_text_atomic
 
 FORMAT_NAME = "coincide-feature-store"
 FORMAT_VERSION = 1
@@ -54,12 +53,6 @@ def committed_chunk_ids(root: Path) -> list[int]:
     if not chunks.is_dir():
         return []
     return sorted(int(p.name) for p in chunks.iterdir() if _CHUNK_NAME.match(p.name) and p.is_dir())
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to `path` so that readers see the old or the new file, never half of one."""
-    text = json.dumps(payload, indent=1, sort_keys=True, ensure_ascii=False)
-    write_text_atomic(path, text, durable=True)
 
 
 def read_json_or_none(path: Path, remedy: str) -> Any:

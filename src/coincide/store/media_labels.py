@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from coincide.errors import UserError
-from coincide.store.layout import LABELS_FILE, write_json_atomic
+from coincide.files import write_json_atomic
+from coincide.store.layout import LABELS_FILE
 from coincide.store.media_id import media_id_of
 
 
@@ -70,7 +71,7 @@ def merge_labels(root: Path, new: Mapping[str, Iterable[str]]) -> int:
         have |= fresh
     if added:
         payload = {media_id: sorted(labels) for media_id, labels in sorted(saved.items()) if labels}
-        write_json_atomic(Path(root) / LABELS_FILE, payload)
+        write_json_atomic(Path(root) / LABELS_FILE, payload, sort_keys=True, durable=True)
     return added
 
 

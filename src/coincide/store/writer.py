@@ -30,6 +30,7 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from coincide.errors import UserError
+from coincide.files import write_json_atomic
 from coincide.store.chunk_files import (
     SPOOL_FRAMES,
     SPOOL_LOGMEL,
@@ -49,7 +50,6 @@ from coincide.store.layout import (
     committed_chunk_ids,
     new_header,
     read_header,
-    write_json_atomic,
 )
 
 # Frontend parameters a store header must carry: they fix the shapes of the stored arrays.
@@ -209,7 +209,7 @@ class StoreWriter:
                     "differ); ingest into a new store."
                 )
         else:
-            write_json_atomic(header_path, new_header(self.frontend))
+            write_json_atomic(header_path, new_header(self.frontend), sort_keys=True, durable=True)
         chunks = self.root / CHUNKS_DIR
         chunks.mkdir(exist_ok=True)
         # Only the lock holder writes, so every temp entry here is debris of a killed writer

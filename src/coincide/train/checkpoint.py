@@ -40,7 +40,6 @@ worse on unseen media than its best ones.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 from collections.abc import Iterable
@@ -52,7 +51,7 @@ from torch import nn
 
 from coincide.config.settings import Config, config_from_dict
 from coincide.errors import UserError, short_reason
-from coincide.files import write_text_atomic
+from coincide.files import write_json_atomic
 from coincide.models.encoders import build_encoder
 from coincide.models.heads import ClusterHead, build_coincidence_head
 from coincide.run_folder import BEST_CHECKPOINT, BEST_INFO, CHECKPOINTS_DIR, LAST_CHECKPOINT
@@ -287,7 +286,7 @@ def read_best_info(run_dir: str | Path) -> dict[str, Any] | None:
 
 def write_best_info(run_dir: str | Path, info: dict[str, Any]) -> None:
     """Write best.json atomically, after best.pt itself (so it never describes a missing file)."""
-    write_text_atomic(Path(run_dir) / CHECKPOINTS_DIR / BEST_INFO, json.dumps(info, indent=1))
+    write_json_atomic(Path(run_dir) / CHECKPOINTS_DIR / BEST_INFO, info)
 
 
 # The keys of a fine-tuning checkpoint (`coincide finetune`: classifier/train.py writes it).

@@ -24,7 +24,6 @@ its first checkpoint starts again from the recorded SOURCE.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 
 from coincide.errors import UserError, short_reason
-from coincide.files import write_text_atomic
+from coincide.files import write_json_atomic
 from coincide.run_folder import INIT_FILE
 from coincide.store.layout import read_json_or_none
 
@@ -133,7 +132,7 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
 
 
 def _write_record(run_dir: Path, record: dict[str, Any]) -> None:
-    write_text_atomic(run_dir / INIT_FILE, json.dumps(record, indent=1) + "\n")
+    write_json_atomic(run_dir / INIT_FILE, record)
 
 
 def start_audio_from(

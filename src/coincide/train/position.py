@@ -6,7 +6,6 @@ checks that a checkpoint may be resumed and the stages fit the store.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ import torch
 from coincide.config.settings import Config, StageConfig
 from coincide.data.pairs import SamplerState
 from coincide.errors import UserError
-from coincide.files import write_text_atomic
+from coincide.files import write_json_atomic
 from coincide.run_folder import BEST_CHECKPOINT, CHECKPOINTS_DIR, STATE_FILE
 from coincide.train.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -81,7 +80,7 @@ def write_state(
     if not state["done"]:
         state["stage"] = stages[min(pos.stage_index, len(stages) - 1)].name
         state["stage_step"] = pos.stage_step
-    write_text_atomic(run_dir / STATE_FILE, json.dumps(state, indent=1))
+    write_json_atomic(run_dir / STATE_FILE, state)
 
 
 def check_resumable(
