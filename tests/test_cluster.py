@@ -21,7 +21,7 @@ from coincide.labeling.clusters import (
 )
 from coincide.models.embed_store import assign_windows, embed_windows
 from coincide.stages import cluster as cluster_stage
-from coincide.stages.cluster import ensure_clustering, kmeans_assign
+from coincide.stages.cluster import ClusterSettings, ensure_clustering, kmeans_assign
 from coincide.store.features import open_store
 from coincide.train.checkpoint import load_models
 
@@ -84,7 +84,7 @@ def test_streaming_matches_one_big_forward_pass(workspace, tmp_path):
 
 def test_cluster_command_writes_assignment_sizes_summary_and_plot(workspace, capsys):
     root, store = workspace
-    clustering = cluster_stage.run(root / "run", store)
+    clustering = cluster_stage.run(cluster_stage.ClusterSettings(root / "run", store))
     folder = root / "run/clusters/train"
     assert clustering.folder == folder
     assignment = np.load(folder / "assignment.npy")
@@ -113,14 +113,20 @@ def test_kmeans_recovers_well_separated_groups():
 def test_kmeans_command_and_reuse(workspace):
     root, store_root = workspace
     store = open_store(store_root)
-    clustering = cluster_stage.run(root / "run", store_root, method="kmeans", k=5)
+    clustering = cluster_stage.run(
+        cluster_stage.ClusterSettings(root / "run", store_root, method="kmeans", k=5)
+    )
     assert clustering.folder == root / "run/clusters/train/kmeans-5"
     assert clustering.num_clusters == 5 and clustering.active == 5
+    record = json.loads((clustering.folder / "settings.json").read_text())
+    assert record["command"] == "cluster"
+    assert record["settings"]["method"] == "kmeans" and record["settings"]["k"] == 5
+    assert record["settings"]["store"] == str(store_root.absolute())
     loaded = load_clustering(root / "run", store_root, "kmeans", 5)
     assert loaded.assignment.tolist() == clustering.assignment.tolist()
 
     stamp = (clustering.folder / "assignment.npy").stat().st_mtime_ns
-    again = ensure_clustering(root / "run", store, "kmeans", 5)
+    again = ensure_clustering(ClusterSettings(root / "run", store_root, "kmeans", 5), store)
     assert (clustering.folder / "assignment.npy").stat().st_mtime_ns == stamp
     assert again.assignment.tolist() == clustering.assignment.tolist()
 
@@ -129,10 +135,12 @@ def test_user_errors(workspace, tmp_path):
     root, store = workspace
     make_run(tmp_path / "no_head", cluster_head=False)
     with pytest.raises(UserError, match="no cluster head"):
-        cluster_stage.run(tmp_path / "no_head", store)
+        cluster_stage.run(cluster_stage.ClusterSettings(tmp_path / "no_head", store))
     with pytest.raises(UserError, match="--clusters"):
-        cluster_stage.run(root / "run", store, method="kmeans")
+        cluster_stage.run(cluster_stage.ClusterSettings(root / "run", store, method="kmeans"))
     with pytest.raises(UserError, match="K <= 200"):
-        cluster_stage.run(root / "run", store, method="kmeans", k=1000)
+        cluster_stage.run(
+            cluster_stage.ClusterSettings(root / "run", store, method="kmeans", k=1000)
+        )
     with pytest.raises(UserError, match="coincide cluster"):
         load_clustering(root / "run", store, "kmeans", 77)

@@ -265,7 +265,7 @@ def test_oracle_from_a_csv_matches_media_paths(tmp_path):
 def test_label_command_writes_propagated_labels_and_extends_the_session(tmp_path, capsys):
     store = make_store(tmp_path / "train", balanced_clips(["a", "b", "c"], 8), windows_per_clip=4)
     make_run(tmp_path / "run")
-    cluster_stage.run(tmp_path / "run", store, method="kmeans", k=10)
+    cluster_stage.run(cluster_stage.ClusterSettings(tmp_path / "run", store, method="kmeans", k=10))
     assignment = np.load(tmp_path / "run/clusters/train/kmeans-10/assignment.npy")
 
     first = label_stage.run(tmp_path / "run", store, 3, "store", method="kmeans", k=10)
@@ -299,11 +299,16 @@ def test_a_run_that_clusters_with_kmeans_by_default_labels_and_finetunes_it(tmp_
     make_run(run, num_clusters=6)
     (run / "config.yaml").write_text("clustering: {K: 6, method: kmeans}\n", encoding="utf-8")
 
-    made = cluster_stage.run(run, store)
+    made = cluster_stage.run(cluster_stage.ClusterSettings(run, store))
     assert made.name == "kmeans-6" and made.folder == run / "clusters/train/kmeans-6"
     assert "kmeans-6 (method kmeans" in capsys.readouterr().out
-    assert cluster_stage.run(run, store, method="kmeans").name == "kmeans-6"  # the run's K
-    assert cluster_stage.run(run, store, method="head").name == "head"
+    assert (
+        cluster_stage.run(cluster_stage.ClusterSettings(run, store, method="kmeans")).name
+        == "kmeans-6"
+    )  # the run's K
+    assert (
+        cluster_stage.run(cluster_stage.ClusterSettings(run, store, method="head")).name == "head"
+    )
 
     default = label_stage.run(run, store, 3, "store")
     assert default["session"] == "cluster" and default["clustering"] == "kmeans-6"

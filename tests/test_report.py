@@ -77,7 +77,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     run = root / "run"
     train(train_store, run, ["small"], list(eval_helpers.TINY), test_store, eval_every=1)
     evaluate.run(run, test_store)
-    cluster.run(run, train_store)
+    cluster.run(cluster.ClusterSettings(run, train_store))
     label.run(run, train_store, budget=3, oracle="store")
     _label_by_hand(run, train_store, "human", ["dog"])
     cfg = FinetuneConfig(steps=2, batch_size=4, progress=False)

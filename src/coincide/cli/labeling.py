@@ -64,9 +64,10 @@ def cluster(
     ] = 0,
 ) -> None:
     """Assign every window of a store to its arg-max cluster (or k-means), with sizes."""
+    from coincide.stages.cluster import ClusterSettings
     from coincide.stages.cluster import run as run_cluster
 
-    run_cluster(run, store, method, k, checkpoint, batch_size, seed, head_steps)
+    run_cluster(ClusterSettings(run, store, method, k, checkpoint, batch_size, seed, head_steps))
 
 
 def label(

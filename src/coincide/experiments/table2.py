@@ -32,7 +32,12 @@ from coincide.labeling.clusters import Clustering, ClusterMembers
 from coincide.labeling.oracle import WindowLabelOracle, answer_with_oracle, oracle_window_labels
 from coincide.labeling.select import MemberChoice
 from coincide.labeling.sessions import cluster_plan, extend_session, label_quality, session_labels
-from coincide.stages.cluster import default_checkpoint, ensure_clustering, store_embeddings
+from coincide.stages.cluster import (
+    ClusterSettings,
+    default_checkpoint,
+    ensure_clustering,
+    store_embeddings,
+)
 from coincide.store.features import FeatureStore, open_store
 from coincide.store.labels import InMemoryLabelStore, LabelStore
 
@@ -145,13 +150,16 @@ def table2(
     for i, source in enumerate(sources):
         checkpoint = default_checkpoint(source.run)
         clustering = ensure_clustering(
-            source.run,
+            ClusterSettings(
+                source.run,
+                store.root,
+                source.method,
+                source.k,
+                checkpoint,
+                seed=seed,
+                head_steps=source.head_steps,
+            ),
             store,
-            source.method,
-            source.k,
-            checkpoint,
-            seed=seed,
-            head_steps=source.head_steps,
         )
         if budgets is None:
             budget = min(

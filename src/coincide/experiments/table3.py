@@ -60,6 +60,7 @@ from coincide.labeling.sessions import (
 )
 from coincide.labeling.signal import estimate as estimate_signal
 from coincide.stages.cluster import (
+    ClusterSettings,
     default_checkpoint,
     ensure_clustering,
     resolve_method,
@@ -361,13 +362,16 @@ def table3(
     run_dir = Path(settings.run)
     checkpoint = default_checkpoint(run_dir)
     clustering = ensure_clustering(
-        run_dir,
+        ClusterSettings(
+            run_dir,
+            train_store.root,
+            settings.method,
+            settings.k,
+            checkpoint,
+            seed=settings.seeds[0],
+            head_steps=settings.head_steps,
+        ),
         train_store,
-        settings.method,
-        settings.k,
-        checkpoint,
-        seed=settings.seeds[0],
-        head_steps=settings.head_steps,
     )
     # f(x) of both stores, once: the warm start reads them, untrained f is scored from them.
     embeddings = store_embeddings(run_dir, train_store, checkpoint)

@@ -15,6 +15,7 @@ longer and `.../kmeans-<K>/` for `kmeans` (the clustering's name: head, head-ste
     sizes.csv        cluster,size for every active (non-empty) cluster, largest first
     summary.json     K, active clusters, windows, a size histogram, the method, its source
     sizes.png        sorted cluster sizes (log-log)
+    settings.json    the settings that made it (`ClusterSettings`)
 The embeddings f(x) of the store are kept in `RUN/clusters/<store name>/embeddings.npy`
 (float32 (n, d)), with `embeddings.json` naming the checkpoint they came from; k-means and the
 medoid choice of `coincide label` reuse them.
@@ -23,12 +24,14 @@ medoid choice of `coincide label` reuse them.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from coincide.config.choices import ClusterMethod
+from coincide.config.stage import StageSettings
 from coincide.errors import UserError
 from coincide.labeling.clusters import (
     CONFIDENCE_FILE,
@@ -129,24 +132,41 @@ def _device() -> Any:
     return default_device()
 
 
-def cluster_store(
-    run: Path,
-    store: FeatureStore,
-    method: ClusterMethod = "head",
-    k: int | None = None,
-    checkpoint: Path | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    device: Any = None,
-    seed: int = 0,
-    head_steps: int = 0,
-) -> Clustering:
-    """Cluster every window of `store` with the run's p_clust (`head`, trained `head_steps`
-    more on the frozen embeddings first) or k-means, write the outputs (see the module
-    docstring) and return the clustering."""
+@dataclass(frozen=True)
+class ClusterSettings(StageSettings):
+    """`coincide cluster`: the run, the store whose windows to cluster, and how.
+
+    `method` None (with `k` None) is the run's own clustering (`resolve_method`); `k` is the
+    number of k-means centres (the head's K comes from the run); `checkpoint` None is the run's
+    best; `head_steps` N > 0 trains p_clust N more steps on the frozen embeddings first.
+    """
+
+    command: ClassVar[str] = "cluster"
+    run: Path
+    store: Path
+    method: ClusterMethod | None = None
+    k: int | None = None
+    checkpoint: Path | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    seed: int = 0
+    head_steps: int = 0
+
+
+def cluster_store(settings: ClusterSettings, store: FeatureStore, device: Any = None) -> Clustering:
+    """Cluster every window of `store` (the opened `settings.store`) with the run's p_clust
+    (`head`, trained `head_steps` more on the frozen embeddings first) or k-means, write the
+    outputs (see the module docstring) and the settings, and return the clustering."""
     from coincide.labeling.cluster_head import centroid_assign_confidence, head_assign, train_head
     from coincide.train.checkpoint import load_checkpoint, load_models
 
-    checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(run)
+    run, method, k, seed, head_steps = (
+        settings.run,
+        settings.method or "head",
+        settings.k,
+        settings.seed,
+        settings.head_steps,
+    )
+    checkpoint = Path(settings.checkpoint) if settings.checkpoint else default_checkpoint(run)
     folder = clustering_dir(run, store.root, method, k, head_steps)
     name = clustering_name(method, k, head_steps)
     provenance: dict[str, Any] = {
@@ -161,7 +181,7 @@ def cluster_store(
             f"{checkpoint} has no cluster head p_clust (its curriculum had no clustering "
             "stage); use --method kmeans --clusters K, or train a joint stage."
         )
-    embeddings = store_embeddings(run, store, checkpoint, batch_size, device)
+    embeddings = store_embeddings(run, store, checkpoint, settings.batch_size, device)
     if method == "head":
         head = load_models(checkpoint)["cluster_head"].to(device or _device())
         if head_steps:
@@ -178,32 +198,32 @@ def cluster_store(
         num_clusters = k
         provenance["seed"] = seed
     summary = write_clustering(folder, assignment, num_clusters, provenance, confidence)
+    settings.write(folder)
     return Clustering(folder, name, assignment, num_clusters, summary, confidence)
 
 
 def ensure_clustering(
-    run: Path,
-    store: FeatureStore,
-    method: ClusterMethod = "head",
-    k: int | None = None,
-    checkpoint: Path | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    device: Any = None,
-    seed: int = 0,
-    head_steps: int = 0,
+    settings: ClusterSettings, store: FeatureStore, device: Any = None
 ) -> Clustering:
     """The clustering `cluster_store` would make, read from disk when it was already made from
     the same checkpoint file and store (so reproducing a table does not redo it)."""
-    checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(run)
+    run, method, k, head_steps = (
+        settings.run,
+        settings.method or "head",
+        settings.k,
+        settings.head_steps,
+    )
+    checkpoint = Path(settings.checkpoint) if settings.checkpoint else default_checkpoint(run)
     folder = clustering_dir(run, store.root, method, k, head_steps)
     if (folder / SUMMARY_FILE).is_file() and (folder / CONFIDENCE_FILE).is_file():
         summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
         same = all(
             summary.get(key) == value for key, value in _checkpoint_identity(checkpoint).items()
         )
-        if same and summary.get("windows") == len(store) and summary.get("seed", seed) == seed:
+        seed_same = summary.get("seed", settings.seed) == settings.seed
+        if same and summary.get("windows") == len(store) and seed_same:
             return load_clustering(run, store.root, method, k, head_steps)
-    return cluster_store(run, store, method, k, checkpoint, batch_size, device, seed, head_steps)
+    return cluster_store(settings, store, device)
 
 
 METHOD_WORDS = {
@@ -249,36 +269,31 @@ def resolve_method(
     return method, k
 
 
-def run(
-    run_dir: Path,
-    store_path: Path,
-    method: ClusterMethod | None = None,
-    k: int | None = None,
-    checkpoint: Path | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    seed: int = 0,
-    head_steps: int = 0,
-) -> Clustering:
+def run(settings: ClusterSettings) -> Clustering:
     """The `coincide cluster` command: cluster, write, print a one-line summary. Without
     `method` and `k`, the run's own clustering method (`resolve_method`)."""
-    if not Path(run_dir).is_dir():
+    run_dir, method, k, head_steps = (
+        Path(settings.run),
+        settings.method,
+        settings.k,
+        settings.head_steps,
+    )
+    if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist; train a run first.")
     if method is None and head_steps:
         method = "head"
     defaulted = method is None and k is None
-    method, k = resolve_method(Path(run_dir), method, k)
+    method, k = resolve_method(run_dir, method, k)
     if method == "head" and k is not None:
         raise UserError(
             "--clusters sets the number of k-means centres; the head's K comes from the run."
         )
     if head_steps < 0 or (head_steps and method != "head"):
         raise UserError("--head-steps N (N >= 0) trains the head longer; it needs --method head.")
-    store = open_store(store_path)
+    store = open_store(settings.store)
     if len(store) == 0:
-        raise UserError(f"feature store {store_path} holds no windows; ingest media first.")
-    clustering = cluster_store(
-        run_dir, store, method, k, checkpoint, batch_size, seed=seed, head_steps=head_steps
-    )
+        raise UserError(f"feature store {settings.store} holds no windows; ingest media first.")
+    clustering = cluster_store(replace(settings, method=method, k=k), store)
     s = clustering.summary
     longer = f", trained {head_steps} more steps on the frozen embeddings" if head_steps else ""
     longer += ", the run's default" if defaulted else ""
