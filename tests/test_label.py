@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -268,11 +269,17 @@ def test_label_command_writes_propagated_labels_and_extends_the_session(tmp_path
     cluster_stage.run(cluster_stage.ClusterSettings(tmp_path / "run", store, method="kmeans", k=10))
     assignment = np.load(tmp_path / "run/clusters/train/kmeans-10/assignment.npy")
 
-    first = label_stage.run(tmp_path / "run", store, 3, "store", method="kmeans", k=10)
+    first = label_stage.run(
+        label_stage.LabelSettings(tmp_path / "run", store, 3, "store", method="kmeans", k=10)
+    )
     assert first["session"] == "cluster-kmeans-10"
     assert (first["requests"], first["asked_now"]) == (3, 3)
-    second = label_stage.run(tmp_path / "run", store, 5, "store", method="kmeans", k=10)
+    second = label_stage.run(
+        label_stage.LabelSettings(tmp_path / "run", store, 5, "store", method="kmeans", k=10)
+    )
     assert (second["requests"], second["asked_now"]) == (5, 2)
+    record = json.loads((tmp_path / "run/labels/cluster-kmeans-10/settings.json").read_text())
+    assert (record["command"], record["settings"]["budget"]) == ("label", 5)
 
     propagated = pd.read_parquet(tmp_path / "run/labels/cluster-kmeans-10/propagated.parquet")
     with SQLiteLabelStore(tmp_path / "run/labels.sqlite") as label_store:
@@ -286,7 +293,9 @@ def test_label_command_writes_propagated_labels_and_extends_the_session(tmp_path
     assert second["labeled_windows"] == len(expected)
     assert 0.0 < second["label_recall"] <= 1.0
 
-    random = label_stage.run(tmp_path / "run", store, 7, "store", strategy="random")
+    random = label_stage.run(
+        label_stage.LabelSettings(tmp_path / "run", store, 7, "store", strategy="random")
+    )
     assert random["session"] == "random" and random["labeled_windows"] == 7
     assert "wrote" in capsys.readouterr().out
 
@@ -310,9 +319,9 @@ def test_a_run_that_clusters_with_kmeans_by_default_labels_and_finetunes_it(tmp_
         cluster_stage.run(cluster_stage.ClusterSettings(run, store, method="head")).name == "head"
     )
 
-    default = label_stage.run(run, store, 3, "store")
+    default = label_stage.run(label_stage.LabelSettings(run, store, 3, "store"))
     assert default["session"] == "cluster" and default["clustering"] == "kmeans-6"
-    head = label_stage.run(run, store, 3, "store", method="head")
+    head = label_stage.run(label_stage.LabelSettings(run, store, 3, "store", method="head"))
     assert head["session"] == "cluster-head"
 
     # A run whose config predates the key (or has none) keeps the head.

@@ -59,14 +59,14 @@ def _flat(page: str) -> str:
 def _label_by_hand(run: Path, store: Path, session: str, answer: list[str]) -> None:
     """A person's session: every asked cluster answered `answer` through the label store, then
     propagated by `coincide label` (which asks nothing new)."""
-    label.run(run, store, budget=3, session_name=session)
+    label.run(label.LabelSettings(run, store, budget=3, session=session))
     with SQLiteLabelStore(run / "labels.sqlite") as label_store:
         opened = label_store.get_session(session)
         for request in label_store.requests(opened.id):
             label_store.answer(
                 opened.id, request.cluster_id, request.window_index, answer, "label", "ann"
             )
-    label.run(run, store, budget=3, session_name=session)
+    label.run(label.LabelSettings(run, store, budget=3, session=session))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     train(train_store, run, ["small"], list(eval_helpers.TINY), test_store, eval_every=1)
     evaluate.run(run, test_store)
     cluster.run(cluster.ClusterSettings(run, train_store))
-    label.run(run, train_store, budget=3, oracle="store")
+    label.run(label.LabelSettings(run, train_store, budget=3, oracle="store"))
     _label_by_hand(run, train_store, "human", ["dog"])
     cfg = FinetuneConfig(steps=2, batch_size=4, progress=False)
     finetune(run, train_store, "cluster", test_store_path=test_store, cfg=cfg)

@@ -122,28 +122,31 @@ def label(
     ] = None,
 ) -> None:
     """Label clusters (one member each, propagated to the cluster) or random windows."""
+    from coincide.stages.label import LabelSettings
     from coincide.stages.label import run as run_label
 
     run_label(
-        run,
-        store,
-        budget,
-        oracle,
-        strategy,
-        select,
-        member,
-        session,
-        db,
-        seed,
-        method,
-        k,
-        serve=serve,
-        host=host,
-        port=port,
-        vocab=vocab,
-        annotator=annotator,
-        head_steps=head_steps,
-        check_every=checks,
+        LabelSettings(
+            run,
+            store,
+            budget,
+            oracle,
+            strategy,
+            select,
+            member,
+            session,
+            db,
+            seed,
+            method,
+            k,
+            serve=serve,
+            host=host,
+            port=port,
+            vocab=vocab,
+            annotator=annotator,
+            head_steps=head_steps,
+            check_every=checks,
+        )
     )
 
 

@@ -27,12 +27,14 @@ no propagation. In the label store each is a request whose "cluster" is the wind
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from coincide.config.choices import ClusterMethod, ClusterOrder, LabelStrategy, MemberChoice
+from coincide.config.stage import StageSettings
 from coincide.errors import UserError
 from coincide.labeling.clusters import (
     Clustering,
@@ -76,32 +78,58 @@ def _load_embeddings(run: Path, store: FeatureStore) -> np.ndarray:
     return np.load(path, mmap_mode="r")
 
 
-def run(
-    run_dir: Path,
-    store_path: Path,
-    budget: int,
-    oracle: str | None = None,
-    strategy: LabelStrategy = "cluster",
-    select: ClusterOrder = "random",
-    member: MemberChoice = "random",
-    session_name: str | None = None,
-    db: Path | None = None,
-    seed: int = 0,
-    method: ClusterMethod | None = None,
-    k: int | None = None,
-    serve: bool = False,
-    host: str = "127.0.0.1",
-    port: int = 8750,
-    vocab: Path | None = None,
-    annotator: str | None = None,
-    head_steps: int = 0,
-    check_every: int = 0,
-) -> dict[str, Any]:
+@dataclass(frozen=True)
+class LabelSettings(StageSettings):
+    """`coincide label`: which run and store, how many labels, and how they are asked.
+
+    `oracle` None leaves the requests to people (`serve` opens the labeling page at `host`:
+    `port` until Ctrl+C); `session` None is the default name of the strategy (and clustering);
+    `db` None is RUN/labels.sqlite; `method`, `k` and `head_steps` pick the clustering as in
+    `ClusterSettings`; `check_every` N asks a check after every N clusters.
+    """
+
+    command: ClassVar[str] = "label"
+    run: Path
+    store: Path
+    budget: int
+    oracle: str | None = None
+    strategy: LabelStrategy = "cluster"
+    select: ClusterOrder = "random"
+    member: MemberChoice = "random"
+    session: str | None = None
+    db: Path | None = None
+    seed: int = 0
+    method: ClusterMethod | None = None
+    k: int | None = None
+    serve: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8750
+    vocab: Path | None = None
+    annotator: str | None = None
+    head_steps: int = 0
+    check_every: int = 0
+
+
+def run(settings: LabelSettings) -> dict[str, Any]:
     """The `coincide label` command: select, ask the oracle, propagate, write. Returns the
-    summary written next to the propagated labels. With `serve`, people answer the selected
-    clusters in the labeling page (`coincide.labelui.server.serve`, until Ctrl+C) before the
-    labels are propagated. `check_every` N asks a check after every N clusters; the estimate of
-    label precision and coverage (`coincide.labeling.signal`) is printed and kept in the summary."""
+    summary written next to the propagated labels (with the settings, in settings.json). With
+    `serve`, people answer the selected clusters in the labeling page
+    (`coincide.labelui.server.serve`, until Ctrl+C) before the labels are propagated. The
+    estimate of label precision and coverage (`coincide.labeling.signal`) is printed and kept
+    in the summary."""
+    run_dir, store_path, budget, strategy, seed = (
+        settings.run,
+        settings.store,
+        settings.budget,
+        settings.strategy,
+        settings.seed,
+    )
+    method, k, head_steps, session_name = (
+        settings.method,
+        settings.k,
+        settings.head_steps,
+        settings.session,
+    )
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist; train a run first.")
     if budget < 1:
@@ -125,8 +153,10 @@ def run(
                 f"windows but the store has {len(store)}; run `coincide cluster` again."
             )
         members = ClusterMembers(clustering.assignment)
-        plan = cluster_plan(clustering, select, member, seed, check_every)
-        if member == "medoid":
+        plan = cluster_plan(
+            clustering, settings.select, settings.member, seed, settings.check_every
+        )
+        if settings.member == "medoid":
             embeddings = _load_embeddings(run_dir, store)
         run_default = clustering_name(*run_clustering(Path(run_dir)))
         name = session_name or default_session_name("cluster", clustering.name, run_default)
@@ -139,8 +169,8 @@ def run(
         raise UserError(f"--session {name!r} must be a plain name (no '/'); choose another.")
 
     # Requests and answers, committed one by one in the label store.
-    db_path = label_store_path(run_dir, db or None)
-    window_labels = oracle_window_labels(store, oracle) if oracle else None
+    db_path = label_store_path(run_dir, settings.db or None)
+    window_labels = oracle_window_labels(store, settings.oracle) if settings.oracle else None
     with SQLiteLabelStore(db_path) as label_store:
         session = open_session(label_store, name, run_dir, store, plan)
         requests = extend_session(label_store, session, budget, clustering, embeddings, members)
@@ -149,19 +179,19 @@ def run(
             asked = answer_with_oracle(
                 label_store, session, requests, WindowLabelOracle(window_labels)
             )
-        if serve:
+        if settings.serve:
             from coincide.labelui.server import serve as serve_page
 
             serve_page(
                 run_dir,
                 store_path,
                 len(requests),
-                host,
-                port,
-                vocab,
+                settings.host,
+                settings.port,
+                settings.vocab,
                 name,
                 db_path,
-                annotator=annotator,
+                annotator=settings.annotator,
             )
         requests = label_store.requests(session.id)[: len(requests)]
         propagated = session_labels(label_store, session, len(requests), members)
@@ -197,6 +227,7 @@ def run(
         summary["label_recall"] = recall
     out = labels_dir(run_dir, name)
     write_propagated(out, propagated, summary)
+    settings.write(out)
 
     capped = f" (only {len(requests)} active clusters)" if len(requests) < budget else ""
     pending = summary["requests"] - summary["answered"]
