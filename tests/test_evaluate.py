@@ -20,7 +20,7 @@ from coincide.evaluation.probe import TrainingProbe, evaluate_during_training
 from coincide.evaluation.qbe import clip_qbe_map, qbe_map
 from coincide.evaluation.representations import pool_logmel, write_fixed_representation
 from coincide.run_folder import CURVE_FILE
-from coincide.stages.evaluate import metrics_markdown
+from coincide.stages.evaluate import EvaluateSettings, metrics_markdown
 from coincide.stages.evaluate import run as evaluate_run
 from coincide.stages.train import train
 from coincide.store.features import open_store
@@ -72,9 +72,11 @@ def test_split_by_media_keeps_clips_whole_and_is_seeded(stores):
 
 def test_evaluate_writes_metrics_equal_to_direct_computation(stores, trained_run):
     train_store, test_store = stores
-    metrics = evaluate_run(trained_run, test_store, train_store)
+    metrics = evaluate_run(EvaluateSettings(trained_run, test_store, train_store))
 
     saved = json.loads((trained_run / "eval" / "metrics.json").read_text())
+    record = json.loads((trained_run / "eval" / "settings.json").read_text())
+    assert record["settings"]["train_store"] == str(train_store.absolute())
     assert saved["qbe_map"] == pytest.approx(metrics["qbe_map"])
     # The same numbers from the checkpoint, embedded and scored directly.
     encoder = load_models(trained_run / "checkpoints" / "last.pt")["audio"]
@@ -110,7 +112,7 @@ def test_evaluate_logmel_baseline_without_train_store(stores, tmp_path):
     _, test_store = stores
     run_dir = tmp_path / "b"
     write_fixed_representation(run_dir, "mean_std")
-    metrics = evaluate_run(run_dir, test_store)
+    metrics = evaluate_run(EvaluateSettings(run_dir, test_store))
     test = open_store(test_store)
     vectors = pool_logmel(test.logmel[:], "mean_std")
     assert metrics["representation"] == "logmel-mean_std"
@@ -128,14 +130,14 @@ def test_evaluate_user_errors(stores, tmp_path):
     empty_run = tmp_path / "empty"
     empty_run.mkdir()
     with pytest.raises(UserError, match="holds no checkpoints/last.pt"):
-        evaluate_run(empty_run, test_store)
+        evaluate_run(EvaluateSettings(empty_run, test_store))
     with pytest.raises(UserError, match="does not exist"):
-        evaluate_run(tmp_path / "missing", test_store)
+        evaluate_run(EvaluateSettings(tmp_path / "missing", test_store))
     unlabeled = make_store(tmp_path / "unlabeled", ["x"], 2, frames=False)
     (unlabeled / "labels.json").unlink()
     write_fixed_representation(tmp_path / "b", "flatten")
     with pytest.raises(UserError, match="has no labeled windows"):
-        evaluate_run(tmp_path / "b", unlabeled)
+        evaluate_run(EvaluateSettings(tmp_path / "b", unlabeled))
 
 
 class _Recorder:

@@ -29,7 +29,9 @@ from coincide.report.html import human_title, markdown_to_html
 from coincide.report.page import run as report
 from coincide.report.page import write_report
 from coincide.stages import cluster, evaluate, label
+from coincide.stages.finetune import FinetuneSettings
 from coincide.stages.finetune import run as finetune
+from coincide.stages.train import TrainSettings
 from coincide.stages.train import run as train
 from coincide.store.features import open_store
 from coincide.store.labels_sqlite import SQLiteLabelStore
@@ -75,13 +77,13 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     train_store = eval_helpers.make_store(root / "train", CLASSES, clips_per_class=4)
     test_store = eval_helpers.make_store(root / "test", CLASSES, clips_per_class=3, seed=1)
     run = root / "run"
-    train(train_store, run, ["small"], list(eval_helpers.TINY), test_store, eval_every=1)
-    evaluate.run(run, test_store)
+    train(TrainSettings(train_store, run, ("small",), tuple(eval_helpers.TINY), test_store, 1))
+    evaluate.run(evaluate.EvaluateSettings(run, test_store))
     cluster.run(cluster.ClusterSettings(run, train_store))
     label.run(label.LabelSettings(run, train_store, budget=3, oracle="store"))
     _label_by_hand(run, train_store, "human", ["dog"])
     cfg = FinetuneConfig(steps=2, batch_size=4, progress=False)
-    finetune(run, train_store, "cluster", test_store_path=test_store, cfg=cfg)
+    finetune(FinetuneSettings(run, train_store, "cluster", test_store=test_store, cfg=cfg))
     run_table3(run, train_store, test_store, [2], root / "table3", cfg=cfg)
     return {"root": root, "run": run, "train": train_store, "test": test_store}
 

@@ -25,7 +25,7 @@ import torch
 
 from coincide.config.settings import PlateauConfig, load_config
 from coincide.errors import UserError
-from coincide.stages.train import run, train
+from coincide.stages.train import TrainSettings, run, train
 from coincide.store.features import open_store
 from coincide.store.writer import MediaRecord, StoreWriter
 from coincide.train.checkpoint import load_checkpoint, load_models
@@ -175,7 +175,9 @@ def test_the_curriculum_trains_every_stage_and_writes_the_run(store, tmp_path):
 
     # Running the finished run again (by default with its own config.yaml) trains nothing;
     # another model is refused.
-    run(store, run_dir, [], [])
+    run(TrainSettings(store, run_dir))
+    record = json.loads((run_dir / "settings.json").read_text())
+    assert (record["command"], record["settings"]["run"]) == ("train", str(run_dir.absolute()))
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 12
     with pytest.raises(UserError, match="another model"):
         train(load_config(["small"], [*TINY, "model.audio.arch=small"]), store, run_dir)

@@ -254,15 +254,19 @@ def train(
 
     Several machines: torchrun ... -m coincide.cli train RUN --store STORE (no -- needed).
     """
-    args = (store, run, config or [], overrides or [], test_store, eval_every, init_from)
+    from coincide.stages.train import TrainSettings
+
+    settings = TrainSettings(
+        store, run, tuple(config or ()), tuple(overrides or ()), test_store, eval_every, init_from
+    )
     if nproc > 1:
         from coincide.train.launch import launch
 
-        launch(nproc, "coincide.stages.train:run", *args)
+        launch(nproc, "coincide.stages.train:run", settings)
     else:
         from coincide.stages.train import run as run_training
 
-        run_training(*args)
+        run_training(settings)
 
 
 # The consolidation commands (cluster, label, labels export, finetune) live in cli_labeling.
@@ -295,9 +299,10 @@ def evaluate(
 ) -> None:
     """Measure the run's audio embedding: QbE retrieval mAP and shallow classifier mAP."""
     from coincide.run_folder import EVAL_DIR, METRICS_TABLE
+    from coincide.stages.evaluate import EvaluateSettings
     from coincide.stages.evaluate import run as run_evaluate
 
-    run_evaluate(run, test_store, store, shallow_seed=seed, max_train_windows=max_train_windows)
+    run_evaluate(EvaluateSettings(run, test_store, store, seed, max_train_windows))
     typer.echo((run / EVAL_DIR / METRICS_TABLE).read_text(encoding="utf-8"))
 
 

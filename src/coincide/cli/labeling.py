@@ -266,6 +266,7 @@ def finetune(
 ) -> None:
     """Fine-tune f with a classifier p_class on labeled windows (L_class only); score clips."""
     from coincide.classifier.train import FinetuneConfig
+    from coincide.stages.finetune import FinetuneSettings
     from coincide.stages.finetune import run as run_finetune
 
     cfg = FinetuneConfig(
@@ -277,5 +278,7 @@ def finetune(
         early_stop=early_stop,
     )
     run_finetune(
-        run, store, strategy, session, name, test_store, oracle, None, cfg, with_search, db
+        FinetuneSettings(
+            run, store, strategy, session, name, test_store, oracle, None, cfg, with_search, db
+        )
     )

@@ -42,7 +42,7 @@ from coincide.evaluation.metrics import recovery
 from coincide.evaluation.probe import read_curve
 from coincide.evaluation.representations import Pooling, write_fixed_representation
 from coincide.run_folder import CURVE_FILE
-from coincide.stages.evaluate import read_metrics
+from coincide.stages.evaluate import EvaluateSettings, read_metrics
 from coincide.stages.evaluate import run as evaluate_run
 from coincide.stages.train import train
 from coincide.store.features import FeatureStore, open_store
@@ -172,11 +172,13 @@ def run(settings: Settings) -> Path:
                         eval_every=settings.eval_every,
                     )
                 metrics = evaluate_run(
-                    folder,
-                    settings.test_store,
-                    settings.train_store,
-                    shallow_seed=seed,
-                    max_train_windows=settings.max_train_windows,
+                    EvaluateSettings(
+                        folder,
+                        settings.test_store,
+                        settings.train_store,
+                        shallow_seed=seed,
+                        max_train_windows=settings.max_train_windows,
+                    )
                 )
             else:
                 print(f"== row {row.key} seed {seed}: done already ({folder})", flush=True)

@@ -3,17 +3,20 @@ checkpoint, or the fixed representation of Table 1 row b) measured the paper's w
 4.1): QbE mAP with same-media pairs left out and beside it with them, clip-level QbE, and the
 shallow classifier's mAP (what each is and how it is sampled: `coincide.evaluation.measure`).
 
-Outputs in RUN/eval/: metrics.json (numbers and what they were measured on) and metrics.md.
+Outputs in RUN/eval/: metrics.json (numbers and what they were measured on), metrics.md and
+settings.json (`EvaluateSettings`).
 The learning curve during training is `coincide.evaluation.probe`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from coincide.config.stage import StageSettings
 from coincide.errors import UserError
 from coincide.evaluation.measure import (
     DEFAULT_MAX_TRAIN_WINDOWS,
@@ -51,36 +54,43 @@ def run_representation(
     )
 
 
-def run(
-    run_dir: Path,
-    test_store: Path,
-    train_store: Path | None = None,
-    *,
-    shallow_seed: int = 0,
-    max_train_windows: int | None = DEFAULT_MAX_TRAIN_WINDOWS,
-    device: torch.device | None = None,
-) -> dict[str, Any]:
-    """Evaluate a run folder on a test store; writes RUN/eval/metrics.json and metrics.md."""
-    run_dir = Path(run_dir)
+@dataclass(frozen=True)
+class EvaluateSettings(StageSettings):
+    """`coincide evaluate`: the run, the labeled test store, and the shallow classifier's
+    training store (None: half the test store's media), seed and window cap."""
+
+    command: ClassVar[str] = "evaluate"
+    run: Path
+    test_store: Path
+    train_store: Path | None = None
+    shallow_seed: int = 0
+    max_train_windows: int | None = DEFAULT_MAX_TRAIN_WINDOWS
+
+
+def run(settings: EvaluateSettings, device: torch.device | None = None) -> dict[str, Any]:
+    """Evaluate a run folder on a test store; writes RUN/eval/metrics.json and metrics.md, and
+    the settings in RUN/eval/settings.json."""
+    run_dir = Path(settings.run)
     if not run_dir.is_dir():
         raise UserError(
             f"run folder {run_dir} does not exist; give a run folder (from `coincide train`)."
         )
     # -- representation and stores
     representation = run_representation(run_dir, device)
-    test = open_store(test_store)
-    train = open_store(train_store) if train_store is not None else None
+    test = open_store(settings.test_store)
+    train = open_store(settings.train_store) if settings.train_store is not None else None
     # -- measure
     metrics = evaluate_representation(
         representation,
         test,
         train,
-        shallow_seed=shallow_seed,
-        max_train_windows=max_train_windows,
+        shallow_seed=settings.shallow_seed,
+        max_train_windows=settings.max_train_windows,
     )
     metrics["run"] = str(run_dir)
     # -- write
     write_metrics(run_dir, metrics)
+    settings.write(run_dir / EVAL_DIR)
     return metrics
 
 

@@ -10,8 +10,9 @@ topline, plus, with `--add-session`, the answers of search sessions (`coincide s
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from coincide.classifier.train import (
     FinetuneConfig,
@@ -19,6 +20,7 @@ from coincide.classifier.train import (
     TrainingSet,
     finetune_strategy,
 )
+from coincide.config.stage import StageSettings
 from coincide.errors import UserError
 from coincide.labeling.sessions import SUMMARY_FILE, labels_dir
 from coincide.run_folder import RunFolder
@@ -34,38 +36,55 @@ def default_session(strategy: FinetuneStrategy) -> str | None:
     return None
 
 
-def run(
-    run_dir: Path,
-    store_path: Path,
-    strategy: FinetuneStrategy = "cluster",
-    session: str | None = None,
-    out: str | None = None,
-    test_store_path: Path | None = None,
-    oracle: str = "store",
-    checkpoint: Path | None = None,
-    cfg: FinetuneConfig | None = None,
-    with_search: bool = False,
-    db: Path | None = None,
-) -> dict[str, Any]:
-    """The `coincide finetune` command: read the labels, train, evaluate, write. With
-    `with_search`, the answers of every search session on the store (in `db`, default
-    RUN/labels.sqlite) are added to the strategy's labels (`coincide.labeling.search_label`)."""
+@dataclass(frozen=True)
+class FinetuneSettings(StageSettings):
+    """`coincide finetune`: which run, store and labels, and how p_class is trained (`cfg`).
+
+    `session` None is the strategy's default session; `out` None names the folder
+    RUN/finetune/<strategy>[-<session>][-search]; `test_store` is a labeled store to score clips
+    on; `oracle` gives the labels of the `all` strategy; `checkpoint` None is the run's best;
+    `with_search` adds the answers of every search session on the store (in `db`, default
+    RUN/labels.sqlite).
+    """
+
+    command: ClassVar[str] = "finetune"
+    run: Path
+    store: Path
+    strategy: FinetuneStrategy = "cluster"
+    session: str | None = None
+    out: str | None = None
+    test_store: Path | None = None
+    oracle: str = "store"
+    checkpoint: Path | None = None
+    cfg: FinetuneConfig = field(default_factory=FinetuneConfig)
+    with_search: bool = False
+    db: Path | None = None
+
+
+def run(settings: FinetuneSettings) -> dict[str, Any]:
+    """The `coincide finetune` command: read the labels, train, evaluate, write (the settings
+    too, as settings.json in the output folder)."""
     from coincide.labeling.oracle import oracle_window_labels
     from coincide.labeling.sessions import check_propagated_current, read_propagated
     from coincide.stages.cluster import default_checkpoint
     from coincide.store.features import open_store
 
-    cfg = cfg or FinetuneConfig()
+    run_dir, store_path, strategy, session = (
+        settings.run,
+        settings.store,
+        settings.strategy,
+        settings.session,
+    )
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist; train a run first.")
-    checkpoint = Path(checkpoint) if checkpoint else default_checkpoint(run_dir)
+    checkpoint = Path(settings.checkpoint or default_checkpoint(run_dir))
     store = open_store(store_path)
-    test_store = open_store(test_store_path) if test_store_path else None
+    test_store = open_store(settings.test_store) if settings.test_store else None
 
     # The labels of this strategy.
     extra: dict[str, Any] = {}
     if strategy == "all":
-        labeled = TrainingSet.from_window_labels(oracle_window_labels(store, oracle))
+        labeled = TrainingSet.from_window_labels(oracle_window_labels(store, settings.oracle))
     else:
         session = session or default_session(strategy)
         assert session is not None
@@ -87,15 +106,16 @@ def run(
                 "fine-tune on the store the session labeled."
             )
 
-    if with_search:
-        labeled, extra["search_sessions"] = _add_search_labels(run_dir, store, labeled, db)
+    if settings.with_search:
+        labeled, extra["search_sessions"] = _add_search_labels(run_dir, store, labeled, settings.db)
 
     default_out = strategy if strategy == "all" else f"{strategy}-{session}"
-    default_out += "-search" if with_search else ""
-    out_dir = RunFolder(run_dir).finetune(out or default_out)
+    default_out += "-search" if settings.with_search else ""
+    out_dir = RunFolder(run_dir).finetune(settings.out or default_out)
     metrics = finetune_strategy(
-        strategy, checkpoint, store, labeled, out_dir, cfg, test_store, extra=extra
+        strategy, checkpoint, store, labeled, out_dir, settings.cfg, test_store, extra=extra
     )
+    settings.write(out_dir)
     line = (
         f"{strategy}: trained on {metrics['labeled_windows']} labeled windows, "
         f"{len(metrics['classes'])} classes"

@@ -8,39 +8,63 @@ One entry point for CPU, one GPU, `--nproc N` and `torchrun --nproc_per_node N c
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from coincide.config.settings import Config, load_config
+from coincide.config.stage import StageSettings
 from coincide.errors import UserError
 from coincide.evaluation.probe import TrainingProbe
 from coincide.run_folder import CONFIG_FILE
 from coincide.train import loop
 
 
-def run(
-    store_path: Path,
-    run_dir: Path,
-    config_sources: Sequence[str],
-    overrides: Sequence[str],
-    eval_store: Path | None = None,
-    eval_every: int = 0,
-    init_from: Path | None = None,
-) -> None:
+@dataclass(frozen=True)
+class TrainSettings(StageSettings):
+    """`coincide train`: the store, the run folder, where the configuration comes from (preset
+    names or YAML files, then `--set` overrides), a labeled held-out store for the learning
+    curve (measured every `eval_every` steps) and the weights f starts from (`init_from`).
+
+    The configuration they resolve to is the run's config.yaml; these options are its
+    settings.json.
+    """
+
+    command: ClassVar[str] = "train"
+    store: Path
+    run: Path
+    config_sources: tuple[str, ...] = ()
+    overrides: tuple[str, ...] = ()
+    eval_store: Path | None = None
+    eval_every: int = 0
+    init_from: Path | None = None
+
+
+def run(settings: TrainSettings) -> None:
     """The `coincide train` command: resolve the configuration, then train (see `train`).
 
     Without --config, a run folder that already holds a config.yaml resumes with it; a new run
     uses the `laptop` preset (`small` with stages long enough to learn).
     """
-    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+    run_dir = Path(settings.run)
+    if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} is a file; give a folder for the run.")
-    sources = list(config_sources)
+    sources = list(settings.config_sources)
     if not sources:
-        saved = Path(run_dir) / CONFIG_FILE
+        saved = run_dir / CONFIG_FILE
         sources = [str(saved)] if saved.is_file() else ["laptop"]
-    cfg = load_config(sources, overrides)
+    cfg = load_config(sources, settings.overrides)
+    if os.environ.get("RANK", "0") == "0":  # one process of a group writes (torchrun sets RANK)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        settings.write(run_dir)
     train(
-        cfg, store_path, run_dir, eval_store=eval_store, eval_every=eval_every, init_from=init_from
+        cfg,
+        settings.store,
+        run_dir,
+        eval_store=settings.eval_store,
+        eval_every=settings.eval_every,
+        init_from=settings.init_from,
     )
 
 
