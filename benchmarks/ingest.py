@@ -51,7 +51,7 @@ from rich.table import Table
 import coincide
 import coincide.media.decode
 from coincide.media.decode import decode_audio
-from coincide.stages.ingest import find_media
+from coincide.stages.ingest import IngestSettings, find_media
 from coincide.stages.ingest import run as ingest
 
 MIN_RATIO_TO_DECODE = 0.6
@@ -131,7 +131,9 @@ def measure(folder: Path, files: list[Path], rounds: int, tmp: Path) -> dict[str
     # Warm-up outside the clocks (see the module docstring).
     for path in files:
         decode_only(path)
-    ingest(files[:1], tmp / "warm-up", workers=1, console=Console(quiet=True))
+    ingest(
+        IngestSettings(tuple(files[:1]), tmp / "warm-up", workers=1), console=Console(quiet=True)
+    )
     shutil.rmtree(tmp / "warm-up")
 
     def decode_round() -> float:
@@ -142,7 +144,7 @@ def measure(folder: Path, files: list[Path], rounds: int, tmp: Path) -> dict[str
 
     def ingest_round(store_path: Path) -> float:
         started = time.process_time()
-        ingest([folder], store_path, workers=1, console=Console(quiet=True))
+        ingest(IngestSettings((folder,), store_path, workers=1), console=Console(quiet=True))
         return time.process_time() - started
 
     decode_cpu = ingest_cpu = float("inf")

@@ -42,7 +42,7 @@ import ctypes, shutil, sys
 from pathlib import Path
 import av, torch
 from rich.console import Console
-from coincide.stages.ingest import find_media, run as ingest
+from coincide.stages.ingest import IngestSettings, find_media, run as ingest
 
 torch.set_num_threads(1)
 control = ctypes.CDLL(sys.argv[1])
@@ -57,14 +57,14 @@ def decode(path):
             pass
 
 decode(first)
-ingest([first], scratch / "warm-up", workers=1, console=Console(quiet=True))
+ingest(IngestSettings((first,), scratch / "warm-up", workers=1), console=Console(quiet=True))
 shutil.rmtree(scratch / "warm-up")
 control.start()
 if mode == "decode":
     for path in work:
         decode(path)
 else:
-    ingest(work, scratch / "store", workers=1, console=Console(quiet=True))
+    ingest(IngestSettings(tuple(work), scratch / "store", workers=1), console=Console(quiet=True))
 control.stop()
 """
 

@@ -21,6 +21,7 @@ from rich.console import Console
 import mediagen
 from coincide.classifier.train import FinetuneConfig, TrainingSet, finetune_strategy
 from coincide.config.settings import load_config
+from coincide.stages.ingest import IngestSettings
 from coincide.stages.ingest import run as ingest
 from coincide.store.features import open_store
 from coincide.train.checkpoint import (
@@ -102,7 +103,7 @@ def make_tiny_run(root: Path, finetune: bool = True) -> TinyRun:
         encoding="utf-8",
     )
     store = root / "store"
-    ingest([media], store, labels_csv=csv_path, console=quiet())
+    ingest(IngestSettings((media,), store, labels_csv=csv_path), console=quiet())
 
     run = root / "run"
     checkpoint = write_curriculum_checkpoint(run, store)

@@ -17,7 +17,7 @@ from coincide.cli.commands import app
 from coincide.errors import UserError
 from coincide.media.decode import decode_audio
 from coincide.models.inference import load_model
-from coincide.stages.export import MIN_SAMPLES
+from coincide.stages.export import MIN_SAMPLES, ExportSettings
 from coincide.stages.export import run as run_export
 from inference_helpers import DATA, RECORDINGS, TinyRun, make_tiny_run, quiet
 
@@ -118,9 +118,16 @@ def test_onnx_takes_a_batch_of_waveforms(tiny: TinyRun, exported: Path) -> None:
 def test_a_run_without_classifier_exports_its_encoder(tiny: TinyRun, tmp_path: Path) -> None:
     out = tmp_path / "encoder"
     console = quiet()
-    assert run_export(tiny.run / "checkpoints" / "last.pt", out, onnx=False, console=console) == 0
+    assert (
+        run_export(
+            ExportSettings(tiny.run / "checkpoints" / "last.pt", out, onnx=False), console=console
+        )
+        == 0
+    )
     assert "has no classifier" in console.file.getvalue()
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    record = json.loads((out / "settings.json").read_text(encoding="utf-8"))
+    assert record["command"] == "export" and record["settings"]["onnx"] is False
     assert config["classifier"] is None and config["classes"] == [] and config["onnx"] is None
     assert not (out / "model.onnx").exists()
     reloaded = load_model(out, device="cpu")
@@ -131,7 +138,7 @@ def test_a_run_without_classifier_exports_its_encoder(tiny: TinyRun, tmp_path: P
         reloaded.predict(waveform)
     (tmp_path / "file").write_text("x", encoding="utf-8")
     with pytest.raises(UserError, match="is a file"):
-        run_export(tiny.run, tmp_path / "file", onnx=False, console=quiet())
+        run_export(ExportSettings(tiny.run, tmp_path / "file", onnx=False), console=quiet())
 
 
 def test_a_class_name_with_a_newline_is_refused(tiny: TinyRun, tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from coincide.cli.commands import app
 from coincide.errors import UserError
 from coincide.media.decode import decode_audio
 from coincide.models.inference import LabelRule, load_model
+from coincide.stages.predict import PredictSettings
 from coincide.stages.predict import run as run_predict
 from coincide.store.features import open_store
 from inference_helpers import TinyRun, make_tiny_run, quiet, write_noise_wav
@@ -101,6 +102,7 @@ def test_predict_json_threshold_and_skipped_files(tiny: TinyRun, model, tmp_path
     assert any("broken.wav" in line for line in skipped_lines)
     document = json.loads(out.read_text(encoding="utf-8"))
     assert document["classes"] == model.classes
+    assert document["settings"]["settings"]["threshold"] == 0.26
     assert {Path(s["media_path"]).name for s in document["skipped"]} == {
         "broken.wav",
         "empty.mp3",
@@ -135,12 +137,12 @@ def test_label_rules() -> None:
 
 def test_flags_and_inputs_that_cannot_work(tiny: TinyRun, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="only one"):
-        run_predict(tiny.run, [tiny.media], threshold=0.5, top=1, console=quiet())
+        run_predict(PredictSettings(tiny.run, (tiny.media,), threshold=0.5, top=1), console=quiet())
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "a.wav").write_text("nope", encoding="utf-8")
     with pytest.raises(UserError, match="none of the 1 media files"):
-        run_predict(tiny.run, [bad], csv_out=tmp_path / "x.csv", console=quiet())
+        run_predict(PredictSettings(tiny.run, (bad,), csv_out=tmp_path / "x.csv"), console=quiet())
     assert not (tmp_path / "x.csv").exists()
     # A run without a fine-tuned classifier embeds but cannot predict.
     encoder_only = load_model(tiny.run / "checkpoints" / "last.pt", device="cpu")
@@ -150,7 +152,9 @@ def test_flags_and_inputs_that_cannot_work(tiny: TinyRun, tmp_path: Path) -> Non
     with pytest.raises(UserError, match="coincide finetune"):
         encoder_only.predict(waveform, 16000)
     with pytest.raises(UserError, match="coincide finetune"):
-        run_predict(tiny.run / "checkpoints" / "last.pt", [tiny.media], console=quiet())
+        run_predict(
+            PredictSettings(tiny.run / "checkpoints" / "last.pt", (tiny.media,)), console=quiet()
+        )
 
 
 def test_api_resamples_and_scales_integer_audio(tiny: TinyRun, model) -> None:
@@ -231,6 +235,8 @@ def test_embed_writes_one_row_per_window(tiny: TinyRun, model, tmp_path: Path) -
     assert "skipped" in result.output and "broken.mp4" in result.output
     table = pq.read_table(out)
     assert str(table.schema.field("embedding").type) == "fixed_size_list<element: float>[128]"
+    record = json.loads(table.schema.metadata[b"coincide_settings"])
+    assert record["command"] == "embed" and record["settings"]["device"] == "cpu"
     store = open_store(tiny.store)
     assert table.num_rows == len(store)
     frame = table.to_pandas()
@@ -265,7 +271,7 @@ CHILD = """
 import resource, sys, torch
 from pathlib import Path
 torch.set_num_threads(1)
-from coincide.stages.predict import run
+from coincide.stages.predict import PredictSettings, run
 from inference_helpers import quiet
 
 def peak_kib():
@@ -279,9 +285,9 @@ def peak_kib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 run_dir, short, hour, out = map(Path, sys.argv[1:5])
-run(run_dir, [short], csv_out=out, console=quiet())
+run(PredictSettings(run_dir, (short,), csv_out=out), console=quiet())
 before = peak_kib()
-run(run_dir, [hour], csv_out=out, console=quiet())
+run(PredictSettings(run_dir, (hour,), csv_out=out), console=quiet())
 after = peak_kib()
 print(before, after)
 """

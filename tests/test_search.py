@@ -31,7 +31,9 @@ from coincide.models.search_index import (
     search_index,
     unit_rows,
 )
+from coincide.stages.ingest import IngestSettings
 from coincide.stages.ingest import run as ingest
+from coincide.stages.search import SearchSettings
 from coincide.stages.search import run as run_search
 from coincide.store.features import open_store
 from inference_helpers import TinyRun, make_tiny_run, quiet, write_noise_wav
@@ -52,7 +54,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
     with wave.open(str(made.media / ODD_NAME), "wb") as odd:
         odd.setparams(params)
         odd.writeframes(frames + bytes(2 * params.framerate))
-    ingest([made.media], made.store, console=quiet())
+    ingest(IngestSettings((made.media,), made.store), console=quiet())
     return made
 
 
@@ -162,7 +164,7 @@ def test_the_index_is_rebuilt_when_the_store_grows(tiny: TinyRun, model, tmp_pat
     extra = tmp_path / "extra"
     extra.mkdir()
     write_noise_wav(extra / "more.wav", 2.0, seed=7)
-    ingest([extra], store_path, console=quiet())
+    ingest(IngestSettings((extra,), store_path), console=quiet())
     grown = open_store(store_path)
     again = ensure_index(model, grown)
     assert again.built
@@ -208,8 +210,11 @@ def test_the_command_prints_hits_and_writes_a_page(tiny: TinyRun, tmp_path: Path
     assert json_out["hits"][0]["rank"] == 1 and window not in [
         h["window"] for h in json_out["hits"]
     ]
+    assert json_out["settings"]["settings"]["query_window"] == window
     text = page.read_text(encoding="utf-8")
     assert text.count("<audio") == 4  # the query and three hits
+    script = text.split('<script type="application/json" id="settings">')[1].split("</script>")[0]
+    assert json.loads(script)["settings"]["html_out"] == str(page.absolute())
     assert "a&lt;b&gt;&amp;&#x27;c&quot;.wav" in text
     assert ODD_NAME not in text
     players = re.findall(r'<audio controls preload="none" src="([^"]+)"', text)
@@ -249,7 +254,7 @@ def test_a_query_is_checked_before_the_index_is_built(tiny: TinyRun, model, tmp_
         search(model, store, Query(window=len(store)), k=3)
     assert not index.exists()
     with pytest.raises(UserError, match="query media nothing.wav does not exist"):
-        run_search(tiny.run, fresh, "nothing.wav@2", console=quiet())
+        run_search(SearchSettings(tiny.run, fresh, "nothing.wav@2"), console=quiet())
     assert not index.exists()
 
 

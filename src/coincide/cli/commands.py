@@ -74,11 +74,9 @@ def ingest(
     ] = 4096,
 ) -> None:
     """Decode media into log-mel windows and 1 Hz frames in a feature store (resumable)."""
-    from coincide.stages.ingest import run
+    from coincide.stages.ingest import IngestSettings, run
 
-    raise typer.Exit(
-        run(paths, store, labels_csv=labels, workers=workers, chunk_windows=chunk_windows)
-    )
+    raise typer.Exit(run(IngestSettings(tuple(paths), store, labels, workers, chunk_windows)))
 
 
 @app.command()

@@ -47,9 +47,11 @@ def predict(
     device: Device = "auto",
 ) -> None:
     """Class scores for every second of media files, and labels for each clip."""
+    from coincide.stages.predict import PredictSettings
     from coincide.stages.predict import run as run_predict
 
-    raise typer.Exit(run_predict(run, paths, fmt, csv_out, json_out, threshold, top, device))
+    settings = PredictSettings(run, tuple(paths), fmt, csv_out, json_out, threshold, top, device)
+    raise typer.Exit(run_predict(settings))
 
 
 def embed(
@@ -61,9 +63,10 @@ def embed(
     device: Device = "auto",
 ) -> None:
     """Write the embedding of every second of media files to a Parquet table."""
+    from coincide.stages.embed import EmbedSettings
     from coincide.stages.embed import run as run_embed
 
-    raise typer.Exit(run_embed(run, paths, parquet, device))
+    raise typer.Exit(run_embed(EmbedSettings(run, tuple(paths), parquet, device)))
 
 
 def search(
@@ -115,19 +118,13 @@ def search(
     --label-as CLASS asks of each hit whether it is one (a search session for the labeling
     page, which `finetune --with-search` adds to the labels).
     """
+    from coincide.stages.search import SearchSettings
     from coincide.stages.search import run as run_search
 
     hits = run_search(
-        run,
-        store,
-        query,
-        query_window,
-        top,
-        html,
-        nprobe,
-        device,
-        exclude_same_media=exclude_same_media,
-        fmt=fmt,
+        SearchSettings(
+            run, store, query, query_window, top, html, nprobe, device, exclude_same_media, fmt
+        )
     )
     if label_as is not None:
         from coincide.stages.search_label import run as label_hits
@@ -149,6 +146,7 @@ def export(
     ] = True,
 ) -> None:
     """Export f and the classifier: safetensors, config.json, labels.txt and an ONNX graph."""
+    from coincide.stages.export import ExportSettings
     from coincide.stages.export import run as run_export
 
-    raise typer.Exit(run_export(run, out, onnx))
+    raise typer.Exit(run_export(ExportSettings(run, out, onnx)))

@@ -159,13 +159,11 @@ def cluster_store(settings: ClusterSettings, store: FeatureStore, device: Any = 
     from coincide.labeling.cluster_head import centroid_assign_confidence, head_assign, train_head
     from coincide.train.checkpoint import load_checkpoint, load_models
 
-    run, method, k, seed, head_steps = (
-        settings.run,
-        settings.method or "head",
-        settings.k,
-        settings.seed,
-        settings.head_steps,
-    )
+    run = settings.run
+    method = settings.method or "head"
+    k = settings.k
+    seed = settings.seed
+    head_steps = settings.head_steps
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else default_checkpoint(run)
     folder = clustering_dir(run, store.root, method, k, head_steps)
     name = clustering_name(method, k, head_steps)
@@ -207,12 +205,10 @@ def ensure_clustering(
 ) -> Clustering:
     """The clustering `cluster_store` would make, read from disk when it was already made from
     the same checkpoint file and store (so reproducing a table does not redo it)."""
-    run, method, k, head_steps = (
-        settings.run,
-        settings.method or "head",
-        settings.k,
-        settings.head_steps,
-    )
+    run = settings.run
+    method = settings.method or "head"
+    k = settings.k
+    head_steps = settings.head_steps
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else default_checkpoint(run)
     folder = clustering_dir(run, store.root, method, k, head_steps)
     if (folder / SUMMARY_FILE).is_file() and (folder / CONFIDENCE_FILE).is_file():
@@ -272,12 +268,10 @@ def resolve_method(
 def run(settings: ClusterSettings) -> Clustering:
     """The `coincide cluster` command: cluster, write, print a one-line summary. Without
     `method` and `k`, the run's own clustering method (`resolve_method`)."""
-    run_dir, method, k, head_steps = (
-        Path(settings.run),
-        settings.method,
-        settings.k,
-        settings.head_steps,
-    )
+    run_dir = Path(settings.run)
+    method = settings.method
+    k = settings.k
+    head_steps = settings.head_steps
     if not run_dir.is_dir():
         raise UserError(f"run folder {run_dir} does not exist; train a run first.")
     if method is None and head_steps:

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
 
+from coincide.config.stage import StageSettings
 from coincide.console import printable, say
 from coincide.errors import MediaError, UserError
 from coincide.files import atomic_path
@@ -72,31 +74,43 @@ def _table(schema: pa.Schema, parts: list[tuple[str, np.ndarray, np.ndarray]]) -
     )
 
 
-def run(
-    model_path: Path,
-    paths: Sequence[Path],
-    out: Path,
-    device: str | None = None,
-    console: Console | None = None,
-) -> int:
+@dataclass(frozen=True)
+class EmbedSettings(StageSettings):
+    """`coincide embed`: the model (run, fine-tuning or export folder, or checkpoint), the media
+    files and folders, the Parquet table to write and the device (None: auto). Kept in the
+    table's schema metadata (`coincide_settings`)."""
+
+    command: ClassVar[str] = "embed"
+    model: Path
+    paths: tuple[Path, ...]
+    out: Path
+    device: str | None = None
+
+
+def run(settings: EmbedSettings, console: Console | None = None) -> int:
     """Embed media files and folders into a Parquet table at `out`; returns 0.
 
     Raises UserError for a bad output name, no media found, or when every file was skipped (then
     no table is written).
     """
+    paths, out = settings.paths, Path(settings.out)
+
     from coincide.console import files_progress
     from coincide.stages.ingest import find_media
 
     console = console or Console(stderr=True)
     if out.suffix.lower() != ".parquet":
         raise UserError(f"--parquet {printable(out)} must end in .parquet; rename it.")
-    model = load_model(model_path, device)
+    model = load_model(settings.model, settings.device)
     files = find_media(paths)
     if not files:
         shown = " ".join(printable(p) for p in paths)
         raise UserError(f"no media files under {shown}; give media files or folders.")
 
     schema = embedding_schema(model)
+    schema = schema.with_metadata(
+        {**schema.metadata, b"coincide_settings": json.dumps(settings.record()).encode()}
+    )
     pending: list[tuple[str, np.ndarray, np.ndarray]] = []
     pending_rows = windows = skipped = 0
     sizes = {p: p.stat().st_size if p.is_file() else 0 for p in files}

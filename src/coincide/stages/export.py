@@ -22,14 +22,16 @@ compared with PyTorch.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from rich.console import Console
 from torch import nn
 
+from coincide.config.stage import StageSettings
 from coincide.console import printable, say
 from coincide.errors import UserError
 from coincide.files import atomic_output, write_bytes_atomic, write_json_atomic
@@ -183,13 +185,21 @@ def export_model(model: SoundModel, out: Path, onnx: bool = True) -> dict[str, A
     return config
 
 
-def run(
-    model_path: Path,
-    out: Path,
-    onnx: bool = True,
-    console: Console | None = None,
-) -> int:
+@dataclass(frozen=True)
+class ExportSettings(StageSettings):
+    """`coincide export`: the model (run or fine-tuning folder, or checkpoint), the output
+    folder (which gets settings.json too) and whether to write the ONNX graph."""
+
+    command: ClassVar[str] = "export"
+    model: Path
+    out: Path
+    onnx: bool = True
+
+
+def run(settings: ExportSettings, console: Console | None = None) -> int:
     """The `coincide export` command; returns 0."""
+    model_path, out, onnx = settings.model, Path(settings.out), settings.onnx
+
     console = console or Console(stderr=True)
     model = load_model(model_path, device="cpu")
     if out.exists() and not out.is_dir():
@@ -201,6 +211,7 @@ def run(
             "(run `coincide finetune` first to export class scores).",
         )
     export_model(model, out, onnx=onnx)
+    settings.write(out)
     written = [WEIGHTS_FILE, EXPORT_CONFIG_FILE, EXPORT_LABELS_FILE] + ([ONNX_FILE] if onnx else [])
     say(console, f"wrote {', '.join(written)} to {printable(out)}")
     if onnx:

@@ -69,12 +69,10 @@ def run(settings: FinetuneSettings) -> dict[str, Any]:
     from coincide.stages.cluster import default_checkpoint
     from coincide.store.features import open_store
 
-    run_dir, store_path, strategy, session = (
-        settings.run,
-        settings.store,
-        settings.strategy,
-        settings.session,
-    )
+    run_dir = settings.run
+    store_path = settings.store
+    strategy = settings.strategy
+    session = settings.session
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist; train a run first.")
     checkpoint = Path(settings.checkpoint or default_checkpoint(run_dir))

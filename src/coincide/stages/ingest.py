@@ -22,10 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 from rich.console import Console
 from rich.table import Table
 
+from coincide.config.stage import StageSettings
 from coincide.console import files_progress, print_table
 from coincide.errors import UserError
 from coincide.media.frontend import frontend_parameters
@@ -175,25 +177,35 @@ class _Tally:
         return "\n".join(f"warning {_shown(path)}: {w}" for w in outcome.warnings) or None
 
 
-def run(
-    paths: Sequence[Path],
-    store: Path,
-    labels_csv: Path | None = None,
-    workers: int = 1,
-    chunk_windows: int = DEFAULT_CHUNK_WINDOWS,
-    console: Console | None = None,
-) -> int:
+@dataclass(frozen=True)
+class IngestSettings(StageSettings):
+    """`coincide ingest`: the media files and folders, the store, clip labels (CSV path,label),
+    decoding processes and windows per store chunk. Kept in the store's ingest report, one
+    entry per run."""
+
+    command: ClassVar[str] = "ingest"
+    paths: tuple[Path, ...]
+    store: Path
+    labels_csv: Path | None = None
+    workers: int = 1
+    chunk_windows: int = DEFAULT_CHUNK_WINDOWS
+
+
+def run(settings: IngestSettings, console: Console | None = None) -> int:
     """Ingest media files and folders into the store at `store`; returns the exit code (0).
 
     Raises UserError when no file could be ingested (every one skipped), when no media file was
     found, or for a bad path, label file or store. With workers > 1 the calling script needs
     the usual `if __name__ == "__main__":` guard of multiprocessing.
     """
+    paths, labels_csv, workers = settings.paths, settings.labels_csv, settings.workers
+    chunk_windows = settings.chunk_windows
+
     console = console or Console(stderr=True)
     started = _now()
     if workers < 1:
         raise UserError(f"--workers must be at least 1, not {workers}.")
-    store = Path(store).absolute()
+    store = Path(settings.store).absolute()
 
     # Find the files and read the labels first: a typo fails before any work.
     labels = read_labels_csv(labels_csv) if labels_csv is not None else None
@@ -279,6 +291,7 @@ def run(
                 "stored_with_warnings": tally.warned,
                 "windows_added": writer.windows_added,
                 "chunks_added": writer.chunks_added,
+                "settings": settings.record()["settings"],
             },
             tally.skips,
             now_in_store=tally.in_store,

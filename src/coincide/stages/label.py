@@ -117,19 +117,15 @@ def run(settings: LabelSettings) -> dict[str, Any]:
     (`coincide.labelui.server.serve`, until Ctrl+C) before the labels are propagated. The
     estimate of label precision and coverage (`coincide.labeling.signal`) is printed and kept
     in the summary."""
-    run_dir, store_path, budget, strategy, seed = (
-        settings.run,
-        settings.store,
-        settings.budget,
-        settings.strategy,
-        settings.seed,
-    )
-    method, k, head_steps, session_name = (
-        settings.method,
-        settings.k,
-        settings.head_steps,
-        settings.session,
-    )
+    run_dir = settings.run
+    store_path = settings.store
+    budget = settings.budget
+    strategy = settings.strategy
+    seed = settings.seed
+    method = settings.method
+    k = settings.k
+    head_steps = settings.head_steps
+    session_name = settings.session
     if not Path(run_dir).is_dir():
         raise UserError(f"run folder {run_dir} does not exist; train a run first.")
     if budget < 1:

@@ -16,8 +16,9 @@ Outputs (any together):
   documents below, streamed as the files are scored (progress and notes go to stderr);
 - `--csv FILE`: one row per window (`scope` = second) and one per clip (`scope` = clip), with
   columns media_path, scope, time_s, duration_s, labels (joined by ";") and one score per class;
-- `--json FILE`: {"classes", "media": [{media_path, duration_s, clip: {scores, labels},
-  seconds: [{time_s, scores, labels}]}], "skipped": [{media_path, reason}]}.
+- `--json FILE`: {"settings" (`PredictSettings.record()`), "classes", "media": [{media_path,
+  duration_s, clip: {scores, labels}, seconds: [{time_s, scores, labels}]}], "skipped":
+  [{media_path, reason}]}.
 Files are written as the media are scored (each file's rows at once) and appear under their
 final name only when complete.
 """
@@ -28,16 +29,16 @@ import csv
 import json
 import sys
 import time
-from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, ClassVar
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from coincide.config.stage import StageSettings
 from coincide.console import files_progress, print_table, printable, say
 from coincide.errors import MediaError, UserError
 from coincide.files import atomic_output
@@ -99,7 +100,10 @@ def _score_text(value: float) -> str:
 
 
 class _CsvOut:
-    def __init__(self, stream: IO[str], classes: list[str], rule: LabelRule) -> None:
+    def __init__(
+        self, stream: IO[str], classes: list[str], rule: LabelRule, settings: dict[str, Any]
+    ) -> None:
+        """`settings` are not written: a CSV has one kind of row."""
         self.writer = csv.writer(stream)
         self.writer.writerow(["media_path", "scope", "time_s", "duration_s", "labels", *classes])
         self.classes, self.rule = classes, rule
@@ -130,9 +134,14 @@ class _CsvOut:
 class _JsonOut:
     """Streams the JSON document: the media list is written one file at a time."""
 
-    def __init__(self, stream: IO[str], classes: list[str], rule: LabelRule) -> None:
+    def __init__(
+        self, stream: IO[str], classes: list[str], rule: LabelRule, settings: dict[str, Any]
+    ) -> None:
         self.stream, self.classes, self.rule = stream, classes, rule
-        self.stream.write('{"classes": ' + json.dumps(classes) + ', "media": [')
+        self.stream.write(
+            '{"settings": ' + json.dumps(settings) + ', "classes": ' + json.dumps(classes)
+        )
+        self.stream.write(', "media": [')
         self.first = True
 
     def add(self, result: FilePrediction) -> None:
@@ -221,29 +230,40 @@ def _predict_all(
     return skipped, rows, windows
 
 
-def run(
-    model_path: Path,
-    paths: Sequence[Path],
-    fmt: str = "table",
-    csv_out: Path | None = None,
-    json_out: Path | None = None,
-    threshold: float | None = None,
-    top: int | None = None,
-    device: str | None = None,
-    console: Console | None = None,
-) -> int:
+@dataclass(frozen=True)
+class PredictSettings(StageSettings):
+    """`coincide predict`: the model, the media files and folders, what stdout shows (`fmt`:
+    table, csv or json), files to write as well (`csv_out`, `json_out`), the label rule
+    (`threshold` or `top`) and the device (None: auto). Kept in the JSON document."""
+
+    command: ClassVar[str] = "predict"
+    model: Path
+    paths: tuple[Path, ...]
+    fmt: str = "table"
+    csv_out: Path | None = None
+    json_out: Path | None = None
+    threshold: float | None = None
+    top: int | None = None
+    device: str | None = None
+
+
+def run(settings: PredictSettings, console: Console | None = None) -> int:
     """Predict labels for media files and folders with a run's classifier; returns 0.
 
-    fmt: what stdout shows (table, csv or json); csv_out / json_out: files to write as well.
     Raises UserError for a model without classifier, a bad flag, no media found, or when every
     file was skipped (then no output file is written).
     """
+    paths = settings.paths
+    fmt = settings.fmt
+    csv_out = settings.csv_out
+    json_out = settings.json_out
+
     from coincide.stages.ingest import find_media
 
     console = console or Console(stderr=True)
-    model = load_model(model_path, device)
+    model = load_model(settings.model, settings.device)
     model.require_classifier()
-    rule = LabelRule.for_model(model, threshold, top)
+    rule = LabelRule.for_model(model, settings.threshold, settings.top)
     files = find_media(paths)
     if not files:
         shown = " ".join(printable(p) for p in paths)
@@ -254,9 +274,9 @@ def run(
         for path, kind in ((csv_out, _CsvOut), (json_out, _JsonOut)):
             if path is not None:
                 stream = outputs.enter_context(atomic_output(path, newline=""))
-                writers.append(kind(stream, model.classes, rule))
+                writers.append(kind(stream, model.classes, rule, settings.record()))
         if fmt in STDOUT_WRITERS:
-            writers.append(STDOUT_WRITERS[fmt](sys.stdout, model.classes, rule))
+            writers.append(STDOUT_WRITERS[fmt](sys.stdout, model.classes, rule, settings.record()))
         skipped, rows, windows = _predict_all(model, files, writers, rule, console)
         if len(skipped) == len(files):
             raise UserError(

@@ -9,12 +9,15 @@ import html
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar
 from urllib.parse import quote
 
 from rich.console import Console
 from rich.table import Table
 
+from coincide.config.stage import StageSettings
 from coincide.console import print_table, printable, say
 from coincide.errors import MediaError, UserError
 from coincide.files import atomic_output
@@ -43,9 +46,11 @@ def title_of(query: Query, exclude_same_media: bool) -> str:
     return f"Nearest windows to {query.describe()}"
 
 
-def print_hits(hits: list[Hit], title: str, fmt: str) -> None:
+def print_hits(
+    hits: list[Hit], title: str, fmt: str, settings: dict[str, Any] | None = None
+) -> None:
     """The hits on stdout: a table (`table`), one CSV row per hit with labels joined by ";"
-    (`csv`), or {"title", "hits": [...]} (`json`)."""
+    (`csv`), or {"title", "hits": [...], "settings"} (`json`, with `settings` when given)."""
     if fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(HIT_COLUMNS)
@@ -64,7 +69,8 @@ def print_hits(hits: list[Hit], title: str, fmt: str) -> None:
             }
             for hit in hits
         ]
-        sys.stdout.write(json.dumps({"title": title, "hits": rows}, indent=1) + "\n")
+        document = {"title": title, "hits": rows, **({"settings": settings} if settings else {})}
+        sys.stdout.write(json.dumps(document, indent=1) + "\n")
     else:
         print_table(hits_table(hits, title))
 
@@ -109,9 +115,15 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 
 
 def write_page(
-    out: Path, query: Query, query_media: tuple[Path, float] | None, hits: list[Hit], title: str
+    out: Path,
+    query: Query,
+    query_media: tuple[Path, float] | None,
+    hits: list[Hit],
+    title: str,
+    settings: dict[str, Any],
 ) -> None:
-    """The HTML page of a search: the query's player, then one row and player per hit."""
+    """The HTML page of a search: the query's player, then one row and player per hit; the
+    settings that made it in a `<script type="application/json" id="settings">` element."""
     files = out.with_name(f"{out.stem}_files")
     files.mkdir(parents=True, exist_ok=True)
     page_dir = out.parent
@@ -153,6 +165,7 @@ def write_page(
 <tr><th>#</th><th>media</th><th>time (s)</th><th>distance</th><th>labels</th><th>listen</th></tr>
 {chr(10).join(rows)}
 </table>
+<script type="application/json" id="settings">{_script_json(settings)}</script>
 </body>
 </html>
 """
@@ -160,23 +173,40 @@ def write_page(
         stream.write(body)
 
 
-def run(
-    model_path: Path,
-    store_path: Path,
-    query_text: str | None = None,
-    query_window: int | None = None,
-    k: int = 10,
-    html_out: Path | None = None,
-    nprobe: int | None = None,
-    device: str | None = None,
-    console: Console | None = None,
-    exclude_same_media: bool = False,
-    fmt: str = "table",
-) -> list[Hit]:
+@dataclass(frozen=True)
+class SearchSettings(StageSettings):
+    """`coincide search`: the model, the store to search, the example (`query` MEDIA[@SECONDS]
+    or a store window `query_window`), `k` hits, the HTML page to write (`html_out`), index
+    lists scanned (`nprobe`, None: auto), the device, whether the query's whole media is left
+    out, and what stdout shows (`fmt`). Kept in the page and in the JSON output."""
+
+    command: ClassVar[str] = "search"
+    model: Path
+    store: Path
+    query: str | None = None
+    query_window: int | None = None
+    k: int = 10
+    html_out: Path | None = None
+    nprobe: int | None = None
+    device: str | None = None
+    exclude_same_media: bool = False
+    fmt: str = "table"
+
+
+def _script_json(payload: dict[str, Any]) -> str:
+    """JSON that cannot end its <script> element early (`</` is written `<\\/`)."""
+    return json.dumps(payload).replace("</", "<\\/")
+
+
+def run(settings: SearchSettings, console: Console | None = None) -> list[Hit]:
     """The `coincide search` command: print the hits (a table, CSV or JSON on stdout),
     optionally write the page."""
+    store_path = settings.store
+    html_out = settings.html_out
+    exclude_same_media = settings.exclude_same_media
+
     console = console or Console(stderr=True)
-    query = parse_query(query_text, query_window)
+    query = parse_query(settings.query, settings.query_window)
     if html_out is not None and html_out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--html {printable(html_out)} must end in .html; rename it.")
     if query.media is not None and not query.media.is_file():
@@ -185,11 +215,11 @@ def run(
         raise UserError(
             f"no feature store at {printable(store_path)}; create one with `coincide ingest`."
         )
-    model = load_model(model_path, device)
+    model = load_model(settings.model, settings.device)
     store = open_store(store_path)
-    hits = search(model, store, query, k, nprobe, console, exclude_same_media)
+    hits = search(model, store, query, settings.k, settings.nprobe, console, exclude_same_media)
     title = title_of(query, exclude_same_media)
-    print_hits(hits, title, fmt)
+    print_hits(hits, title, settings.fmt, settings.record())
     if html_out is not None:
         if query.window is not None:
             row = store.index.iloc[query.window]
@@ -197,6 +227,6 @@ def run(
         else:
             assert query.media is not None
             query_media = (query.media, float(math.floor(query.seconds or 0.0)))
-        write_page(html_out, query, query_media, hits, title)
+        write_page(html_out, query, query_media, hits, title, settings.record())
         say(console, f"wrote {printable(html_out)}")
     return hits
