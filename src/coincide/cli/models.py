@@ -121,19 +121,26 @@ def search(
     from coincide.stages.search import SearchSettings
     from coincide.stages.search import run as run_search
 
-    hits = run_search(
+    run_search(
         SearchSettings(
-            run, store, query, query_window, top, html, nprobe, device, exclude_same_media, fmt
+            run,
+            store,
+            query,
+            query_window,
+            top,
+            html,
+            nprobe,
+            device,
+            exclude_same_media,
+            fmt,
+            label_as,
+            session,
+            db,
+            oracle,
+            serve,
+            port=port,
         )
     )
-    if label_as is not None:
-        from coincide.stages.search_label import run as label_hits
-        from coincide.store.features import open_store
-
-        asked = query if query is not None else f"store window {query_window}"
-        label_hits(
-            run, open_store(store), hits, label_as, asked, session, db, oracle, serve, port=port
-        )
 
 
 def export(

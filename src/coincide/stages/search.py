@@ -178,7 +178,10 @@ class SearchSettings(StageSettings):
     """`coincide search`: the model, the store to search, the example (`query` MEDIA[@SECONDS]
     or a store window `query_window`), `k` hits, the HTML page to write (`html_out`), index
     lists scanned (`nprobe`, None: auto), the device, whether the query's whole media is left
-    out, and what stdout shows (`fmt`). Kept in the page and in the JSON output."""
+    out, and what stdout shows (`fmt`). With `label_as` CLASS the hits are then put to an
+    annotator as "is this a CLASS?" (`coincide.stages.search_label`: the session, label store
+    `db`, the simulated `oracle` or the labeling page with `serve` at `host`:`port`). Kept in
+    the page and in the JSON output."""
 
     command: ClassVar[str] = "search"
     model: Path
@@ -191,6 +194,14 @@ class SearchSettings(StageSettings):
     device: str | None = None
     exclude_same_media: bool = False
     fmt: str = "table"
+    label_as: str | None = None
+    session: str | None = None
+    db: Path | None = None
+    oracle: str | None = None
+    serve: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8750
+    annotator: str | None = None
 
 
 def _script_json(payload: dict[str, Any]) -> str:
@@ -200,7 +211,7 @@ def _script_json(payload: dict[str, Any]) -> str:
 
 def run(settings: SearchSettings, console: Console | None = None) -> list[Hit]:
     """The `coincide search` command: print the hits (a table, CSV or JSON on stdout),
-    optionally write the page."""
+    optionally write the page and put the hits to an annotator."""
     store_path = settings.store
     html_out = settings.html_out
     exclude_same_media = settings.exclude_same_media
@@ -229,4 +240,8 @@ def run(settings: SearchSettings, console: Console | None = None) -> list[Hit]:
             query_media = (query.media, float(math.floor(query.seconds or 0.0)))
         write_page(html_out, query, query_media, hits, title, settings.record())
         say(console, f"wrote {printable(html_out)}")
+    if settings.label_as is not None:
+        from coincide.stages.search_label import label_hits
+
+        label_hits(settings, store, hits)
     return hits

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coincide.errors import UserError
 from coincide.labeling.search_label import add_hits, answer_with_oracle
@@ -14,46 +14,45 @@ from coincide.store.features import FeatureStore
 from coincide.store.labels import label_store_path
 from coincide.store.labels_sqlite import SQLiteLabelStore
 
+if TYPE_CHECKING:
+    from coincide.models.search_index import Hit
+    from coincide.stages.search import SearchSettings
 
-def run(
-    model_path: Path,
-    store: FeatureStore,
-    hits: Sequence[Any],
-    label: str,
-    query: str,
-    session: str | None = None,
-    db: Path | None = None,
-    oracle: str | None = None,
-    serve: bool = False,
-    host: str = "127.0.0.1",
-    port: int = 8750,
-    annotator: str | None = None,
+
+def label_hits(
+    settings: SearchSettings, store: FeatureStore, hits: Sequence[Hit]
 ) -> dict[str, Any]:
-    """`coincide search ... --label-as CLASS`: put the hits to an annotator as "is this a
-    CLASS?" (the oracle with `oracle`, the labeling page with `serve`), and say how to train on
-    the answers. Returns the session's name, label store and answer counts."""
+    """Put the hits of a search to an annotator as "is this a `settings.label_as`?" (the oracle
+    with `oracle`, the labeling page with `serve`), and say how to train on the answers.
+    Returns the session's name, label store and answer counts."""
     from coincide.models.inference import load_model
 
-    model = load_model(model_path, "cpu")
+    label = settings.label_as
+    assert label is not None
+    query = (
+        settings.query if settings.query is not None else f"store window {settings.query_window}"
+    )
+    model = load_model(settings.model, "cpu")
     home = model.home
-    if db is None and home is None:
+    if settings.db is None and home is None:
         raise UserError("this model has no run folder for the label store; pass --db PATH.")
-    db_path = label_store_path(home, db)  # type: ignore[arg-type]
+    db_path = label_store_path(home, settings.db)  # type: ignore[arg-type]
     run_dir = Path(home) if home is not None else db_path.parent
     windows = [int(hit.window) for hit in hits]
     with SQLiteLabelStore(db_path) as label_store:
         chosen = add_hits(
-            label_store, run_dir, store, label, query, model.identity, windows, session
+            label_store, run_dir, store, label, query, model.identity, windows, settings.session
         )
-        if oracle is not None:
+        if settings.oracle is not None:
             from coincide.labeling.oracle import oracle_window_labels
 
-            answer_with_oracle(label_store, chosen, oracle_window_labels(store, oracle))
-    if serve:
+            labels = oracle_window_labels(store, settings.oracle)
+            answer_with_oracle(label_store, chosen, labels)
+    if settings.serve:
         from coincide.labelui.server import serve as serve_page
 
-        serve_page(run_dir, store.root, None, host, port, None, chosen.name, db_path,
-                   annotator=annotator)  # fmt: skip
+        serve_page(run_dir, store.root, None, settings.host, settings.port, None, chosen.name,
+                   db_path, annotator=settings.annotator)  # fmt: skip
     with SQLiteLabelStore(db_path) as label_store:
         current = label_store.answers(chosen.id)
         total = len(label_store.requests(chosen.id))
