@@ -17,7 +17,7 @@ from coincide.experiments.table1 import (
     ROW_KEYS,
     ROWS,
     Row,
-    Settings,
+    Table1Settings,
     parse_rows,
     run_folder,
     summarise,
@@ -111,7 +111,7 @@ def test_resume_skips_rows_already_done(table_dir, stores):
     trained_at = checkpoint.stat().st_mtime_ns
     # Row c lost its evaluation: it is evaluated again, from its finished training.
     done["c"].unlink()
-    settings = Settings(
+    settings = Table1Settings(
         train_store=stores["av"],
         test_store=stores["test"],
         out=table_dir,
@@ -137,7 +137,7 @@ def test_resume_skips_rows_already_done(table_dir, stores):
 
 
 def test_audio_only_store_skips_the_av_rows(stores, tmp_path):
-    settings = Settings(
+    settings = Table1Settings(
         train_store=stores["audio"],
         test_store=stores["test"],
         out=tmp_path,
@@ -156,7 +156,7 @@ def test_audio_only_store_skips_the_av_rows(stores, tmp_path):
 def test_unlabeled_training_store_is_a_user_error(stores, tmp_path):
     unlabeled = make_store(tmp_path / "unlabeled", ["x", "y"], 2, frames=False)
     (unlabeled / "labels.json").unlink()
-    settings = Settings(train_store=unlabeled, test_store=stores["test"], out=tmp_path / "o")
+    settings = Table1Settings(train_store=unlabeled, test_store=stores["test"], out=tmp_path / "o")
     with pytest.raises(UserError, match="has no clip labels"):
         run_table1(settings)
 

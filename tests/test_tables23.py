@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ from typer.testing import CliRunner
 from coincide.classifier.train import FinetuneConfig
 from coincide.cli.commands import app
 from coincide.errors import UserError
-from coincide.experiments.table2 import run_table2, vm_over_single_label
+from coincide.experiments.table2 import Table2Settings, run_table2, vm_over_single_label
 from coincide.experiments.table3 import ALL_QUERIES, Query, parse_queries, run_table3
 from coincide.experiments.table3_report import budget_to_reach, label_efficiency, summarize
 
@@ -125,9 +126,8 @@ def workspace(tmp_path_factory):
 def test_table2_end_to_end(workspace, capsys):
     root, train, _ = workspace
     out = root / "t2"
-    rows = run_table2(
-        [root / "run_k4", root / "run_k12"], train, out, kmeans_k=[3, 24], head_steps=[20]
-    )
+    runs = (root / "run_k4", root / "run_k12")
+    rows = run_table2(Table2Settings(runs, train, out, kmeans_k=(3, 24), head_steps=(20,)))
     assert rows["source"].tolist() == [
         "p_clust (run_k4)",
         "p_clust +20 steps (run_k4)",
@@ -160,16 +160,18 @@ def test_table2_end_to_end(workspace, capsys):
     side = text.split("## The head against k-means at the same K")[1]
     assert side.count("\n|") == 8
     assert pd.read_csv(out / "table2.csv").shape[0] == 8
+    assert json.loads((out / "settings.json").read_text())["settings"]["kmeans_k"] == [3, 24]
     printed = capsys.readouterr().out
     assert "| Source | K |" in printed and "same K" in printed
 
 
 def test_table2_budgets_per_row(workspace):
     root, train, _ = workspace
-    rows = run_table2(
-        [root / "run_k12"], train, root / "t2b", kmeans_k=[24], budgets=[2, 5],
+    settings = Table2Settings(
+        (root / "run_k12",), train, root / "t2b", kmeans_k=(24,), budgets=(2, 5),
         kmeans_at_head_k=False,
     )  # fmt: skip
+    rows = run_table2(settings)
     assert rows["labeled"].tolist() == [2, 5]
 
 
@@ -203,6 +205,8 @@ def test_table3_seeds_means_and_resume(workspace, capsys):
     assert cluster5["mAP_sd"] == pytest.approx(seeds5.std(ddof=1), nan_ok=True)
     for name in ("table3.md", "table3.csv", "table3_seeds.csv", "table3.png", "labels.sqlite"):
         assert (out / name).is_file()
+    record = json.loads((out / "settings.json").read_text())
+    assert (record["command"], record["settings"]["seeds"]) == ("reproduce table3", [0, 1])
     text = (out / "table3.md").read_text()
     assert " ± " in text and "CPU-minutes" in text
     printed = capsys.readouterr().out

@@ -4,6 +4,8 @@ are in `coincide.store.layout`).
 ```
 RUN/
   config.yaml               the resolved training configuration (`coincide train`)
+  settings.json             the options of the last `coincide train` (each stage's output folder
+                            below has the settings.json of the command that made it)
   state.json                finished stages and where training is
   init_from.json            the weights f started from (`train --init-from`), when given
   checkpoints/last.pt       where training is (resumable); stage<N>_<name>.pt per finished stage

@@ -58,13 +58,13 @@ def reproduce_table1(
     ] = 0,
 ) -> None:
     """Table 1: train every row the data supports, measure each, write table1.md (resumable)."""
-    from coincide.experiments.table1 import Settings, parse_rows
+    from coincide.experiments.table1 import Table1Settings, parse_rows
     from coincide.experiments.table1 import run as run_table1
 
     seed_list = tuple(_int_list(seeds, "--seed"))
     if not seed_list:
         raise UserError("--seed is empty; give at least one seed, e.g. --seed 0.")
-    settings = Settings(
+    settings = Table1Settings(
         train_store=store,
         test_store=test_store,
         out=out,
@@ -112,21 +112,22 @@ def reproduce_table2(
     ] = True,
 ) -> None:
     """Table 2: K, active clusters, V-measure, labeled, label recall and precision."""
-    from coincide.experiments.table2 import run_table2
+    from coincide.experiments.table2 import Table2Settings, run_table2
 
-    run_table2(
-        run,
+    settings = Table2Settings(
+        tuple(run),
         store,
         out,
         oracle,
-        _int_list(k, "--clusters"),
-        _int_list(budgets, "--budget") or None,
+        tuple(_int_list(k, "--clusters")),
+        tuple(_int_list(budgets, "--budget")) or None,
         order=select,
         member=member,
         seed=seed,
-        head_steps=_int_list(head_steps, "--head-steps"),
+        head_steps=tuple(_int_list(head_steps, "--head-steps")),
         kmeans_at_head_k=kmeans_at_head_k,
     )
+    run_table2(settings)
 
 
 @reproduce_app.command("table3")

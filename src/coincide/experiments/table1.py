@@ -27,11 +27,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from coincide.config.settings import Config, load_config
+from coincide.config.stage import StageSettings
 from coincide.errors import UserError
 from coincide.evaluation.measure import (
     DEFAULT_MAX_TRAIN_WINDOWS,
@@ -78,8 +79,10 @@ ROW_KEYS = tuple(row.key for row in ROWS)
 
 
 @dataclass(frozen=True)
-class Settings:
-    """What `reproduce table1` was asked to do (the CLI options)."""
+class Table1Settings(StageSettings):
+    """What `reproduce table1` was asked to do (the CLI options); kept in DIR/settings.json."""
+
+    command: ClassVar[str] = "reproduce table1"
 
     train_store: Path
     test_store: Path
@@ -106,7 +109,7 @@ def parse_rows(text: str) -> tuple[str, ...]:
     return tuple(key for key in ROW_KEYS if key in asked)
 
 
-def row_config(row: Row, settings: Settings, seed: int) -> Config:
+def row_config(row: Row, settings: Table1Settings, seed: int) -> Config:
     """The resolved training configuration of a trained row for one seed."""
     assert row.overlay is not None
     return load_config([settings.config, row.overlay], [*settings.overrides, f"seed={seed}"])
@@ -124,7 +127,7 @@ def run_folder(out: Path, key: str, seed: int) -> Path:
     return out / "runs" / f"{key}-s{seed}"
 
 
-def run(settings: Settings) -> Path:
+def run(settings: Table1Settings) -> Path:
     """Train (or resume) and evaluate every supported row and seed, then write the table.
 
     Returns the path of DIR/table1.md.
@@ -187,6 +190,7 @@ def run(settings: Settings) -> Path:
     # -- the table ------------------------------------------------------------------------
     summary = summarise(rows, results)
     settings.out.mkdir(parents=True, exist_ok=True)
+    settings.write(settings.out)
     table_path = settings.out / "table1.md"
     text = table_markdown(summary, skipped, settings, audio_only_stages)
     table_path.write_text(text, encoding="utf-8")
@@ -269,7 +273,7 @@ def _percent(mean: float, std: float | None) -> str:
 def table_markdown(
     summary: Sequence[dict[str, Any]],
     skipped: dict[str, str],
-    settings: Settings,
+    settings: Table1Settings,
     audio_only_stages: dict[str, list[str]] | None = None,
 ) -> str:
     """Table 1 in the paper's layout, with what it was measured on."""
@@ -398,7 +402,7 @@ def plot_bars(path: Path, summary: Sequence[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def plot_curves(path: Path, rows: Sequence[Row], settings: Settings) -> Path | None:
+def plot_curves(path: Path, rows: Sequence[Row], settings: Table1Settings) -> Path | None:
     """QbE mAP against training step of every run that logged a curve (None when none did)."""
     curves = []
     for row in rows:

@@ -19,12 +19,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pandas as pd
 
 from coincide.config.choices import ClusterOrder
+from coincide.config.stage import StageSettings
 from coincide.errors import UserError
 from coincide.evaluation.metrics import v_measure
 from coincide.experiments.table3_report import cell
@@ -223,32 +224,45 @@ def head_against_kmeans(rows: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n" if pairs else ""
 
 
-def run_table2(
-    runs: Sequence[Path],
-    store_path: Path,
-    out: Path,
-    oracle: str = "store",
-    kmeans_k: Sequence[int] = (),
-    budgets: Sequence[int] | None = None,
-    budget_fraction: float = PAPER_BUDGET_FRACTION,
-    order: ClusterOrder = "random",
-    member: MemberChoice = "random",
-    seed: int = 0,
-    head_steps: Sequence[int] = (),
-    kmeans_at_head_k: bool = True,
-) -> pd.DataFrame:
-    """`coincide reproduce table2`: rows for each run's p_clust (and the same head trained
-    `head_steps` more steps), k-means at the head's K on the same run's embeddings, then k-means
-    at each `kmeans_k` on the first run's embeddings; writes DIR/table2.csv and DIR/table2.md
-    and prints the table."""
+@dataclass(frozen=True)
+class Table2Settings(StageSettings):
+    """What `coincide reproduce table2` runs; kept in DIR/settings.json.
+
+    Rows for each run's p_clust (and the same head trained `head_steps` more steps), k-means at
+    the head's K on the same run's embeddings (`kmeans_at_head_k`), then k-means at each
+    `kmeans_k` on the first run's embeddings; `budgets` (one, or one per row) or
+    `budget_fraction` of K labels per row, asked in `order` through `member`, answered by
+    `oracle`.
+    """
+
+    command: ClassVar[str] = "reproduce table2"
+    runs: tuple[Path, ...]
+    store: Path
+    out: Path
+    oracle: str = "store"
+    kmeans_k: tuple[int, ...] = ()
+    budgets: tuple[int, ...] | None = None
+    budget_fraction: float = PAPER_BUDGET_FRACTION
+    order: ClusterOrder = "random"
+    member: MemberChoice = "random"
+    seed: int = 0
+    head_steps: tuple[int, ...] = ()
+    kmeans_at_head_k: bool = True
+
+
+def run_table2(settings: Table2Settings) -> pd.DataFrame:
+    """`coincide reproduce table2`: the rows of `settings`; writes DIR/table2.csv, DIR/table2.md
+    and DIR/settings.json and prints the table."""
+    runs, oracle, order = settings.runs, settings.oracle, settings.order
+    member, seed = settings.member, settings.seed
     if not runs:
         raise UserError("give at least one RUN (a trained run folder).")
     for run_dir in runs:
         if not Path(run_dir).is_dir():
             raise UserError(f"run folder {run_dir} does not exist; train it first.")
-    if any(n < 1 for n in head_steps):
+    if any(n < 1 for n in settings.head_steps):
         raise UserError("--head-steps takes positive step counts, e.g. 500,2000.")
-    store = open_store(store_path)
+    store = open_store(settings.store)
     window_labels = oracle_window_labels(store, oracle)
     sources: list[ClusteringSource] = []
     for run_dir in map(Path, runs):
@@ -256,17 +270,28 @@ def run_table2(
         if head is None:
             continue
         sources.append(head)
-        sources += [ClusteringSource(run_dir, "head", None, n) for n in head_steps]
-        if kmeans_at_head_k:
+        sources += [ClusteringSource(run_dir, "head", None, n) for n in settings.head_steps]
+        if settings.kmeans_at_head_k:
             sources.append(ClusteringSource(run_dir, "kmeans", _head_k(run_dir)))
-    sources += [ClusteringSource(Path(runs[0]), "kmeans", k) for k in kmeans_k]
+    sources += [ClusteringSource(Path(runs[0]), "kmeans", k) for k in settings.kmeans_k]
     sources = list(dict.fromkeys(sources))
     if not sources:
         raise UserError(
             "none of the runs has a cluster head; add k-means rows with --clusters K1,K2,... ."
         )
-    rows = table2(sources, store, window_labels, budgets, budget_fraction, order, member, seed)
+    rows = table2(
+        sources,
+        store,
+        window_labels,
+        settings.budgets,
+        settings.budget_fraction,
+        order,
+        member,
+        seed,
+    )
+    out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
+    settings.write(out)
     rows.to_csv(out / "table2.csv", index=False)
     markdown = table2_markdown(rows)
     versus = head_against_kmeans(rows)

@@ -39,13 +39,14 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from coincide.classifier.train import FinetuneConfig, TrainingSet, finetune_strategy
 from coincide.config.choices import ClusterMethod, ClusterOrder
+from coincide.config.stage import StageSettings
 from coincide.errors import UserError
 from coincide.labeling.clusters import EMBEDDINGS_FILE, ClusterMembers, store_clusters_dir
 from coincide.labeling.oracle import WindowLabelOracle, answer_with_oracle, oracle_window_labels
@@ -323,8 +324,10 @@ def run_rows(tasks: list[dict[str, Any]], context: Context, workers: int) -> lis
 
 
 @dataclass(frozen=True)
-class Table3Settings:
-    """What `coincide reproduce table3` runs (see `run_table3`)."""
+class Table3Settings(StageSettings):
+    """What `coincide reproduce table3` runs (see `run_table3`); kept in DIR/settings.json."""
+
+    command: ClassVar[str] = "reproduce table3"
 
     run: Path
     budgets: tuple[int, ...]

@@ -335,6 +335,7 @@ def write_table3(
     """Write table3_seeds.csv (every row), table3.csv (means), table3.md, table3.png and
     timing.json into the output folder, print the table, and return the means."""
     out, cfg = settings.out, settings.cfg
+    settings.write(out)
     rows.to_csv(out / SEEDS_FILE, index=False)
     summary = summarize(rows)
     summary.to_csv(out / "table3.csv", index=False)
