@@ -148,6 +148,18 @@ class _Slot:
     claimed_by: str | None = None
     lease_expires: float | None = None
 
+    def request(self, session_id: int, answered: bool) -> Request:
+        """The request as the interface shows it."""
+        return Request(
+            session_id=session_id,
+            position=self.position,
+            cluster_id=self.cluster_id,
+            window_index=self.window_index,
+            state="answered" if answered else "pending",
+            claimed_by=self.claimed_by,
+            lease_expires=None if self.lease_expires is None else _timestamp(self.lease_expires),
+        )
+
 
 def _requested(draft: Answer, slot: _Slot | None) -> _Slot:
     """The request that `draft` answers; ValueError unless its session asked for the cluster
@@ -419,20 +431,8 @@ class InMemoryLabelStore(LabelStore):
         with self._lock:
             slots = self._slots_of(session_id)
             answered = self._answered(session_id)
-            return [
-                Request(
-                    session_id=session_id,
-                    position=slot.position,
-                    cluster_id=slot.cluster_id,
-                    window_index=slot.window_index,
-                    state="answered" if slot.cluster_id in answered else "pending",
-                    claimed_by=slot.claimed_by,
-                    lease_expires=None
-                    if slot.lease_expires is None
-                    else _timestamp(slot.lease_expires),
-                )
-                for slot in sorted(slots.values(), key=lambda s: s.position)
-            ]
+            ordered = sorted(slots.values(), key=lambda s: s.position)
+            return [slot.request(session_id, slot.cluster_id in answered) for slot in ordered]
 
     def claim_next(self, session_id: int, claimant: str, lease_s: float) -> Request | None:
         with self._lock:

@@ -98,15 +98,7 @@ def _slot_from_row(row: sqlite3.Row) -> _Slot:
 
 
 def _request_from_row(row: sqlite3.Row) -> Request:
-    return Request(
-        session_id=row["session_id"],
-        position=row["position"],
-        cluster_id=row["cluster_id"],
-        window_index=row["window_index"],
-        state="answered" if row["answered"] else "pending",
-        claimed_by=row["claimed_by"],
-        lease_expires=None if row["lease_expires"] is None else _timestamp(row["lease_expires"]),
-    )
+    return _slot_from_row(row).request(row["session_id"], bool(row["answered"]))
 
 
 def _answer_from_row(row: sqlite3.Row) -> Answer:
