@@ -131,15 +131,9 @@ def evaluate_representation(
         )
     started = time.monotonic()
     test_vectors = representation.embed(test_store, test.positions)
-    per_class = qbe_average_precision_per_class(
-        test_vectors, test.labels, media=test.media, seed=QBE_SEED
+    per_class = window_qbe_per_class(
+        test_vectors, test.labels, test.media, f"the test store {test_store.root}"
     )
-    if not per_class:
-        raise UserError(
-            f"no class of the test store {test_store.root} has labeled windows from 2 media and "
-            "a window without it, so QbE cannot be scored; evaluate on a store with several "
-            "clips per class."
-        )
     same_media = qbe_average_precision_per_class(
         test_vectors, test.labels, media=test.media, same_media_pairs=True, seed=QBE_SEED
     )
@@ -170,6 +164,21 @@ def evaluate_representation(
         )
     result["seconds"] = round(time.monotonic() - started, 2)
     return result
+
+
+def window_qbe_per_class(
+    vectors: np.ndarray, labels: list[list[str]], media: np.ndarray, where: str
+) -> dict[str, float]:
+    """QbE average precision of each class of labeled windows, same-media pairs left out, at
+    the evaluation seed; UserError when no class of `where` (the store, as the user named it)
+    can be scored."""
+    per_class = qbe_average_precision_per_class(vectors, labels, media=media, seed=QBE_SEED)
+    if not per_class:
+        raise UserError(
+            f"no class of {where} has labeled windows from 2 media and a window without it, so "
+            "QbE cannot be scored; evaluate on a store with several clips per class."
+        )
+    return per_class
 
 
 def _mean_or_none(per_class: dict[str, float]) -> float | None:

@@ -105,6 +105,20 @@ def _check_scores(y_true: npt.ArrayLike, scores: npt.ArrayLike) -> tuple[np.ndar
     return truth.astype(bool), score
 
 
+_UNDEFINED_AUC = (
+    "no class has both positive and negative examples in the evaluation labels, so {} is "
+    "undefined; evaluate on labeled data with several classes."
+)
+
+
+def _defined_mean(per_class: np.ndarray, undefined: str) -> float:
+    """The mean over the classes where the metric is defined (not NaN); UserError(`undefined`)
+    when it is defined for none."""
+    if np.isnan(per_class).all():
+        raise UserError(undefined)
+    return float(np.nanmean(per_class))
+
+
 # ---------------------------------------------------------------------------------------------
 # Classification metrics (paper 4.1 shallow classifier, 4.2 Table 3)
 
@@ -133,13 +147,11 @@ def mean_average_precision(y_true: npt.ArrayLike, scores: npt.ArrayLike) -> floa
     Args:
         y_true: `(n, C)` binary labels; scores: `(n, C)` class scores.
     """
-    per_class = per_class_average_precision(y_true, scores)
-    if np.isnan(per_class).all():
-        raise UserError(
-            "no class has a positive example in the evaluation labels, so mAP is undefined; "
-            "evaluate on labeled data."
-        )
-    return float(np.nanmean(per_class))
+    return _defined_mean(
+        per_class_average_precision(y_true, scores),
+        "no class has a positive example in the evaluation labels, so mAP is undefined; "
+        "evaluate on labeled data.",
+    )
 
 
 def per_class_auc(y_true: npt.ArrayLike, scores: npt.ArrayLike) -> np.ndarray:
@@ -162,13 +174,7 @@ def per_class_auc(y_true: npt.ArrayLike, scores: npt.ArrayLike) -> np.ndarray:
 def mean_auc(y_true: npt.ArrayLike, scores: npt.ArrayLike) -> float:
     """Mean over classes of the ROC AUC, skipping classes where it is undefined (no positive or
     no negative example). Shapes as `per_class_auc`."""
-    per_class = per_class_auc(y_true, scores)
-    if np.isnan(per_class).all():
-        raise UserError(
-            "no class has both positive and negative examples in the evaluation labels, so AUC "
-            "is undefined; evaluate on labeled data with several classes."
-        )
-    return float(np.nanmean(per_class))
+    return _defined_mean(per_class_auc(y_true, scores), _UNDEFINED_AUC.format("AUC"))
 
 
 def d_prime(auc: float) -> float:
@@ -193,10 +199,7 @@ def mean_d_prime(y_true: npt.ArrayLike, scores: npt.ArrayLike) -> float:
     per_class = per_class_auc(y_true, scores)
     defined = ~np.isnan(per_class)
     if not defined.any():
-        raise UserError(
-            "no class has both positive and negative examples in the evaluation labels, so d' "
-            "is undefined; evaluate on labeled data with several classes."
-        )
+        raise UserError(_UNDEFINED_AUC.format("d'"))
     positives = truth.sum(axis=0)
     half_pair = 0.5 / (positives * (len(truth) - positives))[defined]
     auc = np.clip(per_class[defined], half_pair, 1.0 - half_pair)
@@ -217,21 +220,24 @@ def clip_scores(
         `(clips, scores)`: `(n_clips,)` the distinct clip ids, sorted; `(n_clips, C)` their mean
         window scores, row `k` for `clips[k]`.
     """
-    score = np.asarray(window_scores, dtype=np.float64)
-    ids = np.asarray(clip_ids)
-    if score.ndim != 2 or ids.shape != (score.shape[0],):
+    return group_means(window_scores, clip_ids, ("window_scores", "clip_ids"))
+
+
+def group_means(
+    rows: npt.ArrayLike, ids: npt.ArrayLike, names: tuple[str, str] = ("rows", "ids")
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted distinct `ids` `(k,)` and the mean of `rows` `(n, m)` over each id `(k, m)`;
+    ValueError, naming the two arguments `names`, when their shapes do not fit."""
+    values = np.asarray(rows, dtype=np.float64)
+    keys = np.asarray(ids)
+    if values.ndim != 2 or keys.shape != (values.shape[0],):
         raise ValueError(
-            f"window_scores must be (n, C) and clip_ids (n,); got {score.shape} and {ids.shape}"
+            f"{names[0]} must be (n, m) and {names[1]} (n,); got {values.shape} and {keys.shape}"
         )
-    return group_means(score, ids)
-
-
-def group_means(rows: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted distinct `ids` `(k,)` and the mean of `rows` `(n, m)` over each id `(k, m)`."""
-    groups, group_of_row = np.unique(ids, return_inverse=True)
+    groups, group_of_row = np.unique(keys, return_inverse=True)
     group_of_row = group_of_row.reshape(-1)
-    sums = np.zeros((len(groups), rows.shape[1]))
-    np.add.at(sums, group_of_row, rows)
+    sums = np.zeros((len(groups), values.shape[1]))
+    np.add.at(sums, group_of_row, values)
     counts = np.bincount(group_of_row, minlength=len(groups))
     return groups, sums / counts[:, None]
 

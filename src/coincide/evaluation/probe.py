@@ -17,11 +17,14 @@ import numpy as np
 from torch import nn
 
 from coincide.errors import UserError
-from coincide.evaluation.measure import QBE_SEED, _mean_or_none, cap_windows, labeled_windows
-from coincide.evaluation.qbe import (
-    clip_qbe_average_precision_per_class,
-    qbe_average_precision_per_class,
+from coincide.evaluation.measure import (
+    QBE_SEED,
+    _mean_or_none,
+    cap_windows,
+    labeled_windows,
+    window_qbe_per_class,
 )
+from coincide.evaluation.qbe import clip_qbe_average_precision_per_class
 from coincide.evaluation.representations import embed_positions
 from coincide.files import atomic_output
 from coincide.run_folder import CURVE_FILE
@@ -82,15 +85,8 @@ class TrainingProbe:
         started = time.monotonic()
         device = next(encoder.parameters()).device
         vectors = embed_positions(encoder, self.store, self.positions, self.batch_size, device)
-        per_class = qbe_average_precision_per_class(
-            vectors, self.labels, media=self.media, seed=QBE_SEED
-        )
-        if not per_class:
-            raise UserError(
-                f"no class of --test-store {self.store.root} has labeled windows from 2 media "
-                "and a window without it in the probe subset; use a held-out store with several "
-                "clips per class."
-            )
+        where = f"the probe's subset of --test-store {self.store.root}"
+        per_class = window_qbe_per_class(vectors, self.labels, self.media, where)
         score = float(np.mean(list(per_class.values())))
         clip = _mean_or_none(
             clip_qbe_average_precision_per_class(vectors, self.labels, self.media, seed=QBE_SEED)

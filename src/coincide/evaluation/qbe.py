@@ -8,6 +8,7 @@ per media, `clip_embeddings`). Shapes and label forms as in `coincide.evaluation
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -21,6 +22,17 @@ from coincide.evaluation.metrics import Labels, as_label_matrix, group_means
 # 4,950 within-class pairs against 10,000 cross pairs, and costs 200x200 similarities per class.
 QBE_POSITIVES_PER_CLASS = 100
 QBE_NEGATIVES_PER_CLASS = 100
+
+
+class QbeOptions(TypedDict, total=False):
+    """The class and sampling options that the mAP and clip-level functions pass on to
+    `qbe_average_precision_per_class` (see there for their meaning and defaults)."""
+
+    classes: Sequence[str] | None
+    positives_per_class: int
+    negatives_per_class: int
+    include_negative_pairs: bool
+    seed: int
 
 
 def qbe_average_precision_per_class(
@@ -140,15 +152,11 @@ def qbe_map(
     *,
     media: npt.ArrayLike | None = None,
     same_media_pairs: bool = False,
-    classes: Sequence[str] | None = None,
-    positives_per_class: int = QBE_POSITIVES_PER_CLASS,
-    negatives_per_class: int = QBE_NEGATIVES_PER_CLASS,
-    include_negative_pairs: bool = False,
-    seed: int = 0,
+    **options: Unpack[QbeOptions],
 ) -> float:
     """Query-by-example retrieval mAP: mean over the scored classes of
-    `qbe_average_precision_per_class` (see there for the sampling, the same-media pairs left
-    out when `media` is given, and the skipped classes).
+    `qbe_average_precision_per_class` (see there for the options, the sampling, the same-media
+    pairs left out when `media` is given, and the skipped classes).
 
     Args:
         embeddings: `(n, d)`; labels: `n` lists of class names or an `(n, C)` bool matrix;
@@ -160,22 +168,20 @@ def qbe_map(
         positives and 100 negatives), lower with it.
     """
     per_class = qbe_average_precision_per_class(
-        embeddings,
-        labels,
-        media=media,
-        same_media_pairs=same_media_pairs,
-        classes=classes,
-        positives_per_class=positives_per_class,
-        negatives_per_class=negatives_per_class,
-        include_negative_pairs=include_negative_pairs,
-        seed=seed,
+        embeddings, labels, media=media, same_media_pairs=same_media_pairs, **options
     )
+    return scored_mean(
+        per_class,
+        "no class has 2 positive examples (of 2 different media, when pairs of one media "
+        "are left out) and 1 negative example, so QbE retrieval cannot be scored; evaluate "
+        "on a labeled store with several clips per class.",
+    )
+
+
+def scored_mean(per_class: dict[str, float], unscored: str) -> float:
+    """The mean average precision over the scored classes; UserError(`unscored`) when none is."""
     if not per_class:
-        raise UserError(
-            "no class has 2 positive examples (of 2 different media, when pairs of one media "
-            "are left out) and 1 negative example, so QbE retrieval cannot be scored; evaluate "
-            "on a labeled store with several clips per class."
-        )
+        raise UserError(unscored)
     return float(np.mean(list(per_class.values())))
 
 
@@ -193,13 +199,7 @@ def clip_embeddings(
         `(clips, vectors)`: `(n_clips,)` the distinct media ids, sorted; `(n_clips, d)` their
         mean window embeddings, row `k` for `clips[k]`.
     """
-    vectors = np.asarray(embeddings, dtype=np.float64)
-    ids = np.asarray(media)
-    if vectors.ndim != 2 or ids.shape != (vectors.shape[0],):
-        raise ValueError(
-            f"embeddings must be (n, d) and media (n,); got {vectors.shape} and {ids.shape}"
-        )
-    return group_means(vectors, ids)
+    return group_means(embeddings, media, ("embeddings", "media"))
 
 
 def clip_labels(
@@ -236,15 +236,7 @@ def clip_labels(
 
 
 def clip_qbe_average_precision_per_class(
-    embeddings: npt.ArrayLike,
-    labels: Labels,
-    media: npt.ArrayLike,
-    *,
-    classes: Sequence[str] | None = None,
-    positives_per_class: int = QBE_POSITIVES_PER_CLASS,
-    negatives_per_class: int = QBE_NEGATIVES_PER_CLASS,
-    include_negative_pairs: bool = False,
-    seed: int = 0,
+    embeddings: npt.ArrayLike, labels: Labels, media: npt.ArrayLike, **options: Unpack[QbeOptions]
 ) -> dict[str, float]:
     """Clip-level QbE average precision of each class: `qbe_average_precision_per_class` over
     one mean embedding per media (`clip_embeddings`) with its clip labels (`clip_labels`). One
@@ -255,45 +247,18 @@ def clip_qbe_average_precision_per_class(
         within a media; media: `(n,)` the media of each window.
     """
     clips, vectors = clip_embeddings(embeddings, media)
-    _, matrix, class_names = clip_labels(labels, media, classes)
-    return qbe_average_precision_per_class(
-        vectors,
-        matrix,
-        classes=class_names,
-        positives_per_class=positives_per_class,
-        negatives_per_class=negatives_per_class,
-        include_negative_pairs=include_negative_pairs,
-        seed=seed,
-    )
+    _, matrix, class_names = clip_labels(labels, media, options.pop("classes", None))
+    return qbe_average_precision_per_class(vectors, matrix, classes=class_names, **options)
 
 
 def clip_qbe_map(
-    embeddings: npt.ArrayLike,
-    labels: Labels,
-    media: npt.ArrayLike,
-    *,
-    classes: Sequence[str] | None = None,
-    positives_per_class: int = QBE_POSITIVES_PER_CLASS,
-    negatives_per_class: int = QBE_NEGATIVES_PER_CLASS,
-    include_negative_pairs: bool = False,
-    seed: int = 0,
+    embeddings: npt.ArrayLike, labels: Labels, media: npt.ArrayLike, **options: Unpack[QbeOptions]
 ) -> float:
     """Clip-level QbE mAP: `qbe_map(clip_vectors, clip_labels)` with one mean embedding per
     media (see `clip_qbe_average_precision_per_class`). Shapes: embeddings `(n, d)`, labels `n`
     lists or `(n, C)`, media `(n,)`; raises ValueError when a media's windows disagree."""
-    per_class = clip_qbe_average_precision_per_class(
-        embeddings,
-        labels,
-        media,
-        classes=classes,
-        positives_per_class=positives_per_class,
-        negatives_per_class=negatives_per_class,
-        include_negative_pairs=include_negative_pairs,
-        seed=seed,
+    return scored_mean(
+        clip_qbe_average_precision_per_class(embeddings, labels, media, **options),
+        "no class has 2 labeled clips and a clip without it, so clip-level QbE retrieval "
+        "cannot be scored; evaluate on a labeled store with several clips per class.",
     )
-    if not per_class:
-        raise UserError(
-            "no class has 2 labeled clips and a clip without it, so clip-level QbE retrieval "
-            "cannot be scored; evaluate on a labeled store with several clips per class."
-        )
-    return float(np.mean(list(per_class.values())))

@@ -31,7 +31,7 @@ from coincide.config.choices import POOLINGS, Pooling
 from coincide.dist import default_device, inference_autocast
 from coincide.errors import UserError
 from coincide.files import write_json_atomic
-from coincide.models.embed_store import DEFAULT_BATCH_SIZE, embed_windows
+from coincide.models.embed_store import DEFAULT_BATCH_SIZE, embed_windows, evaluating
 from coincide.run_folder import REPRESENTATION_FILE
 from coincide.store.features import FeatureStore
 
@@ -119,18 +119,13 @@ def embed_positions(
     probe on a fixed subset during training needs. The encoder is put back in its former mode.
     """
     device = device or default_device()
-    was_training = encoder.training
-    encoder.eval()
     outputs: list[np.ndarray] = []
-    try:
-        with torch.inference_mode():
-            for batch in _chunks(np.asarray(positions, dtype=np.int64), batch_size):
-                inputs = torch.from_numpy(store.logmel[batch]).unsqueeze(1).to(device)
-                # bf16 autocast on GPU as in training and `embed_windows`; float32 on CPU.
-                with inference_autocast(device):
-                    outputs.append(encoder(inputs).float().cpu().numpy())
-    finally:
-        encoder.train(was_training)
+    with evaluating(encoder), torch.inference_mode():
+        for batch in _chunks(np.asarray(positions, dtype=np.int64), batch_size):
+            inputs = torch.from_numpy(store.logmel[batch]).unsqueeze(1).to(device)
+            # bf16 autocast on GPU as in training and `embed_windows`; float32 on CPU.
+            with inference_autocast(device):
+                outputs.append(encoder(inputs).float().cpu().numpy())
     if not outputs:
         return np.empty((0, int(encoder.config.embed_dim)), dtype=np.float32)
     return np.concatenate(outputs)

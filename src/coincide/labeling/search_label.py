@@ -32,6 +32,7 @@ import numpy as np
 from coincide.classifier.train import TrainingSet
 from coincide.errors import UserError
 from coincide.labeling.select import check_id
+from coincide.labeling.sessions import session_of_store
 from coincide.store.features import FeatureStore
 from coincide.store.labels import LabelStore, Session
 from coincide.store.media_labels import check_label
@@ -72,21 +73,15 @@ def add_hits(
     if Path(name).name != name or name in (".", ".."):
         raise UserError(f"--session {name!r} must be a plain name (no '/'); choose another.")
     params = {"class": label, "query": query, "model": model, "windows": len(store)}
-    session = label_store.get_session(name)
-    if session is None:
-        label_store.create_session(name, str(run), str(store.root.resolve()), STRATEGY, 0, params)
-        session = label_store.get_session(name)
-        assert session is not None
-    elif session.strategy != STRATEGY or session.params.get("class") != label:
-        raise UserError(
-            f"labeling session {name!r} exists and is not a search for {label!r}; "
-            "choose another --session name."
-        )
-    elif session.store != str(store.root.resolve()):
-        raise UserError(
-            f"search session {name!r} labels the store {session.store}, not {store.root}; "
-            "choose another --session name."
-        )
+
+    def check(existing: Session) -> None:
+        if existing.strategy != STRATEGY or existing.params.get("class") != label:
+            raise UserError(
+                f"labeling session {name!r} exists and is not a search for {label!r}; "
+                "choose another --session name."
+            )
+
+    session = session_of_store(label_store, name, run, store, STRATEGY, 0, params, check)
     label_store.add_requests(session.id, [(int(w), int(w)) for w in windows])
     return session
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,29 +101,48 @@ def open_session(
 ) -> Session:
     """The session called `name`, created with `plan` when new; an existing session must have
     been made with the same plan (else a larger budget would not extend the same list)."""
+    params = plan.params()
+    wanted = {"strategy": plan.strategy, "seed": plan.seed, **params}
+
+    def check(existing: Session) -> None:
+        have = {"strategy": existing.strategy, "seed": existing.seed, **existing.params}
+        differ = sorted(k for k in wanted.keys() | have.keys() if wanted.get(k) != have.get(k))
+        if differ:
+            key = differ[0]
+            reason = (
+                "the clustering changed since the session began"
+                if key == "assignment"
+                else f"it has {key} = {have.get(key)!r}, not {wanted.get(key)!r}"
+            )
+            raise UserError(
+                f"labeling session {name!r} cannot be extended: {reason}; "
+                "use the same settings or another --session name."
+            )
+
+    return session_of_store(label_store, name, run, store, plan.strategy, plan.seed, params, check)
+
+
+def session_of_store(
+    label_store: LabelStore,
+    name: str,
+    run: Path,
+    store: FeatureStore,
+    strategy: str,
+    seed: int,
+    params: dict[str, Any],
+    check: Callable[[Session], None],
+) -> Session:
+    """The session called `name`, created with these settings when new; an existing one must
+    pass `check` (which raises UserError when it was made otherwise) and label `store`."""
+    root = str(store.root.resolve())
     existing = label_store.get_session(name)
     if existing is None:
-        label_store.create_session(
-            name, str(run), str(store.root.resolve()), plan.strategy, plan.seed, plan.params()
-        )
+        label_store.create_session(name, str(run), root, strategy, seed, params)
         created = label_store.get_session(name)
         assert created is not None
         return created
-    wanted = {"strategy": plan.strategy, "seed": plan.seed, **plan.params()}
-    have = {"strategy": existing.strategy, "seed": existing.seed, **existing.params}
-    differ = sorted(key for key in wanted.keys() | have.keys() if wanted.get(key) != have.get(key))
-    if differ:
-        key = differ[0]
-        reason = (
-            "the clustering changed since the session began"
-            if key == "assignment"
-            else f"it has {key} = {have.get(key)!r}, not {wanted.get(key)!r}"
-        )
-        raise UserError(
-            f"labeling session {name!r} cannot be extended: {reason}; "
-            "use the same settings or another --session name."
-        )
-    if existing.store != str(store.root.resolve()):
+    check(existing)
+    if existing.store != root:
         raise UserError(
             f"labeling session {name!r} labels the store {existing.store}, not {store.root}; "
             "use that store or another --session name."

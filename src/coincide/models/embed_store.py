@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,20 @@ def window_batches(
             yield start, batch
 
 
+@contextmanager
+def evaluating(*modules: nn.Module) -> Iterator[None]:
+    """The block runs with `modules` in eval mode (BatchNorm uses its running statistics); each
+    is put back in the mode it had afterwards."""
+    modes = [module.training for module in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, training in zip(modules, modes, strict=True):
+            module.train(training)
+
+
 def _map_windows(
     encoder: nn.Module,
     store: FeatureStore,
@@ -70,18 +85,13 @@ def _map_windows(
     the mode it had afterwards.
     """
     device = device or default_device()
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.inference_mode():
-            for start, logmel in window_batches(store, batch_size):
-                # (b, mel, frames) -> (b, 1, mel, frames): the encoder's single input channel.
-                inputs = torch.from_numpy(logmel).unsqueeze(1).to(device, non_blocking=True)
-                with inference_autocast(device):
-                    embeddings = encoder(inputs)
-                consume(start, embeddings.float())
-    finally:
-        encoder.train(was_training)
+    with evaluating(encoder), torch.inference_mode():
+        for start, logmel in window_batches(store, batch_size):
+            # (b, mel, frames) -> (b, 1, mel, frames): the encoder's single input channel.
+            inputs = torch.from_numpy(logmel).unsqueeze(1).to(device, non_blocking=True)
+            with inference_autocast(device):
+                embeddings = encoder(inputs)
+            consume(start, embeddings.float())
 
 
 def _embedding_output(n: int, dim: int, out: Path | None) -> np.ndarray:
@@ -152,8 +162,6 @@ def assign_windows(
     embeddings = (
         _embedding_output(n, _embed_dim(encoder), embeddings_out) if embeddings_out else None
     )
-    was_training = cluster_head.training
-    cluster_head.eval()
 
     def keep(start: int, batch: torch.Tensor) -> None:
         # Arg-max of the softmax is the arg-max of the cosine logits.
@@ -161,10 +169,8 @@ def assign_windows(
         if embeddings is not None:
             embeddings[start : start + len(batch)] = batch.cpu().numpy()
 
-    try:
+    with evaluating(cluster_head):
         _map_windows(encoder, store, batch_size, device, keep)
-    finally:
-        cluster_head.train(was_training)
     if isinstance(embeddings, np.memmap):
         embeddings.flush()
     return assignment
@@ -184,8 +190,6 @@ def score_windows(
         `(n, C)` float32 scores, row i for window i.
     """
     scores: np.ndarray | None = None
-    was_training = classifier.training
-    classifier.eval()
 
     def keep(start: int, batch: torch.Tensor) -> None:
         nonlocal scores
@@ -194,10 +198,8 @@ def score_windows(
             scores = np.empty((len(store), probs.shape[1]), dtype=np.float32)
         scores[start : start + len(batch)] = probs
 
-    try:
+    with evaluating(classifier):
         _map_windows(encoder, store, batch_size, device, keep)
-    finally:
-        classifier.train(was_training)
     if scores is None:
         num_classes = classifier.layers[-1].out_features
         return np.empty((0, num_classes), dtype=np.float32)

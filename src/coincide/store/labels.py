@@ -32,7 +32,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Literal, Self, get_args
 
 import pandas as pd
@@ -138,21 +137,54 @@ def _checked_answer(labels: Sequence[str], kind: str, annotator: str) -> tuple[s
     return unique
 
 
-def _check_claim(
-    cluster_id: int,
-    answered: bool,
-    claimed_by: str | None,
-    lease_expires: float | None,
-    claimant: str,
-    now: float,
-) -> None:
+@dataclass
+class _Slot:
+    """A request as a store keeps it: its lease in seconds since the epoch; its state is derived
+    from the answers."""
+
+    position: int
+    cluster_id: int
+    window_index: int
+    claimed_by: str | None = None
+    lease_expires: float | None = None
+
+    def request(self, session_id: int, answered: bool) -> Request:
+        """The request as the interface shows it."""
+        return Request(
+            session_id=session_id,
+            position=self.position,
+            cluster_id=self.cluster_id,
+            window_index=self.window_index,
+            state="answered" if answered else "pending",
+            claimed_by=self.claimed_by,
+            lease_expires=None if self.lease_expires is None else _timestamp(self.lease_expires),
+        )
+
+
+def _requested(draft: Answer, slot: _Slot | None) -> _Slot:
+    """The request that `draft` answers; ValueError unless its session asked for the cluster
+    through the draft's window."""
+    if slot is None:
+        raise ValueError(
+            f"cluster {draft.cluster_id} was not requested in session {draft.session_id}"
+        )
+    if slot.window_index != draft.window_index:
+        raise ValueError(
+            f"cluster {draft.cluster_id} is shown through window {slot.window_index}, "
+            f"not {draft.window_index}"
+        )
+    return slot
+
+
+def _check_claim(slot: _Slot, answered: bool, claimant: str, now: float) -> None:
     """AnswerConflict unless `claimant` may answer the request (see `LabelStore.answer`)."""
     if answered:
         raise AnswerConflict(
-            f"cluster {cluster_id} is already answered; undo that answer to change it."
+            f"cluster {slot.cluster_id} is already answered; undo that answer to change it."
         )
-    if claimed_by not in (None, claimant) and lease_expires is not None and lease_expires > now:
-        raise AnswerConflict(f"cluster {cluster_id} is open in another tab; reload the page.")
+    lease = slot.lease_expires
+    if slot.claimed_by not in (None, claimant) and lease is not None and lease > now:
+        raise AnswerConflict(f"cluster {slot.cluster_id} is open in another tab; reload the page.")
 
 
 def _checked_pairs(items: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -217,7 +249,6 @@ class LabelStore(ABC):
 
     # -- answers ---------------------------------------------------------------------------
 
-    @abstractmethod
     def answer(
         self,
         session_id: int,
@@ -238,6 +269,24 @@ class LabelStore(ABC):
         as the insert, so two servers on one label store cannot both answer a cluster;
         AnswerConflict otherwise. `owner` (a page's private key) is kept as a digest so that
         only that page can undo the answer (see `undo_last`)."""
+        draft = Answer(
+            id=0,  # numbered and stamped by the store
+            session_id=session_id,
+            cluster_id=int(cluster_id),
+            window_index=int(window_index),
+            labels=_checked_answer(labels, kind, annotator),
+            kind=kind,
+            annotator=annotator,
+            answered_at=_timestamp(0),
+            undone=False,
+            given_by=None if owner is None else owner_digest(owner),
+        )
+        return self._add_answer(draft, claimant)
+
+    @abstractmethod
+    def _add_answer(self, draft: Answer, claimant: str | None) -> Answer:
+        """Store `draft` (checked; its id and time still to be given) as `answer` describes and
+        return it as stored."""
 
     @abstractmethod
     def undo_last(
@@ -302,28 +351,12 @@ class LabelStore(ABC):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
 # ---------------------------------------------------------------------------------------------
 # In memory
-
-
-@dataclass
-class _Slot:
-    """A request as the in-memory store keeps it (its state is derived from the answers)."""
-
-    position: int
-    cluster_id: int
-    window_index: int
-    claimed_by: str | None = None
-    lease_expires: float | None = None
 
 
 class InMemoryLabelStore(LabelStore):
@@ -398,20 +431,8 @@ class InMemoryLabelStore(LabelStore):
         with self._lock:
             slots = self._slots_of(session_id)
             answered = self._answered(session_id)
-            return [
-                Request(
-                    session_id=session_id,
-                    position=slot.position,
-                    cluster_id=slot.cluster_id,
-                    window_index=slot.window_index,
-                    state="answered" if slot.cluster_id in answered else "pending",
-                    claimed_by=slot.claimed_by,
-                    lease_expires=None
-                    if slot.lease_expires is None
-                    else _timestamp(slot.lease_expires),
-                )
-                for slot in sorted(slots.values(), key=lambda s: s.position)
-            ]
+            ordered = sorted(slots.values(), key=lambda s: s.position)
+            return [slot.request(session_id, slot.cluster_id in answered) for slot in ordered]
 
     def claim_next(self, session_id: int, claimant: str, lease_s: float) -> Request | None:
         with self._lock:
@@ -438,51 +459,15 @@ class InMemoryLabelStore(LabelStore):
 
     # -- answers ---------------------------------------------------------------------------
 
-    def answer(
-        self,
-        session_id: int,
-        cluster_id: int,
-        window_index: int,
-        labels: Sequence[str],
-        kind: AnswerKind,
-        annotator: str,
-        claimant: str | None = None,
-        owner: str | None = None,
-    ) -> Answer:
-        given_by = None if owner is None else owner_digest(owner)
-        stored_labels = _checked_answer(labels, kind, annotator)
-        cluster_id, window_index = int(cluster_id), int(window_index)
+    def _add_answer(self, draft: Answer, claimant: str | None) -> Answer:
         with self._lock:
-            slot = self._slots_of(session_id).get(cluster_id)
-            if slot is None:
-                raise ValueError(f"cluster {cluster_id} was not requested in session {session_id}")
-            if slot.window_index != window_index:
-                raise ValueError(
-                    f"cluster {cluster_id} is shown through window {slot.window_index}, "
-                    f"not {window_index}"
-                )
+            slots = self._slots_of(draft.session_id)
+            slot = _requested(draft, slots.get(draft.cluster_id))
+            now = self._clock()
             if claimant is not None:
-                answered = cluster_id in self._answered(session_id)
-                _check_claim(
-                    cluster_id,
-                    answered,
-                    slot.claimed_by,
-                    slot.lease_expires,
-                    claimant,
-                    self._clock(),
-                )
-            answer = Answer(
-                id=len(self._answers) + 1,
-                session_id=session_id,
-                cluster_id=cluster_id,
-                window_index=window_index,
-                labels=stored_labels,
-                kind=kind,
-                annotator=annotator,
-                answered_at=_timestamp(self._clock()),
-                undone=False,
-                given_by=given_by,
-            )
+                answered = draft.cluster_id in self._answered(draft.session_id)
+                _check_claim(slot, answered, claimant, now)
+            answer = replace(draft, id=len(self._answers) + 1, answered_at=_timestamp(now))
             self._answers.append(answer)
             slot.claimed_by, slot.lease_expires = None, None
             return answer

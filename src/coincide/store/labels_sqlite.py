@@ -8,7 +8,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -17,14 +17,14 @@ from typing import Any
 from coincide.errors import UserError
 from coincide.store.labels import (
     Answer,
-    AnswerKind,
     Clock,
     LabelStore,
     Request,
     Session,
     _check_claim,
-    _checked_answer,
     _checked_pairs,
+    _requested,
+    _Slot,
     _timestamp,
     owner_digest,
 )
@@ -87,16 +87,18 @@ _ANSWER_COLUMNS = (
 )
 
 
-def _request_from_row(row: sqlite3.Row) -> Request:
-    return Request(
-        session_id=row["session_id"],
-        position=row["position"],
-        cluster_id=row["cluster_id"],
-        window_index=row["window_index"],
-        state="answered" if row["answered"] else "pending",
-        claimed_by=row["claimed_by"],
-        lease_expires=None if row["lease_expires"] is None else _timestamp(row["lease_expires"]),
+def _slot_from_row(row: sqlite3.Row) -> _Slot:
+    return _Slot(
+        row["position"],
+        row["cluster_id"],
+        row["window_index"],
+        row["claimed_by"],
+        row["lease_expires"],
     )
+
+
+def _request_from_row(row: sqlite3.Row) -> Request:
+    return _slot_from_row(row).request(row["session_id"], bool(row["answered"]))
 
 
 def _answer_from_row(row: sqlite3.Row) -> Answer:
@@ -170,7 +172,7 @@ class SQLiteLabelStore(LabelStore):
             raise
 
     def _create_schema(self) -> None:
-        with self._write() as db:
+        with self._transaction(write=True) as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 # One statement at a time: executescript would commit the open transaction.
@@ -189,10 +191,12 @@ class SQLiteLabelStore(LabelStore):
                 )
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed when the block ends, rolled back if it raises."""
+    def _transaction(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction, a consistent snapshot across several queries (a write one holds
+        SQLite's write lock from its start): committed when the block ends, rolled back if it
+        raises."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield self._db
             except BaseException:
@@ -200,15 +204,11 @@ class SQLiteLabelStore(LabelStore):
                 raise
             self._db.execute("COMMIT")
 
-    @contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """One read transaction: a consistent snapshot across several queries."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            try:
-                yield self._db
-            finally:
-                self._db.execute("COMMIT")
+    def _session_rows(self, session_id: int, query: str) -> list[sqlite3.Row]:
+        """The rows of `query` (whose one parameter is the session id), read in one snapshot."""
+        with self._transaction() as db:
+            self._require_session(db, session_id)
+            return db.execute(query, (session_id,)).fetchall()
 
     def _require_session(self, db: sqlite3.Connection, session_id: int) -> None:
         if db.execute("SELECT 1 FROM sessions WHERE id = ?", (session_id,)).fetchone() is None:
@@ -220,7 +220,7 @@ class SQLiteLabelStore(LabelStore):
         self, name: str, run: str, store: str, strategy: str, seed: int, params: dict[str, Any]
     ) -> int:
         params_json = json.dumps(params, sort_keys=True)
-        with self._write() as db:
+        with self._transaction(write=True) as db:
             if db.execute("SELECT 1 FROM sessions WHERE name = ?", (name,)).fetchone():
                 raise UserError(
                     f"labeling session {name!r} already exists in {self.path}; "
@@ -234,12 +234,12 @@ class SQLiteLabelStore(LabelStore):
             return int(cursor.lastrowid)
 
     def get_session(self, name: str) -> Session | None:
-        with self._read() as db:
+        with self._transaction() as db:
             row = db.execute("SELECT * FROM sessions WHERE name = ?", (name,)).fetchone()
         return None if row is None else _session_from_row(row)
 
     def sessions(self) -> list[Session]:
-        with self._read() as db:
+        with self._transaction() as db:
             rows = db.execute("SELECT * FROM sessions ORDER BY id").fetchall()
         return [_session_from_row(row) for row in rows]
 
@@ -247,7 +247,7 @@ class SQLiteLabelStore(LabelStore):
 
     def add_requests(self, session_id: int, items: Iterable[tuple[int, int]]) -> int:
         pairs = _checked_pairs(items)
-        with self._write() as db:
+        with self._transaction(write=True) as db:
             self._require_session(db, session_id)
             known = {
                 row[0]
@@ -268,17 +268,14 @@ class SQLiteLabelStore(LabelStore):
         return len(new)
 
     def requests(self, session_id: int) -> list[Request]:
-        with self._read() as db:
-            self._require_session(db, session_id)
-            rows = db.execute(
-                f"SELECT {_REQUEST_COLUMNS} FROM requests r WHERE r.session_id = ? "
-                "ORDER BY r.position",
-                (session_id,),
-            ).fetchall()
+        rows = self._session_rows(
+            session_id,
+            f"SELECT {_REQUEST_COLUMNS} FROM requests r WHERE r.session_id = ? ORDER BY r.position",
+        )
         return [_request_from_row(row) for row in rows]
 
     def claim_next(self, session_id: int, claimant: str, lease_s: float) -> Request | None:
-        with self._write() as db:
+        with self._transaction(write=True) as db:
             self._require_session(db, session_id)
             now = self._clock()
             pending = (
@@ -312,80 +309,43 @@ class SQLiteLabelStore(LabelStore):
 
     # -- answers ---------------------------------------------------------------------------
 
-    def answer(
-        self,
-        session_id: int,
-        cluster_id: int,
-        window_index: int,
-        labels: Sequence[str],
-        kind: AnswerKind,
-        annotator: str,
-        claimant: str | None = None,
-        owner: str | None = None,
-    ) -> Answer:
-        given_by = None if owner is None else owner_digest(owner)
-        stored_labels = _checked_answer(labels, kind, annotator)
-        cluster_id, window_index = int(cluster_id), int(window_index)
-        with self._write() as db:
-            self._require_session(db, session_id)
+    def _add_answer(self, draft: Answer, claimant: str | None) -> Answer:
+        with self._transaction(write=True) as db:
+            self._require_session(db, draft.session_id)
             row = db.execute(
                 f"SELECT {_REQUEST_COLUMNS} FROM requests r "
                 "WHERE r.session_id = ? AND r.cluster_id = ?",
-                (session_id, cluster_id),
+                (draft.session_id, draft.cluster_id),
             ).fetchone()
-            if row is None:
-                raise ValueError(f"cluster {cluster_id} was not requested in session {session_id}")
-            if row["window_index"] != window_index:
-                raise ValueError(
-                    f"cluster {cluster_id} is shown through window {row['window_index']}, "
-                    f"not {window_index}"
-                )
-            answered_at = self._clock()
+            slot = _requested(draft, None if row is None else _slot_from_row(row))
+            now = self._clock()
             if claimant is not None:
-                _check_claim(
-                    cluster_id,
-                    bool(row["answered"]),
-                    row["claimed_by"],
-                    row["lease_expires"],
-                    claimant,
-                    answered_at,
-                )
+                _check_claim(slot, bool(row["answered"]), claimant, now)
             cursor = db.execute(
                 "INSERT INTO answers (session_id, cluster_id, window_index, labels, kind, "
                 "annotator, answered_at, given_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
-                    session_id,
-                    cluster_id,
-                    window_index,
-                    json.dumps(list(stored_labels), ensure_ascii=False),
-                    kind,
-                    annotator,
-                    answered_at,
-                    given_by,
+                    draft.session_id,
+                    draft.cluster_id,
+                    draft.window_index,
+                    json.dumps(list(draft.labels), ensure_ascii=False),
+                    draft.kind,
+                    draft.annotator,
+                    now,
+                    draft.given_by,
                 ),
             )
             db.execute(
                 "UPDATE requests SET claimed_by = NULL, lease_expires = NULL "
                 "WHERE session_id = ? AND cluster_id = ?",
-                (session_id, cluster_id),
+                (draft.session_id, draft.cluster_id),
             )
-        return Answer(
-            id=int(cursor.lastrowid),
-            session_id=session_id,
-            cluster_id=cluster_id,
-            window_index=window_index,
-            labels=stored_labels,
-            kind=kind,
-            annotator=annotator,
-            answered_at=_timestamp(answered_at),
-            undone=False,
-            given_by=given_by,
-        )
+        return replace(draft, id=int(cursor.lastrowid), answered_at=_timestamp(now))
 
     def undo_last(
         self, session_id: int, annotator: str | None = None, owner: str | None = None
     ) -> Answer | None:
-        with self._write() as db:
+        with self._transaction(write=True) as db:
             self._require_session(db, session_id)
             query = (
                 f"SELECT {_ANSWER_COLUMNS} FROM answers a WHERE a.session_id = ? AND a.undone = 0"
@@ -404,25 +364,21 @@ class SQLiteLabelStore(LabelStore):
         return replace(_answer_from_row(row), undone=True)
 
     def answers(self, session_id: int) -> list[Answer]:
-        with self._read() as db:
-            self._require_session(db, session_id)
-            rows = db.execute(
-                f"SELECT {_ANSWER_COLUMNS} FROM answers a JOIN requests r "
-                "ON r.session_id = a.session_id AND r.cluster_id = a.cluster_id "
-                "WHERE a.session_id = ? AND a.id = (SELECT MAX(b.id) FROM answers b "
-                "WHERE b.session_id = a.session_id AND b.cluster_id = a.cluster_id "
-                "AND b.undone = 0) ORDER BY r.position",
-                (session_id,),
-            ).fetchall()
+        rows = self._session_rows(
+            session_id,
+            f"SELECT {_ANSWER_COLUMNS} FROM answers a JOIN requests r "
+            "ON r.session_id = a.session_id AND r.cluster_id = a.cluster_id "
+            "WHERE a.session_id = ? AND a.id = (SELECT MAX(b.id) FROM answers b "
+            "WHERE b.session_id = a.session_id AND b.cluster_id = a.cluster_id "
+            "AND b.undone = 0) ORDER BY r.position",
+        )
         return [_answer_from_row(row) for row in rows]
 
     def history(self, session_id: int) -> list[Answer]:
-        with self._read() as db:
-            self._require_session(db, session_id)
-            rows = db.execute(
-                f"SELECT {_ANSWER_COLUMNS} FROM answers a WHERE a.session_id = ? ORDER BY a.id",
-                (session_id,),
-            ).fetchall()
+        rows = self._session_rows(
+            session_id,
+            f"SELECT {_ANSWER_COLUMNS} FROM answers a WHERE a.session_id = ? ORDER BY a.id",
+        )
         return [_answer_from_row(row) for row in rows]
 
     def close(self) -> None:

@@ -144,19 +144,24 @@ class ClusterTerm(LossTerm):
         return self.loss.from_terms(point_entropy, marginal)
 
 
-class TemporalTriplet(LossTerm):
-    """Row c: triplet(f(x1_i), f(x2_i), f(x2_pi(i))) for a random derangement pi of the global
-    batch's AA partners, i.e. the negative is a window of another media ([11], section 2.3)."""
+class _TripletTerm(LossTerm):
+    """A triplet loss on f alone whose positives come in the batch's AA partner slot."""
 
-    name = "triplet_time"
     pairs = ("aa",)
     parts = ()
     monitored = True
-    sampler: ClassVar[str] = "coincidence"
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         self.loss = TripletLoss()
+
+
+class TemporalTriplet(_TripletTerm):
+    """Row c: triplet(f(x1_i), f(x2_i), f(x2_pi(i))) for a random derangement pi of the global
+    batch's AA partners, i.e. the negative is a window of another media ([11], section 2.3)."""
+
+    name = "triplet_time"
+    sampler: ClassVar[str] = "coincidence"
 
     def forward(self, parts: nn.ModuleDict, emb: StepEmbeddings) -> torch.Tensor:
         assert emb.aa is not None  # the batch carries AA partners for this term
@@ -165,7 +170,7 @@ class TemporalTriplet(LossTerm):
         return self.loss(emb.anchor, emb.aa[rows], emb.aa[derangement[rows]])
 
 
-class LabelTriplet(LossTerm):
+class LabelTriplet(_TripletTerm):
     """Row a: triplet(f(a_i), f(p_i), f(a_{i+1 mod B})) on `LabelTripletSampler` batches, where
     p_i shares a class label with a_i and a_{i+1} shares none (the sampler's cycle rule).
 
@@ -173,14 +178,10 @@ class LabelTriplet(LossTerm):
     """
 
     name = "triplet_label"
-    pairs = ("aa",)
-    parts = ()
-    monitored = True
     sampler: ClassVar[str] = "label"
 
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
-        self.loss = TripletLoss()
         # Set by `stage_sampler`: on ordinary AA batches this term would silently train a
         # temporal triplet instead, so it refuses to run on batches it did not ask for.
         self.label_batches = False

@@ -8,32 +8,25 @@ const params = new URLSearchParams(location.search);
 const token = params.get("token");
 const $ = (id) => document.getElementById(id);
 
-// One claimant per tab: a reload keeps it (the tab gets its cluster back), a new tab gets its own.
-function tabClaimant() {
-  let id = sessionStorage.getItem("coincide-claimant");
+// An id kept in `storage` under `key`: `prefix` and `size` random bytes in hex, made the first
+// time it is asked for.
+function storedId(storage, key, prefix, size) {
+  let id = storage.getItem(key);
   if (!id) {
-    const bytes = crypto.getRandomValues(new Uint8Array(12));
-    id = "tab-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-    sessionStorage.setItem("coincide-claimant", id);
-  }
-  return id;
-}
-
-// One owner per browser: answers given with it can be undone only with it, from any of this
-// browser's tabs; another person typing the same name cannot take them back.
-function browserOwner() {
-  let id = localStorage.getItem("coincide-owner");
-  if (!id) {
-    const bytes = crypto.getRandomValues(new Uint8Array(16));
-    id = "owner-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-    localStorage.setItem("coincide-owner", id);
+    const bytes = crypto.getRandomValues(new Uint8Array(size));
+    id = prefix + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    storage.setItem(key, id);
   }
   return id;
 }
 
 const state = {
-  claimant: tabClaimant(),
-  owner: browserOwner(),
+  // One claimant per tab: a reload keeps it (the tab gets its cluster back), a new tab gets its
+  // own.
+  claimant: storedId(sessionStorage, "coincide-claimant", "tab-", 12),
+  // One owner per browser: answers given with it can be undone only with it, from any of this
+  // browser's tabs; another person typing the same name cannot take them back.
+  owner: storedId(localStorage, "coincide-owner", "owner-", 16),
   request: null, // the cluster being answered: {cluster_id, window, cluster_size, member, ...}
   shown: null, // the member whose audio and pictures are shown (the request's, or another)
   labels: [], // labels of the answer being written
