@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from coincide.console import EtaColumn, PlainProgress, files_progress, print_table, progress
+from coincide.console import EtaColumn, FilesProgress, PlainProgress, print_table, progress
 
 
 class Clock:
@@ -53,9 +54,12 @@ def test_progress_picks_a_bar_on_a_terminal_and_lines_elsewhere() -> None:
     with quiet:
         quiet.update(quiet.add_task("", total=1), advance=1)
     assert out.getvalue() == ""
-    with files_progress("predict", console) as bar:
-        bar.update(bar.add_task("", total=4, files="", rate=""), advance=4, files="2/2 files")
-    assert out.getvalue().startswith("predict  100%  2/2 files  eta ")
+    files = [Path(__file__), Path(__file__).parent / "missing.wav"]
+    with FilesProgress("predict", files, console) as bar:
+        bar.file_done(files[1], 0)  # a file that cannot be read advances by nothing
+        bar.file_done(files[0], 3)
+    assert out.getvalue().startswith("predict  100%  2/2 files  ")
+    assert bar.windows == 3 and "windows/s  eta " in out.getvalue()
 
 
 def long_table() -> tuple[Table, str]:

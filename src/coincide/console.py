@@ -9,6 +9,9 @@ elsewhere the table is printed as wide as its longest row, so a path stays whole
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,18 +142,59 @@ def print_table(table: Table, console: Console | None = None) -> None:
     ).print(table)
 
 
-def files_progress(name: str, console: Console | None = None) -> Progress:
-    """The progress of work over media files (ingest, predict, embed): advanced by bytes, with
-    the fields `files` ("3/10 files") and `rate` ("1,200 windows/s")."""
-    return progress(
-        TextColumn(name),
-        BarColumn(),
-        TextColumn("{task.fields[files]}"),
-        TextColumn("{task.fields[rate]}"),
-        EtaColumn(),
-        console=console,
-        transient=True,
-    )
+class FilesProgress:
+    """The progress of work over media files (ingest, predict, embed): a bar advanced by bytes
+    (so its ETA holds for files of any length) with "3/10 files" and "1,200 windows/s".
+
+        with FilesProgress("embed", files, console) as bar:
+            for path in files:
+                ...  # notes go to bar.console, above the bar
+                bar.file_done(path, windows_of_this_file)
+    """
+
+    def __init__(self, name: str, files: Sequence[str | Path], console: Console | None = None):
+        self.sizes = {str(path): _file_size(path) for path in files}
+        self.count, self.done, self.windows = len(files), 0, 0
+        self.progress = progress(
+            TextColumn(name),
+            BarColumn(),
+            TextColumn("{task.fields[files]}"),
+            TextColumn("{task.fields[rate]}"),
+            EtaColumn(),
+            console=console,
+            transient=True,
+        )
+        self.console = self.progress.console
+
+    def __enter__(self) -> FilesProgress:
+        self.progress.__enter__()
+        total = max(sum(self.sizes.values()), 1)
+        self.task = self.progress.add_task("", total=total, files="", rate="")
+        self.started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)  # type: ignore[arg-type]
+
+    def file_done(self, path: str | Path, windows: int) -> None:
+        """One more file done (read or skipped), with `windows` windows."""
+        self.done += 1
+        self.windows += windows
+        rate = self.windows / max(time.perf_counter() - self.started, 1e-9)
+        self.progress.update(
+            self.task,
+            advance=self.sizes.get(str(path), 0),
+            files=f"{self.done}/{self.count} files",
+            rate=f"{rate:,.0f} windows/s",
+        )
+
+
+def _file_size(path: str | Path) -> int:
+    """Bytes of a file; 0 for what is not a readable file (it is skipped with its reason)."""
+    try:
+        return os.stat(path).st_size if os.path.isfile(path) else 0
+    except OSError:
+        return 0
 
 
 def printable(path: str | Path) -> str:

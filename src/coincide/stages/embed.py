@@ -14,7 +14,6 @@ Read it back with `pandas.read_parquet(path)` (the embedding column holds arrays
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -95,7 +94,7 @@ def run(settings: EmbedSettings, console: Console | None = None) -> int:
     """
     paths, out = settings.paths, Path(settings.out)
 
-    from coincide.console import files_progress
+    from coincide.console import FilesProgress
     from coincide.stages.ingest import find_media
 
     console = console or Console(stderr=True)
@@ -112,32 +111,23 @@ def run(settings: EmbedSettings, console: Console | None = None) -> int:
         {**schema.metadata, b"coincide_settings": json.dumps(settings.record()).encode()}
     )
     pending: list[tuple[str, np.ndarray, np.ndarray]] = []
-    pending_rows = windows = skipped = 0
-    sizes = {p: p.stat().st_size if p.is_file() else 0 for p in files}
-    progress = files_progress("embed", console)
-    started = time.perf_counter()
+    pending_rows = skipped = 0
+    progress = FilesProgress("embed", files, console)
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, schema) as writer, progress:
-        task = progress.add_task("", total=max(sum(sizes.values()), 1), files="", rate="")
-        for done, path in enumerate(files, start=1):
+        for path in files:
             try:
                 times, embeddings = embed_file(model, path)
             except MediaError as err:
                 skipped += 1
                 say(progress.console, f"skipped {printable(path)}: {err}")
-            else:
-                pending.append((printable(path), times, embeddings))
-                pending_rows += len(times)
-                windows += len(times)
-                if pending_rows >= ROW_GROUP_ROWS:
-                    writer.write_table(_table(schema, pending))
-                    pending, pending_rows = [], 0
-            rate = windows / max(time.perf_counter() - started, 1e-9)
-            progress.update(
-                task,
-                advance=sizes[path],
-                files=f"{done}/{len(files)} files",
-                rate=f"{rate:,.0f} windows/s",
-            )
+                progress.file_done(path, 0)
+                continue
+            pending.append((printable(path), times, embeddings))
+            pending_rows += len(times)
+            if pending_rows >= ROW_GROUP_ROWS:
+                writer.write_table(_table(schema, pending))
+                pending, pending_rows = [], 0
+            progress.file_done(path, len(times))
         if skipped == len(files):
             raise UserError(
                 f"none of the {len(files)} media files could be read; the reasons are "
@@ -147,7 +137,7 @@ def run(settings: EmbedSettings, console: Console | None = None) -> int:
             writer.write_table(_table(schema, pending))
     say(
         console,
-        f"{len(files)} files: {len(files) - skipped} embedded ({windows} windows), "
+        f"{len(files)} files: {len(files) - skipped} embedded ({progress.windows} windows), "
         f"{skipped} skipped; wrote {printable(out)}",
     )
     return 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coincide.config.stage import StageSettings
-from coincide.console import files_progress, print_table
+from coincide.console import FilesProgress, print_table
 from coincide.errors import UserError
 from coincide.media.frontend import frontend_parameters
 from coincide.stages.ingest_workers import AlreadyStored, Outcome, Skipped, outcomes
@@ -233,7 +232,7 @@ def run(settings: IngestSettings, console: Console | None = None) -> int:
         }
         for folder, reason in unreadable:
             _say(console, tally.skip(folder, reason))
-        todo, sizes = [], {}
+        todo: list[str] = []
         for path in map(str, files):
             try:
                 path.encode("utf-8")
@@ -245,7 +244,6 @@ def run(settings: IngestSettings, console: Console | None = None) -> int:
             except OSError:
                 todo.append(path)  # examine() says why it cannot be read
                 continue
-            sizes[path] = file_stat.st_size
             media_id = unchanged.get((path, file_stat.st_size, file_stat.st_mtime_ns))
             if media_id is not None:
                 tally.found(path, media_id)
@@ -254,24 +252,14 @@ def run(settings: IngestSettings, console: Console | None = None) -> int:
 
         # Decode in parallel, store in order; the bar advances by bytes, so its ETA holds for
         # files of any length.
-        progress = files_progress("ingest", console)
-        t0 = time.perf_counter()
-        with progress:
-            total_bytes = sum(sizes.get(p, 0) for p in todo)
-            task = progress.add_task("", total=max(total_bytes, 1), files="", rate="")
+        with FilesProgress("ingest", todo, console) as progress:
             known_ids = frozenset(stored["media_id"])
-            decoded = outcomes(todo, known_ids, workers, writer)
-            for done, outcome in enumerate(decoded, start=1):
+            for outcome in outcomes(todo, known_ids, workers, writer):
+                before = tally.windows
                 line = tally.take(outcome)
                 if line is not None:
                     _say(progress.console, line)
-                rate = tally.windows / max(time.perf_counter() - t0, 1e-9)
-                progress.update(
-                    task,
-                    advance=sizes.get(outcome.path, 0),
-                    files=f"{done}/{len(todo)} files",
-                    rate=f"{rate:,.0f} windows/s",
-                )
+                progress.file_done(outcome.path, tally.windows - before)
         writer.flush()
 
         # Labels, then the report: both under the write lock.

@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import json
 import sys
-import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from coincide.config.stage import StageSettings
-from coincide.console import files_progress, print_table, printable, say
+from coincide.console import FilesProgress, print_table, printable, say
 from coincide.errors import MediaError, UserError
 from coincide.files import atomic_output
 from coincide.models.inference import (
@@ -197,37 +196,26 @@ def _predict_all(
     """Score every file, feeding `writers`; returns (skipped, clip rows for the table, windows)."""
     skipped: list[dict[str, str]] = []
     rows: list[tuple[str, float, list[str], list[float]]] = []
-    windows = 0
-    sizes = {p: p.stat().st_size if p.is_file() else 0 for p in files}
-    started = time.perf_counter()
-    progress = files_progress("predict", console)
-    with progress:
-        task = progress.add_task("", total=max(sum(sizes.values()), 1), files="", rate="")
-        for done, path in enumerate(files, start=1):
+    with FilesProgress("predict", files, console) as progress:
+        for path in files:
             try:
                 result = predict_file(model, path)
             except MediaError as err:
                 skipped.append({"media_path": printable(path), "reason": str(err)})
                 say(progress.console, f"skipped {printable(path)}: {err}")
-            else:
-                windows += len(result.time_s)
-                for writer in writers:
-                    writer.add(result)
-                chosen = rule.indices(result.clip_scores[None])[0]
-                names = [model.classes[c] for c in chosen]
-                scores = [float(result.clip_scores[c]) for c in chosen]
-                rows.append((printable(path), result.duration_s, names, scores))
-            rate = windows / max(time.perf_counter() - started, 1e-9)
-            progress.update(
-                task,
-                advance=sizes[path],
-                files=f"{done}/{len(files)} files",
-                rate=f"{rate:,.0f} windows/s",
-            )
+                progress.file_done(path, 0)
+                continue
+            for writer in writers:
+                writer.add(result)
+            chosen = rule.indices(result.clip_scores[None])[0]
+            names = [model.classes[c] for c in chosen]
+            scores = [float(result.clip_scores[c]) for c in chosen]
+            rows.append((printable(path), result.duration_s, names, scores))
+            progress.file_done(path, len(result.time_s))
     if len(skipped) < len(files):
         for writer in writers:
             writer.close(skipped)
-    return skipped, rows, windows
+    return skipped, rows, progress.windows
 
 
 @dataclass(frozen=True)
