@@ -1,6 +1,6 @@
 """The labeling web page: people label clusters by ear and eye, through the label store.
 
-- `server.serve(...)`: run the page for a session (`coincide label ... --serve`).
+- `server.serve(server.LabelingServer(...))`: run the page for a session (`label --serve`).
 - `app.create_app(campaign, vocabulary, ...)`: the ASGI app (Starlette), for tests and embedding.
 - `campaign.Campaign`: what the page serves, on top of `coincide.store.labels.LabelStore`, which
   alone owns the labels.

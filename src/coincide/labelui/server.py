@@ -117,8 +117,20 @@ class LabelingServer:
     """The labeling page listening on a socket. `run()` serves until Ctrl+C (the command line);
     `start()` serves from a background thread and `stop()` ends it (a notebook, tests).
 
-    The arguments are those of `serve`; with `port=0` the system picks a free port (`port` then
-    holds it). `url` is the page's address, with the token when there is one.
+    With `port=0` the system picks a free port (`port` then holds it). `url` is the page's
+    address, with the token when there is one.
+
+    Args:
+        run_dir: the run whose clustering is labeled (`RUN/clusters/<store>/assignment.npy`).
+        store_path: the feature store the clustering covers.
+        budget: serve the session's first `budget` requests (all of them when None).
+        host, port: where to listen; a non-loopback host gets a generated token.
+        vocab: vocabulary for the autocomplete (plain text list or AudioSet ontology.json).
+        session: the labeling session's name (the label store's only session when None).
+        db_path: the label store (default `RUN/labels.sqlite`).
+        annotator: default name in the page's annotator field.
+        context_s: seconds of audio played before and after the window.
+        lease_s: seconds a browser tab keeps its cluster without asking again.
     """
 
     def __init__(
@@ -218,47 +230,9 @@ class LabelingServer:
         self.labels.close()
 
 
-def serve(
-    run_dir: str | Path,
-    store_path: str | Path,
-    budget: int | None = None,
-    host: str = DEFAULT_HOST,
-    port: int = DEFAULT_PORT,
-    vocab: str | Path | None = None,
-    session: str | None = None,
-    db_path: str | Path | None = None,
-    *,
-    annotator: str | None = None,
-    context_s: float = 2.0,
-    lease_s: float = 300.0,
-) -> None:
-    """Serve the labeling page until Ctrl+C (see the module docstring).
-
-    Args:
-        run_dir: the run whose clustering is labeled (`RUN/clusters/<store>/assignment.npy`).
-        store_path: the feature store the clustering covers.
-        budget: serve the session's first `budget` requests (all of them when None).
-        host, port: where to listen; a non-loopback host gets a generated token.
-        vocab: vocabulary for the autocomplete (plain text list or AudioSet ontology.json).
-        session: the labeling session's name (the label store's only session when None).
-        db_path: the label store (default `RUN/labels.sqlite`).
-        annotator: default name in the page's annotator field.
-        context_s: seconds of audio played before and after the window.
-        lease_s: seconds a browser tab keeps its cluster without asking again.
-    """
-    page = LabelingServer(
-        run_dir,
-        store_path,
-        budget,
-        host,
-        port,
-        vocab,
-        session,
-        db_path,
-        annotator=annotator,
-        context_s=context_s,
-        lease_s=lease_s,
-    )
+def serve(page: LabelingServer) -> None:
+    """Serve the labeling page until Ctrl+C (see the module docstring), saying where and how
+    far the session is; the page is closed after."""
     campaign = page.campaign
     progress = campaign.progress()
     print(

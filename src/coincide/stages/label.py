@@ -176,18 +176,20 @@ def run(settings: LabelSettings) -> dict[str, Any]:
                 label_store, session, requests, WindowLabelOracle(window_labels)
             )
         if settings.serve:
-            from coincide.labelui.server import serve as serve_page
+            from coincide.labelui.server import LabelingServer, serve
 
-            serve_page(
-                run_dir,
-                store_path,
-                len(requests),
-                settings.host,
-                settings.port,
-                settings.vocab,
-                name,
-                db_path,
-                annotator=settings.annotator,
+            serve(
+                LabelingServer(
+                    run_dir,
+                    store_path,
+                    len(requests),
+                    settings.host,
+                    settings.port,
+                    settings.vocab,
+                    name,
+                    db_path,
+                    annotator=settings.annotator,
+                )
             )
         requests = label_store.requests(session.id)[: len(requests)]
         propagated = session_labels(label_store, session, len(requests), members)

@@ -49,10 +49,10 @@ def label_hits(
             labels = oracle_window_labels(store, settings.oracle)
             answer_with_oracle(label_store, chosen, labels)
     if settings.serve:
-        from coincide.labelui.server import serve as serve_page
+        from coincide.labelui.server import LabelingServer, serve
 
-        serve_page(run_dir, store.root, None, settings.host, settings.port, None, chosen.name,
-                   db_path, annotator=settings.annotator)  # fmt: skip
+        serve(LabelingServer(run_dir, store.root, None, settings.host, settings.port, None,
+                             chosen.name, db_path, annotator=settings.annotator))  # fmt: skip
     with SQLiteLabelStore(db_path) as label_store:
         current = label_store.answers(chosen.id)
         total = len(label_store.requests(chosen.id))
