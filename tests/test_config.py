@@ -185,7 +185,7 @@ def test_a_new_run_without_config_trains_the_laptop_preset(tmp_path, monkeypatch
 
     seen = {}
     monkeypatch.setattr(loop, "train", lambda cfg, *a, **k: seen.setdefault("cfg", cfg))
-    loop.run(tmp_path / "store", tmp_path / "run", [], [])
+    loop.run(loop.TrainSettings(tmp_path / "store", tmp_path / "run"))
     assert seen["cfg"] == load_config(["laptop"])
 
 
