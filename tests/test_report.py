@@ -26,8 +26,8 @@ from coincide.errors import UserError
 from coincide.experiments.table3 import run_table3
 from coincide.report.embedding_map import NO_LABEL, first_labels, project_2d
 from coincide.report.html import human_title, markdown_to_html
+from coincide.report.page import ReportSettings, write_report
 from coincide.report.page import run as report
-from coincide.report.page import write_report
 from coincide.stages import cluster, evaluate, label
 from coincide.stages.finetune import FinetuneSettings
 from coincide.stages.finetune import run as finetune
@@ -231,9 +231,11 @@ def test_the_page_and_its_folder_can_be_copied(workspace, tmp_path):
 def test_a_run_with_only_a_checkpoint_says_what_is_missing(tmp_path):
     run = tmp_path / "bare"
     consolidation_helpers.make_run(run)
-    path = report(run)
+    path = report(ReportSettings(run))
     assert path == run / "report.html"
     page = path.read_text(encoding="utf-8")
+    kept = page.split('<script type="application/json" id="settings">')[1].split("</script>")[0]
+    assert json.loads(kept)["command"] == "report"
     for heading in HEADINGS:
         assert f">{heading}</h2>" in page
     assert _images(page) == []
@@ -258,7 +260,7 @@ def test_table3_from_its_csv_alone(tmp_path):
     pd.DataFrame(
         {"strategy": ["cluster", "<b>x</b>"], "budget": [5, 5], "mAP": [0.41234, float("nan")]}
     ).to_csv(table3 / "table3.csv", index=False)
-    page = report(run, table3=table3).read_text(encoding="utf-8")
+    page = report(ReportSettings(run, table3=table3)).read_text(encoding="utf-8")
     section = page[page.index(">Table 3</h2>") :]
     assert "<td>cluster</td>" in section and "<td>0.412</td>" in section
     assert "<td>&lt;b&gt;x&lt;/b&gt;</td>" in section and "<td>n/a</td>" in section
@@ -356,8 +358,8 @@ def test_user_errors(tmp_path):
     run = tmp_path / "run"
     consolidation_helpers.make_run(run)
     with pytest.raises(UserError, match="does not exist"):
-        report(tmp_path / "nowhere")
+        report(ReportSettings(tmp_path / "nowhere"))
     with pytest.raises(UserError, match=r"\.html"):
-        report(run, out=tmp_path / "page.txt")
+        report(ReportSettings(run, html=tmp_path / "page.txt"))
     with pytest.raises(UserError, match="--test-store"):
-        report(run, store=tmp_path / "no_store")
+        report(ReportSettings(run, test_store=tmp_path / "no_store"))

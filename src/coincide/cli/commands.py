@@ -331,9 +331,10 @@ def report(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sample and the map.")] = 0,
 ) -> None:
     """Write an HTML page: loss curves, cluster sizes, embedding map and Table 3 of a run."""
+    from coincide.report.page import ReportSettings
     from coincide.report.page import run as run_report
 
-    run_report(run, test_store, table3, html, projection, map_windows, seed)
+    run_report(ReportSettings(run, test_store, table3, html, projection, map_windows, seed))
 
 
 from coincide.cli import models as cli_models  # noqa: E402

@@ -3,14 +3,15 @@
 The CLI parses a command's options into its stage's settings (`ClusterSettings`,
 `LabelSettings`, ...) and calls `stages.<name>.run(settings)`; the stage writes
 `settings.record()` next to its outputs (`settings.json` in the folder it writes, or a
-`settings` entry of the record it keeps), so every output says which command, options and
-version made it. Training's settings are the configuration tree (`config.yaml`) plus the
-command's own options (`TrainSettings`).
+`settings` entry of the record it keeps, or a script element of the HTML page it writes), so
+every output says which command, options and version made it. Training's settings are the
+configuration tree (`config.yaml`) plus the command's own options (`TrainSettings`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,6 +41,12 @@ class StageSettings:
     def record(self) -> dict[str, Any]:
         """`{"command", "coincide" (version), "settings": {option: value}}`, JSON-ready."""
         return {"command": self.command, "coincide": __version__, "settings": _plain(self)}
+
+    def html_script(self) -> str:
+        """`record()` as the element `<script type="application/json" id="settings">` of an HTML
+        page (`</` is written `<\\/`, so no value can end the element early)."""
+        payload = json.dumps(self.record()).replace("</", "<\\/")
+        return f'<script type="application/json" id="settings">{payload}</script>'
 
     def write(self, folder: Path) -> Path:
         """Write `record()` to `folder/settings.json` (atomically); returns the path."""

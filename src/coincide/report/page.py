@@ -26,12 +26,14 @@ the page with its folder keeps every link working.
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import pandas as pd
 
+from coincide.config.stage import StageSettings
 from coincide.console import printable
 from coincide.dist import default_device
 from coincide.errors import UserError
@@ -440,6 +442,7 @@ def write_report(
     projection: Projection = "pca",
     map_windows: int = DEFAULT_MAP_WINDOWS,
     seed: int = 0,
+    settings: StageSettings | None = None,
 ) -> Path:
     """Write the report page `out` and its pictures (`<out stem>_files/`); returns `out`.
 
@@ -451,6 +454,7 @@ def write_report(
         projection: "pca" or "tsne" for the embedding map.
         map_windows: at most this many windows on the map (a seeded sample).
         seed: seeds the sample and the projection.
+        settings: the command's settings, kept in the page (`StageSettings.html_script`).
     """
     run, out = Path(run), Path(out)
     pictures = Pictures(out)
@@ -481,6 +485,7 @@ def write_report(
 <h1>{text(title)}</h1>
 <p>Run <code>{text(run)}</code>. {contents}</p>
 {sections}
+{settings.html_script() if settings is not None else ""}
 </body>
 </html>
 """
@@ -490,22 +495,31 @@ def write_report(
     return out
 
 
-def run(
-    run_dir: Path,
-    store: Path | None = None,
-    table3: Path | None = None,
-    out: Path | None = None,
-    projection: str = "pca",
-    map_windows: int = DEFAULT_MAP_WINDOWS,
-    seed: int = 0,
-) -> Path:
+@dataclass(frozen=True)
+class ReportSettings(StageSettings):
+    """`coincide report`: the run, a labeled test store for the embedding map, the folder of
+    `reproduce table3`, the page to write (`html`, None: RUN/report.html), the map's projection,
+    windows and seed. Kept in the page."""
+
+    command: ClassVar[str] = "report"
+    run: Path
+    test_store: Path | None = None
+    table3: Path | None = None
+    html: Path | None = None
+    projection: str = "pca"
+    map_windows: int = DEFAULT_MAP_WINDOWS
+    seed: int = 0
+
+
+def run(settings: ReportSettings) -> Path:
     """The `coincide report` command: check the arguments, write the page, print its path."""
-    run_dir = Path(run_dir)
+    run_dir, store, table3 = Path(settings.run), settings.test_store, settings.table3
+    map_windows = settings.map_windows
     if not run_dir.is_dir():
         raise UserError(
             f"run folder {run_dir} does not exist; give a run folder (from `coincide train`)."
         )
-    out = Path(out) if out is not None else run_dir / REPORT_FILE
+    out = Path(settings.html) if settings.html is not None else run_dir / REPORT_FILE
     if out.suffix.lower() not in (".html", ".htm"):
         raise UserError(f"--html {printable(out)} must end in .html; rename it.")
     if store is not None and not Path(store).is_dir():
@@ -519,8 +533,9 @@ def run(
         )
     if map_windows < 3:
         raise UserError(f"--map-windows {map_windows} is too few; a map needs at least 3.")
+    projection = cast(Projection, settings.projection)
     path = write_report(
-        run_dir, out, store, table3, cast(Projection, projection), map_windows, seed
+        run_dir, out, store, table3, projection, map_windows, settings.seed, settings
     )
     print(f"report: {printable(path)}")
     return path

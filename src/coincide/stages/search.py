@@ -120,7 +120,7 @@ def write_page(
     query_media: tuple[Path, float] | None,
     hits: list[Hit],
     title: str,
-    settings: dict[str, Any],
+    settings: SearchSettings,
 ) -> None:
     """The HTML page of a search: the query's player, then one row and player per hit; the
     settings that made it in a `<script type="application/json" id="settings">` element."""
@@ -165,7 +165,7 @@ def write_page(
 <tr><th>#</th><th>media</th><th>time (s)</th><th>distance</th><th>labels</th><th>listen</th></tr>
 {chr(10).join(rows)}
 </table>
-<script type="application/json" id="settings">{_script_json(settings)}</script>
+{settings.html_script()}
 </body>
 </html>
 """
@@ -204,11 +204,6 @@ class SearchSettings(StageSettings):
     annotator: str | None = None
 
 
-def _script_json(payload: dict[str, Any]) -> str:
-    """JSON that cannot end its <script> element early (`</` is written `<\\/`)."""
-    return json.dumps(payload).replace("</", "<\\/")
-
-
 def run(settings: SearchSettings, console: Console | None = None) -> list[Hit]:
     """The `coincide search` command: print the hits (a table, CSV or JSON on stdout),
     optionally write the page and put the hits to an annotator."""
@@ -238,7 +233,7 @@ def run(settings: SearchSettings, console: Console | None = None) -> list[Hit]:
         else:
             assert query.media is not None
             query_media = (query.media, float(math.floor(query.seconds or 0.0)))
-        write_page(html_out, query, query_media, hits, title, settings.record())
+        write_page(html_out, query, query_media, hits, title, settings)
         say(console, f"wrote {printable(html_out)}")
     if settings.label_as is not None:
         from coincide.stages.search_label import label_hits
