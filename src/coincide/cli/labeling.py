@@ -5,7 +5,7 @@ modules)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -18,6 +18,9 @@ from coincide.config.choices import (
     LabelStrategy,
     MemberChoice,
 )
+
+if TYPE_CHECKING:
+    from coincide.classifier.train import FinetuneConfig
 
 # The label store option of every command that reads or writes labels.
 LabelDb = Annotated[
@@ -33,7 +36,7 @@ MethodOption = Annotated[
 ClustersOption = Annotated[
     int | None, typer.Option("--clusters", min=1, help="k-means centres (default: the run's K).")
 ]
-# Shared with `reproduce table3`: how a classifier's number of steps is chosen.
+# How p_class is trained (`classifier.train.FinetuneConfig`): `finetune` and `reproduce table3`.
 EarlyStop = Annotated[
     bool,
     typer.Option(
@@ -41,6 +44,31 @@ EarlyStop = Annotated[
         help="Steps chosen on held-out labeled media (default), or exactly --steps.",
     ),
 ]
+FinetuneSteps = Annotated[int, typer.Option("--steps", min=1, help="Most optimizer steps.")]
+FinetuneBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Windows per step.")]
+FinetuneLr = Annotated[float, typer.Option("--lr", help="AdamW learning rate.")]
+Multilabel = Annotated[
+    bool | None,
+    typer.Option(
+        "--multilabel/--single-label", help="Sigmoid or softmax (default: from the labels)."
+    ),
+]
+
+
+def finetune_config(
+    steps: int, batch_size: int, lr: float, multilabel: bool | None, seed: int, early_stop: bool
+) -> FinetuneConfig:
+    """The classifier training of the options above."""
+    from coincide.classifier.train import FinetuneConfig
+
+    return FinetuneConfig(
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        multilabel=multilabel,
+        seed=seed,
+        early_stop=early_stop,
+    )
 
 
 def cluster(
@@ -247,15 +275,10 @@ def finetune(
     oracle: Annotated[
         str, typer.Option("--oracle", help="Labels for --strategy all: 'store' or a CSV.")
     ] = "store",
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Most optimizer steps.")] = 2000,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per step.")] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-4,
-    multilabel: Annotated[
-        bool | None,
-        typer.Option(
-            "--multilabel/--single-label", help="Sigmoid or softmax (default: from the labels)."
-        ),
-    ] = None,
+    steps: FinetuneSteps = 2000,
+    batch_size: FinetuneBatch = 64,
+    lr: FinetuneLr = 3e-4,
+    multilabel: Multilabel = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of batches and fresh weights.")] = 0,
     early_stop: EarlyStop = True,
     with_search: Annotated[
@@ -265,18 +288,10 @@ def finetune(
     db: LabelDb = None,
 ) -> None:
     """Fine-tune f with a classifier p_class on labeled windows (L_class only); score clips."""
-    from coincide.classifier.train import FinetuneConfig
     from coincide.stages.finetune import FinetuneSettings
     from coincide.stages.finetune import run as run_finetune
 
-    cfg = FinetuneConfig(
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        multilabel=multilabel,
-        seed=seed,
-        early_stop=early_stop,
-    )
+    cfg = finetune_config(steps, batch_size, lr, multilabel, seed, early_stop)
     run_finetune(
         FinetuneSettings(
             run, store, strategy, session, name, test_store, oracle, None, cfg, with_search, db

@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from coincide.cli.labeling import ClustersOption, EarlyStop, MethodOption
+from coincide.cli.labeling import (
+    ClustersOption,
+    EarlyStop,
+    FinetuneBatch,
+    FinetuneLr,
+    FinetuneSteps,
+    MethodOption,
+    Multilabel,
+    finetune_config,
+)
 from coincide.cli.vocab import VocabGroup
 from coincide.config.choices import ClusterOrder, MemberChoice, Pooling
 from coincide.errors import UserError
@@ -154,16 +163,11 @@ def reproduce_table3(
             "checks=N, or all.",
         ),
     ] = "",
-    steps: Annotated[
-        int, typer.Option("--steps", min=1, help="Most fine-tuning steps per row.")
-    ] = 2000,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Windows per step.")] = 64,
-    lr: Annotated[float, typer.Option("--lr", help="AdamW learning rate.")] = 3e-4,
+    steps: FinetuneSteps = 2000,
+    batch_size: FinetuneBatch = 64,
+    lr: FinetuneLr = 3e-4,
     early_stop: EarlyStop = True,
-    multilabel: Annotated[
-        bool | None,
-        typer.Option("--multilabel/--single-label", help="Default: from the labels."),
-    ] = None,
+    multilabel: Multilabel = None,
     topline: Annotated[
         bool, typer.Option("--topline/--no-topline", help="Also train on all labels.")
     ] = True,
@@ -174,20 +178,12 @@ def reproduce_table3(
 ) -> None:
     """Table 3: mAP and d' against label budget for random and cluster labeling (mean and
     spread over label draws), label-efficiency ratios, and a plot."""
-    from coincide.classifier.train import FinetuneConfig
     from coincide.experiments.table3 import parse_queries, run_table3
 
     seed_list = _int_list(seeds, "--seed")
     if not seed_list:
         raise UserError("--seed is empty; give at least one label draw, e.g. --seed 0.")
-    cfg = FinetuneConfig(
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        multilabel=multilabel,
-        seed=seed_list[0],
-        early_stop=early_stop,
-    )
+    cfg = finetune_config(steps, batch_size, lr, multilabel, seed_list[0], early_stop)
     run_table3(
         run,
         store,
