@@ -108,6 +108,7 @@ def test_ingest_stores_every_window_and_a_rerun_adds_nothing(library, tmp_path):
     assert store_content(store_path) == content_before
     report = json.loads((store_path / "ingest_report.json").read_text())
     assert [run["ingested"] for run in report["runs"]] == [4, 0]
+    assert report["runs"][-1]["settings"]["store"] == str(Path(store_path).absolute())
 
 
 def test_same_content_under_another_path_is_a_duplicate(library, tmp_path):
