@@ -340,6 +340,9 @@ class Table3Settings(StageSettings):
     queries: tuple[Query, ...] = ()
     topline: bool = True
     workers: int | None = None
+    store: Path | None = None  # the stores and the oracle: recorded, opened by `run_table3`
+    test_store: Path | None = None
+    oracle: str = "store"
 
 
 def table3(
@@ -518,6 +521,9 @@ def run_table3(
         queries=tuple(queries),
         topline=topline,
         workers=workers,
+        store=Path(train_store_path),
+        test_store=Path(test_store_path),
+        oracle=oracle,
     )
     train_store = open_store(train_store_path)
     test_store = open_store(test_store_path)
@@ -525,7 +531,7 @@ def run_table3(
     test_labels = oracle_window_labels(test_store, oracle)
     rows = table3(settings, train_store, test_store, window_labels, test_labels)
     timing = {"wall_s": time.monotonic() - started, "cpu_s": _cpu_seconds() - cpu_start}
-    write_table3(rows, settings, train_store, test_store, oracle, timing)
+    write_table3(rows, settings, train_store, test_store, timing)
     return rows
 
 

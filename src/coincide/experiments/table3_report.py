@@ -329,7 +329,6 @@ def write_table3(
     settings: Table3Settings,
     train_store: FeatureStore,
     test_store: FeatureStore,
-    oracle: str,
     timing: dict[str, float],
 ) -> pd.DataFrame:
     """Write table3_seeds.csv (every row), table3.csv (means), table3.md, table3.png and
@@ -360,8 +359,8 @@ def write_table3(
     (out / "table3.md").write_text(
         "# Table 3: classifiers from random and cluster labeling\n\n"
         f"Run `{settings.run}` ({clustering} clustering), train store `{train_store.root}`, "
-        f"test store `{test_store.root}`; oracle `{oracle}`; fine-tuning {stopping}; label "
-        f"draws of seeds {', '.join(map(str, settings.seeds))}. {took}\n\n"
+        f"test store `{test_store.root}`; oracle `{settings.oracle}`; fine-tuning {stopping}; "
+        f"label draws of seeds {', '.join(map(str, settings.seeds))}. {took}\n\n"
         + table
         + "\n## Label efficiency\n\n"
         + efficiency
