@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest.mock import ANY
 
 import numpy as np
 import pandas as pd
@@ -24,15 +25,18 @@ import pytest
 import torch
 
 from coincide.config.settings import PlateauConfig, load_config
+from coincide.data.pairs import WindowTable
 from coincide.errors import UserError
 from coincide.stages.train import TrainSettings, run, train
 from coincide.store.features import open_store
 from coincide.store.writer import MediaRecord, StoreWriter
-from coincide.train.checkpoint import load_checkpoint, load_models
+from coincide.train.checkpoint import build_models, load_checkpoint, load_models
 from coincide.train.loop import _Run
 from coincide.train.monitor import ClusterWatch
+from coincide.train.objective import StageObjective, stage_parts
 from coincide.train.optim import learning_rate
 from coincide.train.plateau import Plateau
+from coincide.train.triplets import stage_batch_size
 
 torch.set_num_threads(1)
 
@@ -218,9 +222,37 @@ def test_table1_rows_train_as_configurations(store, tmp_path, row):
     assert state["done"] and len(state["finished"]) == 1
 
 
-def test_too_few_media_for_the_batch_is_a_clear_error(store, tmp_path):
+def test_a_batch_larger_than_the_training_media_takes_all_of_them_with_a_note(
+    store, tmp_path, capsys
+):
+    """10 media, 2 held out: data.batch_size = 9 trains every stage on batches of the 8
+    training media (one pair per media) and says so; 2 = 2 processes would keep 9 and refuse."""
+    train(load_config(["small"], [*TINY, "data.batch_size=9"]), store, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    assert state["done"] and len(state["finished"]) == 3
+    out = capsys.readouterr()
+    notes = [
+        line for line in (out.out + out.err).splitlines() if "fewer than data.batch_size" in line
+    ]
+    assert len(notes) == 3 and all("batches hold 8 pairs" in line for line in notes)
+
+
+def test_stage_batch_size_keeps_the_batch_across_processes_and_for_label_triplets(store):
+    table = WindowTable(open_store(store).index)
+    media = np.arange(table.n_media)
+    cfg = load_config(["small"], TINY)
+    av = cfg.curriculum.stages[0]
+    coincidence = StageObjective(cfg, av, build_models(cfg, stage_parts(av)))
+    assert stage_batch_size(coincidence, table, 10.0, 64, media, world=1) == (10, ANY)
+    assert stage_batch_size(coincidence, table, 10.0, 8, media, world=1) == (8, None)
+    assert stage_batch_size(coincidence, table, 10.0, 64, media, world=2) == (64, None)
+    assert stage_batch_size(coincidence, table, 10.0, 64, media[:1], world=1) == (64, None)
+
+
+def test_too_few_media_for_any_batch_is_a_clear_error(tmp_path):
+    tiny_store = make_store(tmp_path / "store", n_media=1)
     with pytest.raises(UserError, match="lower data.batch_size"):
-        train(load_config(["small"], [*TINY, "data.batch_size=9"]), store, tmp_path / "run")
+        train(load_config(["small"], TINY), tiny_store, tmp_path / "run")
 
 
 def test_compile_wraps_each_stages_step_and_checkpoints_stay_plain(store, tmp_path, monkeypatch):
@@ -423,8 +455,6 @@ def test_cluster_watch_reports_a_collapse_only_after_the_grace_steps():
 
 @pytest.mark.parametrize("mode", ["shared", "per_branch"])
 def test_aa_batchnorm_sets_which_windows_share_batch_statistics(mode):
-    from coincide.train.checkpoint import build_models
-    from coincide.train.objective import StageObjective
 
     cfg = load_config(["small"], [*TINY, f"curriculum.aa_batchnorm={mode}"])
     stage = cfg.curriculum.audio_only_stages[0]  # aa
@@ -444,8 +474,6 @@ def test_aa_batchnorm_sets_which_windows_share_batch_statistics(mode):
 def test_hard_negatives_weight_training_but_the_held_out_loss_stays_equation_1():
     from coincide.losses import CoincidenceLoss
     from coincide.models.heads import CosineCoincidenceHead
-    from coincide.train.checkpoint import build_models
-    from coincide.train.objective import StageObjective
 
     cfg = load_config(["small"], [*TINY, "curriculum.hard_negatives=2.0"])
     stage = cfg.curriculum.audio_only_stages[0]  # aa

@@ -279,6 +279,14 @@ def eligible_anchors(
     return positions
 
 
+def usable_media(
+    table: WindowTable, kinds: Sequence[str], delta_t: float, media: np.ndarray
+) -> int:
+    """How many of `media` (codes) have a window with a partner of every kind: the most pairs
+    one batch can hold (one pair per media)."""
+    return len(np.unique(table.media[eligible_anchors(table, kinds, delta_t, media)]))
+
+
 def split_media(
     table: WindowTable, val_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -318,8 +326,7 @@ def validation_batches(
     per media per batch); ceil(n_pairs / batch size) batches. Empty when fewer than 2 media
     are usable (the caller then runs stages to their step caps).
     """
-    usable = len(np.unique(table.media[eligible_anchors(table, kinds, delta_t, media)]))
-    size = min(batch_size, usable)
+    size = min(batch_size, usable_media(table, kinds, delta_t, media))
     if size < 2:
         return []
     sampler = PairSampler(

@@ -76,7 +76,7 @@ from coincide.train.step import TrainingStep
 
 # A stage with the label-triplet term (Table 1 row a) trains on label-triplet batches; every
 # other stage on coincidence pairs.
-from coincide.train.triplets import stage_sampler, stage_validation_batches
+from coincide.train.triplets import stage_batch_size, stage_sampler, stage_validation_batches
 from coincide.train.validation import (
     HeldOut,
     Overfitting,
@@ -271,12 +271,15 @@ class _Run:
         # -- batches: this rank's stream, and the fixed held-out pairs ---------------------
         # (coincide.train.triplets picks label-triplet batches for a stage that trains
         # triplet_label.)
+        batch, note = stage_batch_size(
+            objective, self.table, cfg.data.delta_t, self.local_batch, self.my_media, self.world
+        )
         sampler = stage_sampler(
             objective,
             self.table,
             self.store,
             cfg.data.delta_t,
-            self.local_batch,
+            batch,
             cfg.data.weighting,
             cfg.seed,
             stream=index,
@@ -309,6 +312,8 @@ class _Run:
                 + f", up to {stage.max_steps} steps"
                 + ("" if val_batches else " (no held-out media: runs to its step cap)")
             )
+            if note:
+                self._say(f"note: {note}.")
             assert self.monitor is not None
             self.monitor.start_stage(stage.name, stage.max_steps, pos.stage_step)
 
@@ -328,7 +333,7 @@ class _Run:
             pos.step += 1
             pos.stage_step += 1
             intervals += 1
-            speed.add(cfg.data.batch_size * accum)
+            speed.add(batch * self.world * accum)
             at_cap = pos.stage_step >= stage.max_steps
 
             # -- log, evaluate, checkpoint ---------------------------------------------------

@@ -28,6 +28,7 @@ from coincide.data.pairs import (
     PairBatch,
     PairSampler,
     WindowTable,
+    usable_media,
     validation_batches,
 )
 from coincide.errors import UserError
@@ -198,6 +199,32 @@ def stage_sampler(
         return sampler
     return PairSampler(
         table, objective.kinds, delta_t, batch_size, weighting, seed, stream, media, rank=rank
+    )
+
+
+def stage_batch_size(
+    objective: StageObjective,
+    table: WindowTable,
+    delta_t: float,
+    batch_size: int,
+    media: np.ndarray,
+    world: int,
+) -> tuple[int, str | None]:
+    """Pairs per step of a stage on this rank, and a note when that is not `batch_size`.
+
+    A coincidence batch holds one pair per media, so on one process a stage whose training
+    media are fewer than `batch_size` (but at least 2) trains on batches of all of them instead
+    of refusing the store (`PairSampler` says why when even that is impossible). Several
+    processes keep `batch_size`: their batches are gathered into one and must be alike.
+    """
+    if world > 1 or objective_sampler_kind(objective) == "label":
+        return batch_size, None
+    usable = usable_media(table, objective.kinds, delta_t, media)
+    if not 2 <= usable < batch_size:
+        return batch_size, None
+    return usable, (
+        f"only {usable} training media can give this stage a pair, fewer than data.batch_size "
+        f"= {batch_size}: its batches hold {usable} pairs (one per media)"
     )
 
 
