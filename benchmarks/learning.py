@@ -50,8 +50,9 @@ from coincide.models.inference import load_model
 # (the laptop preset: augmentation, weight decay, the levers against the scene shortcut, stages
 # of up to 2000 steps); `plain` turns the regularisers off; `cap1000` is the preset with the
 # stage cap it had before (1000 steps); `batch64` doubles the batch, so every row has twice the
-# negatives (and twice the ones that share the anchor's scene) to weight. The levers
-# (benchmarks/README.md, "Levers against the scene shortcut"): a cosine coincidence head,
+# negatives (and twice the ones that share the anchor's scene) to weight; `neighbours` makes
+# half the batches of one media and its nearest media under f (coincide.train.neighbours). The
+# levers (benchmarks/README.md, "Levers against the scene shortcut"): a cosine coincidence head,
 # augmentation that takes colour, level and light away from two views of one media, and
 # hard-negative weights. `before_levers` is the laptop preset as it was before them (cap 1000
 # included, as they were measured); the `cosine*` variants add them back one by one.
@@ -73,6 +74,7 @@ VARIANTS: dict[str, list[str]] = {
     "augment": [],
     "cap1000": ["curriculum.max_steps=1000"],
     "batch64": ["data.batch_size=64"],
+    "neighbours": ["data.neighbour_batches=0.5"],
     "before_levers": BEFORE_LEVERS,
     "cosine": [*BEFORE_LEVERS, "model.coincidence_head=cosine"],
     "cosine_aug": [*BEFORE_LEVERS, "model.coincidence_head=cosine", *SCENE_AUGMENT],

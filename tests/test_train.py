@@ -539,3 +539,24 @@ def test_a_user_error_in_the_launched_processes_is_one_sentence_from_rank_0() ->
     assert str(refused.value) == "rank 0 of 2 refuses."
     with pytest.raises(UserError, match="--nproc 0"):
         launch(0, "test_train:refuse_with_rank")
+
+
+def test_neighbour_batches_are_refreshed_from_f_through_each_stage(store, tmp_path, monkeypatch):
+    """data.neighbour_batches: the neighbours are computed from f at each stage's start and
+    every data.neighbour_refresh steps (not at the cap), and training runs on them."""
+    import coincide.train.loop as loop_module
+
+    calls = []
+    real = loop_module.refresh_neighbours
+
+    def record(sampler, encoder, *args):
+        calls.append(sampler.batch_size)
+        real(sampler, encoder, *args)
+        assert sampler.neighbours is not None and sampler.neighbour_fraction == 1.0
+
+    monkeypatch.setattr(loop_module, "refresh_neighbours", record)
+    overrides = [*TINY, "data.neighbour_batches=1.0", "data.neighbour_refresh=2"]
+    train(load_config(["small"], overrides), store, tmp_path / "run")
+    state = json.loads((tmp_path / "run" / "state.json").read_text())
+    steps = [r["steps"] for r in state["finished"]]
+    assert state["done"] and len(calls) == sum(1 + (s - 1) // 2 for s in steps)

@@ -122,6 +122,11 @@ class DataConfig:
     weighting: "windows" (anchor uniform over windows) or "media" (uniform over media).
     workers: DataLoader worker processes (0 reads in the training process).
     prefetch: batches each worker keeps ready.
+    neighbour_batches: the fraction of training batches whose media are one randomly drawn
+        media and B - 1 of its nearest neighbours under f (`coincide.train.neighbours`): every
+        negative is one f finds alike. 0: the paper's batches of B media drawn at random.
+    neighbour_pool: a neighbour batch draws its B - 1 media from the pool x B nearest.
+    neighbour_refresh: steps between two computations of the media's neighbours under f.
     """
 
     delta_t: float
@@ -129,6 +134,9 @@ class DataConfig:
     weighting: Literal["windows", "media"]
     workers: int
     prefetch: int
+    neighbour_batches: float = 0.0
+    neighbour_pool: float = 2.0
+    neighbour_refresh: int = 250
 
     def __post_init__(self) -> None:
         if self.delta_t <= 0:
@@ -138,6 +146,13 @@ class DataConfig:
             raise UserError("data.batch_size must be at least 2 (negatives come from the batch).")
         _non_negative("data.workers", self.workers)
         _positive("data.prefetch", self.prefetch)
+        if not 0.0 <= self.neighbour_batches <= 1.0:
+            raise UserError(
+                f"data.neighbour_batches is {self.neighbour_batches}; use a fraction in [0, 1]."
+            )
+        if self.neighbour_pool < 1.0:
+            raise UserError(f"data.neighbour_pool is {self.neighbour_pool}; use 1 or more.")
+        _positive("data.neighbour_refresh", self.neighbour_refresh)
 
 
 @dataclass

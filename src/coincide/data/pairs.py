@@ -197,6 +197,23 @@ class PairSampler:
             np.searchsorted(media_of_eligible, self.eligible_media, side="right")
             - self._media_first
         )
+        # Neighbour batches (`set_neighbours`): row i lists the nearest media of
+        # eligible_media[i], as indices into eligible_media.
+        self.neighbours: np.ndarray | None = None
+        self.neighbour_fraction = 0.0
+
+    def set_neighbours(self, neighbours: np.ndarray | None, fraction: float) -> None:
+        """From now on a `fraction` of batches are neighbour batches: one media drawn uniformly
+        and B - 1 drawn uniformly from its row of `neighbours` (`(n eligible media, k)`, indices
+        into `eligible_media`, nearest first, without the media itself), each media's anchor
+        drawn uniformly among its eligible windows. None: every batch as the module docstring.
+        """
+        if neighbours is not None and neighbours.shape[0] != len(self.eligible_media):
+            raise ValueError(
+                f"neighbours has {neighbours.shape[0]} rows for {len(self.eligible_media)} media"
+            )
+        self.neighbours = neighbours
+        self.neighbour_fraction = float(fraction)
 
     def batch(self, number: int) -> PairBatch:
         """Batch `number` of this stream (deterministic: the same number gives the same batch)."""
@@ -209,8 +226,21 @@ class PairSampler:
             av=self.table.window[partners["av"]] if partners["av"] is not None else None,
         )
 
+    def spread_windows(self, per_media: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to `per_media` evenly spaced eligible windows of each eligible media: (owner,
+        window ids), owner[j] the index into `eligible_media` of window j's media."""
+        picks = [
+            first + np.unique(np.linspace(0, count - 1, per_media).astype(np.int64))
+            for first, count in zip(self._media_first, self._media_count, strict=True)
+        ]
+        owner = np.repeat(np.arange(len(picks)), [len(p) for p in picks])
+        return owner, self.table.window[self.eligible[np.concatenate(picks)]]
+
     def _draw_anchors(self, rng: np.random.Generator) -> np.ndarray:
         """B sorted positions of eligible anchors from B distinct media."""
+        neighbours = self.neighbours if self.neighbour_fraction > 0 else None
+        if neighbours is not None and rng.random() < self.neighbour_fraction:
+            return self._draw_neighbour_anchors(rng, neighbours)
         chosen: list[np.ndarray] = []
         taken = np.zeros(self.table.n_media, dtype=bool)
         need = self.batch_size
@@ -230,6 +260,23 @@ class PairSampler:
         # media not taken, with the same weights renormalised, which is the same sequential rule.
         chosen.append(self._draw_remaining(rng, taken, need))
         return np.concatenate(chosen)
+
+    def _draw_neighbour_anchors(
+        self, rng: np.random.Generator, neighbours: np.ndarray
+    ) -> np.ndarray:
+        first = int(rng.integers(len(self.eligible_media)))
+        row = neighbours[first]
+        pick = np.concatenate(
+            [[first], rng.choice(row, size=min(self.batch_size - 1, len(row)), replace=False)]
+        ).astype(np.int64)
+        offset = (rng.random(len(pick)) * self._media_count[pick]).astype(np.int64)
+        anchors = self.eligible[self._media_first[pick] + offset]
+        if len(anchors) < self.batch_size:  # a row shorter than B - 1: the rest at random
+            taken = np.zeros(self.table.n_media, dtype=bool)
+            taken[self.table.media[anchors]] = True
+            rest = self._draw_remaining(rng, taken, self.batch_size - len(anchors))
+            anchors = np.concatenate([anchors, rest])
+        return np.sort(anchors)
 
     def _draw_remaining(self, rng: np.random.Generator, taken: np.ndarray, need: int) -> np.ndarray:
         free = np.flatnonzero(~taken[self.eligible_media])

@@ -34,6 +34,7 @@ from coincide.data.batches import PairBatches, batch_loader
 from coincide.data.pairs import (
     BatchSampler,
     PairBatch,
+    PairSampler,
     WindowTable,
     rank_share,
     split_media,
@@ -51,6 +52,7 @@ from coincide.train.checkpoint import build_models, load_resumable, read_best_in
 from coincide.train.guards import check_store_finite, non_finite_error, non_finite_step
 from coincide.train.init_from import start_audio_from
 from coincide.train.monitor import ClusterWatch, Monitor, Throughput
+from coincide.train.neighbours import refresh_neighbours
 from coincide.train.objective import StageObjective, stage_parts
 from coincide.train.optim import build_optimizer, learning_rate, tune_device
 from coincide.train.plateau import Plateau
@@ -296,6 +298,9 @@ class _Run:
             cfg.eval.val_pairs,
             cfg.seed,
         )
+        neighbours = cfg.data.neighbour_batches > 0 and isinstance(sampler, PairSampler)
+        if neighbours:
+            self._refresh_neighbours(sampler)
         loader = self._batches(sampler, pos.next_batch)
         plateau = Plateau(stage.plateau)
         if pos.plateau is not None:
@@ -359,6 +364,11 @@ class _Run:
                 self._check_finite(step.bad_step, stage, pos)
                 self._save(pos, plateau, finished=False)
                 speed.restart()
+            if neighbours and pos.stage_step % cfg.data.neighbour_refresh == 0 and not at_cap:
+                # A new loader from the next batch number: none of the old one's are lost.
+                self._refresh_neighbours(sampler)
+                loader = self._batches(sampler, pos.next_batch)
+                speed.restart()
             if self.main:
                 assert self.monitor is not None
                 self.monitor.advance(pos.stage_step)
@@ -407,6 +417,17 @@ class _Run:
             pin_memory=self.cuda,
         )
         return iter(loader)
+
+    def _refresh_neighbours(self, sampler: PairSampler) -> None:
+        data = self.cfg.data
+        refresh_neighbours(
+            sampler,
+            self.models["audio"],
+            self.store,
+            self.device,
+            data.neighbour_batches,
+            data.neighbour_pool,
+        )
 
     def _measure(
         self,
