@@ -17,6 +17,7 @@ from typing import Annotated
 
 import typer
 
+from coincide.cli.options import MaxTrainWindows, MediaPaths, StoreFolder, TrainedRun
 from coincide.cli.vocab import VocabGroup
 from coincide.config.choices import (
     BenchPreset,
@@ -58,9 +59,7 @@ def _main(
 
 @app.command()
 def ingest(
-    paths: Annotated[
-        list[Path], typer.Argument(help="Media files or folders (searched recursively).")
-    ],
+    paths: MediaPaths,
     store: Annotated[
         Path, typer.Option("--store", help="Feature store folder (created if missing).")
     ],
@@ -80,7 +79,7 @@ def ingest(
 
 
 @app.command()
-def info(store: Annotated[Path, typer.Option("--store", help="Feature store folder.")]) -> None:
+def info(store: StoreFolder) -> None:
     """Print what a feature store holds: media, windows, frames, hours, labels per class."""
     from coincide.stages.ingest import info as run_info
 
@@ -89,7 +88,7 @@ def info(store: Annotated[Path, typer.Option("--store", help="Feature store fold
 
 @app.command("add-labels")
 def add_labels(
-    store: Annotated[Path, typer.Option("--store", help="Feature store folder.")],
+    store: StoreFolder,
     labels: Annotated[Path, typer.Option("--labels", help="CSV with columns path,label.")],
 ) -> None:
     """Attach clip-level labels (CSV path,label) to media already in a store."""
@@ -278,7 +277,7 @@ app.command()(finetune)
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run folder (from `coincide train`).")],
+    run: TrainedRun,
     test_store: Annotated[
         Path, typer.Option("--test-store", help="Labeled test store to measure on.")
     ],
@@ -291,9 +290,7 @@ def evaluate(
         ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the shallow classifier.")] = 0,
-    max_train_windows: Annotated[
-        int, typer.Option("--max-train-windows", min=1, help="Cap on classifier training windows.")
-    ] = 20000,
+    max_train_windows: MaxTrainWindows = 20000,
 ) -> None:
     """Measure the run's audio embedding: QbE retrieval mAP and shallow classifier mAP."""
     from coincide.run_folder import EVAL_DIR, METRICS_TABLE
@@ -306,7 +303,7 @@ def evaluate(
 
 @app.command()
 def report(
-    run: Annotated[Path, typer.Argument(help="Run folder (from `coincide train`).")],
+    run: TrainedRun,
     test_store: Annotated[
         Path | None,
         typer.Option("--test-store", help="Labeled test store whose embeddings to map in 2-D."),

@@ -5,13 +5,27 @@ modules)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from coincide.cli.options import (
+    ClustersOption,
+    EarlyStop,
+    FinetuneBatch,
+    FinetuneLr,
+    FinetuneSteps,
+    LabelDb,
+    LabeledRun,
+    MethodOption,
+    Multilabel,
+    OnlySession,
+    PagePort,
+    TrainedRun,
+    finetune_config,
+)
 from coincide.cli.vocab import VocabGroup
 from coincide.config.choices import (
-    ClusterMethod,
     ClusterOrder,
     FinetuneStrategy,
     LabelsFormat,
@@ -19,60 +33,9 @@ from coincide.config.choices import (
     MemberChoice,
 )
 
-if TYPE_CHECKING:
-    from coincide.classifier.train import FinetuneConfig
-
-# The label store option of every command that reads or writes labels.
-LabelDb = Annotated[
-    Path | None, typer.Option("--db", help="Label store (default RUN/labels.sqlite).")
-]
-# How a command picks its clustering (cluster, label, reproduce table3).
-MethodOption = Annotated[
-    ClusterMethod | None,
-    typer.Option(
-        "--method", help="head (p_clust) or kmeans (on f); default: the run's clustering.method."
-    ),
-]
-ClustersOption = Annotated[
-    int | None, typer.Option("--clusters", min=1, help="k-means centres (default: the run's K).")
-]
-# How p_class is trained (`classifier.train.FinetuneConfig`): `finetune` and `reproduce table3`.
-EarlyStop = Annotated[
-    bool,
-    typer.Option(
-        "--early-stop/--fixed-steps",
-        help="Steps chosen on held-out labeled media (default), or exactly --steps.",
-    ),
-]
-FinetuneSteps = Annotated[int, typer.Option("--steps", min=1, help="Most optimizer steps.")]
-FinetuneBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Windows per step.")]
-FinetuneLr = Annotated[float, typer.Option("--lr", help="AdamW learning rate.")]
-Multilabel = Annotated[
-    bool | None,
-    typer.Option(
-        "--multilabel/--single-label", help="Sigmoid or softmax (default: from the labels)."
-    ),
-]
-
-
-def finetune_config(
-    steps: int, batch_size: int, lr: float, multilabel: bool | None, seed: int, early_stop: bool
-) -> FinetuneConfig:
-    """The classifier training of the options above."""
-    from coincide.classifier.train import FinetuneConfig
-
-    return FinetuneConfig(
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        multilabel=multilabel,
-        seed=seed,
-        early_stop=early_stop,
-    )
-
 
 def cluster(
-    run: Annotated[Path, typer.Argument(help="Run folder (from `coincide train`).")],
+    run: TrainedRun,
     store: Annotated[Path, typer.Option("--store", help="Feature store whose windows to cluster.")],
     method: MethodOption = None,
     k: ClustersOption = None,
@@ -140,7 +103,7 @@ def label(
     host: Annotated[
         str, typer.Option("--host", help="Page address; not loopback: a token is required.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Page port.")] = 8750,
+    port: PagePort = 8750,
     vocab: Annotated[
         Path | None,
         typer.Option("--vocab", help="Label suggestions: text list or AudioSet ontology.json."),
@@ -185,14 +148,12 @@ labels_app = typer.Typer(
 
 @labels_app.command("export")
 def labels_export(
-    run: Annotated[Path, typer.Argument(help="Run folder holding the label store.")],
+    run: LabeledRun,
     fmt: Annotated[
         LabelsFormat,
         typer.Option("--format", help="csv (one row per label), json, or label-studio (tasks)."),
     ] = "csv",
-    session: Annotated[
-        str | None, typer.Option("--session", help="Session name (default: the only one).")
-    ] = None,
+    session: OnlySession = None,
     db: LabelDb = None,
     store: Annotated[
         Path | None, typer.Option("--store", help="Feature store (default: the session's).")
@@ -240,11 +201,9 @@ def labels_export(
 
 @labels_app.command("import")
 def labels_import(
-    run: Annotated[Path, typer.Argument(help="Run folder holding the label store.")],
+    run: LabeledRun,
     export: Annotated[Path, typer.Argument(help="Label Studio's JSON export of the tasks.")],
-    session: Annotated[
-        str | None, typer.Option("--session", help="Session name (default: the only one).")
-    ] = None,
+    session: OnlySession = None,
     db: LabelDb = None,
 ) -> None:
     """Add Label Studio's annotations of exported tasks to the label store, as answers."""

@@ -8,17 +8,8 @@ from typing import Annotated
 
 import typer
 
-from coincide.cli.labeling import LabelDb
+from coincide.cli.options import Device, LabelDb, MediaPaths, ModelFolder, PagePort
 from coincide.config.choices import OutputFormat
-
-# Arguments and options the commands share.
-ModelFolder = Annotated[
-    Path, typer.Argument(help="Run folder, fine-tuning folder, checkpoint or export folder.")
-]
-MediaPaths = Annotated[
-    list[Path], typer.Argument(help="Media files or folders (searched recursively).")
-]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 
 
 def predict(
@@ -110,7 +101,7 @@ def search(
     serve: Annotated[
         bool, typer.Option("--serve", help="Answer the hits in the labeling page.")
     ] = False,
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Page port.")] = 8750,
+    port: PagePort = 8750,
 ) -> None:
     """Find the store windows that sound most like an example (cosine distance).
 

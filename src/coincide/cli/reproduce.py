@@ -8,14 +8,16 @@ from typing import Annotated
 
 import typer
 
-from coincide.cli.labeling import (
+from coincide.cli.options import (
     ClustersOption,
     EarlyStop,
     FinetuneBatch,
     FinetuneLr,
     FinetuneSteps,
+    MaxTrainWindows,
     MethodOption,
     Multilabel,
+    StoreOracle,
     finetune_config,
 )
 from coincide.cli.vocab import VocabGroup
@@ -56,9 +58,7 @@ def reproduce_table1(
         Pooling,
         typer.Option("--logmel-pooling", help="Row b: flatten (6144-d) or mean_std (128-d)."),
     ] = "flatten",
-    max_train_windows: Annotated[
-        int, typer.Option("--max-train-windows", min=1, help="Cap on classifier training windows.")
-    ] = 20000,
+    max_train_windows: MaxTrainWindows = 20000,
     eval_every: Annotated[
         int,
         typer.Option(
@@ -93,7 +93,7 @@ def reproduce_table2(
     run: Annotated[list[Path], typer.Argument(help="Runs with a p_clust (one per K).")],
     store: Annotated[Path, typer.Option("--store", help="Labeled store to cluster and score.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for table2.md and table2.csv.")],
-    oracle: Annotated[str, typer.Option("--oracle", help="'store' or a path,label CSV.")] = "store",
+    oracle: StoreOracle = "store",
     k: Annotated[
         str,
         typer.Option("--clusters", help="K1,K2,...: k-means rows on the first run's embeddings."),
@@ -146,7 +146,7 @@ def reproduce_table3(
     test_store: Annotated[Path, typer.Option("--test-store", help="Labeled store to score on.")],
     budgets: Annotated[str, typer.Option("--budget", help="Label budgets, e.g. 10,20,50,100.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for table3.md/.csv/.png and runs.")],
-    oracle: Annotated[str, typer.Option("--oracle", help="'store' or a path,label CSV.")] = "store",
+    oracle: StoreOracle = "store",
     method: MethodOption = None,
     k: ClustersOption = None,
     head_steps: Annotated[

@@ -94,18 +94,32 @@ def _map_windows(
             consume(start, embeddings.float())
 
 
-def _embedding_output(n: int, dim: int, out: Path | None) -> np.ndarray:
-    if out is None:
-        return np.empty((n, dim), dtype=np.float32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, dim))
-
-
 def _embed_dim(encoder: nn.Module) -> int:
     config = getattr(encoder, "config", None)
     if config is None or not hasattr(config, "embed_dim"):
         raise TypeError("the encoder must carry an EncoderConfig as `.config` (coincide Encoder)")
     return int(config.embed_dim)
+
+
+class _EmbeddingRows:
+    """The `(n, d)` float32 embeddings of `encoder`, filled batch by batch (`keep`, the consumer
+    of `_map_windows`): in RAM, or memory-mapped into the `.npy` file `out` (flushed by `done`)."""
+
+    def __init__(self, n: int, encoder: nn.Module, out: Path | None) -> None:
+        dim = _embed_dim(encoder)
+        if out is None:
+            self.array = np.empty((n, dim), dtype=np.float32)
+        else:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.array = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, dim))
+
+    def keep(self, start: int, embeddings: torch.Tensor) -> None:
+        self.array[start : start + len(embeddings)] = embeddings.cpu().numpy()
+
+    def done(self) -> np.ndarray:
+        if isinstance(self.array, np.memmap):
+            self.array.flush()
+        return self.array
 
 
 def embed_windows(
@@ -127,15 +141,9 @@ def embed_windows(
     Returns:
         `(n, d)` float32 embeddings, row i for window i (a memmap of `out` when given).
     """
-    result = _embedding_output(len(store), _embed_dim(encoder), out)
-
-    def keep(start: int, embeddings: torch.Tensor) -> None:
-        result[start : start + len(embeddings)] = embeddings.cpu().numpy()
-
-    _map_windows(encoder, store, batch_size, device, keep)
-    if isinstance(result, np.memmap):
-        result.flush()
-    return result
+    rows = _EmbeddingRows(len(store), encoder, out)
+    _map_windows(encoder, store, batch_size, device, rows.keep)
+    return rows.done()
 
 
 def assign_windows(
@@ -159,20 +167,18 @@ def assign_windows(
     """
     n = len(store)
     assignment = np.empty(n, dtype=np.int64)
-    embeddings = (
-        _embedding_output(n, _embed_dim(encoder), embeddings_out) if embeddings_out else None
-    )
+    embeddings = _EmbeddingRows(n, encoder, embeddings_out) if embeddings_out else None
 
     def keep(start: int, batch: torch.Tensor) -> None:
         # Arg-max of the softmax is the arg-max of the cosine logits.
         assignment[start : start + len(batch)] = cluster_head(batch).argmax(dim=1).cpu().numpy()
         if embeddings is not None:
-            embeddings[start : start + len(batch)] = batch.cpu().numpy()
+            embeddings.keep(start, batch)
 
     with evaluating(cluster_head):
         _map_windows(encoder, store, batch_size, device, keep)
-    if isinstance(embeddings, np.memmap):
-        embeddings.flush()
+    if embeddings is not None:
+        embeddings.done()
     return assignment
 
 

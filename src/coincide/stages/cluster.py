@@ -65,6 +65,12 @@ def _checkpoint_identity(checkpoint: Path) -> dict[str, Any]:
     }
 
 
+def check_run(run: Path) -> None:
+    """UserError unless the run folder exists (cluster, label and finetune read a trained run)."""
+    if not Path(run).is_dir():
+        raise UserError(f"run folder {run} does not exist; train a run first.")
+
+
 def default_checkpoint(run: Path) -> Path:
     """The run's best held-out checkpoint (`RUN/checkpoints/best.pt`, else `last.pt`), said on
     stderr; UserError when the run has none."""
@@ -272,8 +278,7 @@ def run(settings: ClusterSettings) -> Clustering:
     method = settings.method
     k = settings.k
     head_steps = settings.head_steps
-    if not run_dir.is_dir():
-        raise UserError(f"run folder {run_dir} does not exist; train a run first.")
+    check_run(run_dir)
     if method is None and head_steps:
         method = "head"
     defaulted = method is None and k is None

@@ -66,15 +66,14 @@ def run(settings: FinetuneSettings) -> dict[str, Any]:
     too, as settings.json in the output folder)."""
     from coincide.labeling.oracle import oracle_window_labels
     from coincide.labeling.sessions import check_propagated_current, read_propagated
-    from coincide.stages.cluster import default_checkpoint
+    from coincide.stages.cluster import check_run, default_checkpoint
     from coincide.store.features import open_store
 
     run_dir = settings.run
     store_path = settings.store
     strategy = settings.strategy
     session = settings.session
-    if not Path(run_dir).is_dir():
-        raise UserError(f"run folder {run_dir} does not exist; train a run first.")
+    check_run(run_dir)
     checkpoint = Path(settings.checkpoint or default_checkpoint(run_dir))
     store = open_store(store_path)
     test_store = open_store(settings.test_store) if settings.test_store else None

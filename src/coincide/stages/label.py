@@ -58,7 +58,7 @@ from coincide.labeling.sessions import (
     write_propagated,
 )
 from coincide.labeling.signal import estimate as estimate_signal
-from coincide.stages.cluster import resolve_method, run_clustering
+from coincide.stages.cluster import check_run, resolve_method, run_clustering
 from coincide.store.features import FeatureStore, open_store
 from coincide.store.labels import label_store_path
 from coincide.store.labels_sqlite import SQLiteLabelStore
@@ -126,8 +126,7 @@ def run(settings: LabelSettings) -> dict[str, Any]:
     k = settings.k
     head_steps = settings.head_steps
     session_name = settings.session
-    if not Path(run_dir).is_dir():
-        raise UserError(f"run folder {run_dir} does not exist; train a run first.")
+    check_run(run_dir)
     if budget < 1:
         raise UserError(f"--budget is {budget}; give a positive number of labels.")
     store = open_store(store_path)

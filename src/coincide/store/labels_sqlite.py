@@ -10,9 +10,9 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from coincide.errors import UserError
 from coincide.store.labels import (
@@ -33,6 +33,7 @@ SCHEMA_VERSION = 2
 # Version 1 had no answers.given_by; opening such a file adds the column (its answers keep
 # NULL: nobody's in particular, so only an undo that names no owner takes them back).
 _MIGRATIONS = {1: ("ALTER TABLE answers ADD COLUMN given_by TEXT",)}
+_R = TypeVar("_R")  # a record of coincide.store.labels
 
 # ---------------------------------------------------------------------------------------------
 # SQLite
@@ -87,14 +88,15 @@ _ANSWER_COLUMNS = (
 )
 
 
+def _record(cls: type[_R], row: sqlite3.Row, **decoded: Any) -> _R:
+    """A record whose every field is the row's column of the same name, but for `decoded`: the
+    fields stored in another form (JSON text, seconds since the epoch, 0 or 1)."""
+    columns = {f.name: row[f.name] for f in fields(cls) if f.name not in decoded}
+    return cls(**columns, **decoded)
+
+
 def _slot_from_row(row: sqlite3.Row) -> _Slot:
-    return _Slot(
-        row["position"],
-        row["cluster_id"],
-        row["window_index"],
-        row["claimed_by"],
-        row["lease_expires"],
-    )
+    return _record(_Slot, row)
 
 
 def _request_from_row(row: sqlite3.Row) -> Request:
@@ -102,31 +104,14 @@ def _request_from_row(row: sqlite3.Row) -> Request:
 
 
 def _answer_from_row(row: sqlite3.Row) -> Answer:
-    return Answer(
-        id=row["id"],
-        session_id=row["session_id"],
-        cluster_id=row["cluster_id"],
-        window_index=row["window_index"],
-        labels=tuple(json.loads(row["labels"])),
-        kind=row["kind"],
-        annotator=row["annotator"],
-        answered_at=_timestamp(row["answered_at"]),
-        undone=bool(row["undone"]),
-        given_by=row["given_by"],
-    )
+    labels = tuple(json.loads(row["labels"]))
+    answered_at = _timestamp(row["answered_at"])
+    return _record(Answer, row, labels=labels, answered_at=answered_at, undone=bool(row["undone"]))
 
 
 def _session_from_row(row: sqlite3.Row) -> Session:
-    return Session(
-        id=row["id"],
-        name=row["name"],
-        run=row["run"],
-        store=row["store"],
-        strategy=row["strategy"],
-        seed=row["seed"],
-        params=json.loads(row["params"]),
-        created_at=_timestamp(row["created_at"]),
-    )
+    created_at = _timestamp(row["created_at"])
+    return _record(Session, row, params=json.loads(row["params"]), created_at=created_at)
 
 
 class SQLiteLabelStore(LabelStore):
