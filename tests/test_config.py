@@ -160,7 +160,8 @@ def test_laptop_preset_is_small_with_stages_long_enough_to_learn():
     assert laptop.optim == dataclasses.replace(small.optim, weight_decay=laptop.optim.weight_decay)
     assert laptop.model.head_dropout > 0 and laptop.optim.weight_decay > 0
     assert laptop.augment.enabled and not small.augment.enabled
-    assert laptop.data == small.data
+    assert laptop.data == dataclasses.replace(small.data, batch_size=64)
+    assert load_config(["demo"]).data == small.data
     assert laptop.clustering == dataclasses.replace(small.clustering, method="kmeans")
     assert laptop.curriculum.max_steps == 2000 > small.curriculum.max_steps
     assert laptop.curriculum.plateau.min_steps == 600
