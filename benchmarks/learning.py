@@ -48,10 +48,11 @@ from coincide.models.inference import load_model
 
 # Configuration overrides of each variant, on top of --config. `augment` is the preset as it is
 # (the laptop preset: augmentation, weight decay, the levers against the scene shortcut, stages
-# of up to 2000 steps); `plain` turns the regularisers off; `cap1000` is the preset with the
-# stage cap it had before (1000 steps); `batch64` doubles the batch, so every row has twice the
-# negatives (and twice the ones that share the anchor's scene) to weight; `neighbours` makes
-# half the batches of one media and its nearest media under f (coincide.train.neighbours). The
+# of up to 2000 steps, B = 64); `plain` turns the regularisers off; `cap1000` is the preset with
+# the stage cap it had before (1000 steps); `batch64` doubles the batch of then (B = 32), so
+# every row has twice the negatives (and twice the ones that share the anchor's scene) to
+# weight: it is `augment` now, and `batch32` is the default before it; `neighbours` makes half
+# the batches of one media and its nearest media under f (coincide.train.neighbours). The
 # levers (benchmarks/README.md, "Levers against the scene shortcut"): a cosine coincidence head,
 # augmentation that takes colour, level and light away from two views of one media, and
 # hard-negative weights. `before_levers` is the laptop preset as it was before them (cap 1000
@@ -61,7 +62,9 @@ SCENE_AUGMENT = [
     "augment.audio.gain_db=12",
     "augment.image.grayscale=0.5",
 ]
+B32 = "data.batch_size=32"  # the batch of every variant measured before B = 64 became the default
 BEFORE_LEVERS = [
+    B32,
     "curriculum.max_steps=1000",
     "model.coincidence_head=mlp",
     "curriculum.hard_negatives=0.0",
@@ -72,9 +75,10 @@ BEFORE_LEVERS = [
 VARIANTS: dict[str, list[str]] = {
     "plain": ["augment={}", "model.head_dropout=0.0", "optim.weight_decay=0.0"],
     "augment": [],
-    "cap1000": ["curriculum.max_steps=1000"],
+    "cap1000": [B32, "curriculum.max_steps=1000"],
     "batch64": ["data.batch_size=64"],
-    "neighbours": ["data.neighbour_batches=0.5"],
+    "batch32": [B32],
+    "neighbours": [B32, "data.neighbour_batches=0.5"],
     "before_levers": BEFORE_LEVERS,
     "cosine": [*BEFORE_LEVERS, "model.coincidence_head=cosine"],
     "cosine_aug": [*BEFORE_LEVERS, "model.coincidence_head=cosine", *SCENE_AUGMENT],
