@@ -53,42 +53,35 @@ SEARCH_DIR = "search"
 REPORT_FILE = "report.html"
 
 
+class _Below:
+    """A fixed path below a run folder's root, read as an attribute of a `RunFolder`."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, folder: RunFolder | None, owner: type | None = None) -> Path:
+        if folder is None:
+            raise AttributeError("a run folder's paths are read from a RunFolder(root)")
+        return folder.root.joinpath(*self.parts)
+
+
 @dataclass(frozen=True)
 class RunFolder:
     """The named paths of one run folder (nothing is created or checked here)."""
 
     root: Path
 
+    config = _Below(CONFIG_FILE)
+    state = _Below(STATE_FILE)
+    checkpoints = _Below(CHECKPOINTS_DIR)
+    last_checkpoint = _Below(CHECKPOINTS_DIR, LAST_CHECKPOINT)
+    best_checkpoint = _Below(CHECKPOINTS_DIR, BEST_CHECKPOINT)
+    eval_dir = _Below(EVAL_DIR)
+    label_store = _Below(LABEL_STORE_FILE)
+    report = _Below(REPORT_FILE)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root))
-
-    @property
-    def config(self) -> Path:
-        return self.root / CONFIG_FILE
-
-    @property
-    def state(self) -> Path:
-        return self.root / STATE_FILE
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / CHECKPOINTS_DIR
-
-    @property
-    def last_checkpoint(self) -> Path:
-        return self.checkpoints / LAST_CHECKPOINT
-
-    @property
-    def best_checkpoint(self) -> Path:
-        return self.checkpoints / BEST_CHECKPOINT
-
-    @property
-    def eval_dir(self) -> Path:
-        return self.root / EVAL_DIR
-
-    @property
-    def label_store(self) -> Path:
-        return self.root / LABEL_STORE_FILE
 
     def clusters(self, store_root: Path) -> Path:
         """`RUN/clusters/<store folder name>/`: the clusterings and embeddings of one store."""
@@ -101,7 +94,3 @@ class RunFolder:
     def finetune(self, name: str) -> Path:
         """`RUN/finetune/<name>/`: one fine-tuning."""
         return self.root / FINETUNE_DIR / name
-
-    @property
-    def report(self) -> Path:
-        return self.root / REPORT_FILE
