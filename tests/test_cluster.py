@@ -13,6 +13,7 @@ import torch
 from coincide.errors import UserError
 from coincide.evaluation.metrics import v_measure
 from coincide.labeling.clusters import (
+    ClusteringKey,
     ClusterMembers,
     cluster_sizes,
     load_clustering,
@@ -122,7 +123,7 @@ def test_kmeans_command_and_reuse(workspace):
     assert record["command"] == "cluster"
     assert record["settings"]["method"] == "kmeans" and record["settings"]["k"] == 5
     assert record["settings"]["store"] == str(store_root.absolute())
-    loaded = load_clustering(root / "run", store_root, "kmeans", 5)
+    loaded = load_clustering(root / "run", store_root, ClusteringKey("kmeans", 5))
     assert loaded.assignment.tolist() == clustering.assignment.tolist()
 
     stamp = (clustering.folder / "assignment.npy").stat().st_mtime_ns
@@ -143,4 +144,4 @@ def test_user_errors(workspace, tmp_path):
             cluster_stage.ClusterSettings(root / "run", store, method="kmeans", k=1000)
         )
     with pytest.raises(UserError, match="coincide cluster"):
-        load_clustering(root / "run", store, "kmeans", 77)
+        load_clustering(root / "run", store, ClusteringKey("kmeans", 77))

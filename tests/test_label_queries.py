@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from coincide.cli.commands import app
 from coincide.labeling.cluster_head import centroid_assign_confidence, head_assign, train_head
-from coincide.labeling.clusters import ClusterMembers, load_clustering
+from coincide.labeling.clusters import ClusteringKey, ClusterMembers, load_clustering
 from coincide.labeling.select import (
     check_id,
     cluster_order,
@@ -186,7 +186,7 @@ def test_cluster_head_steps_command_writes_its_own_clustering(tmp_path, capsys):
     )
     assert result.exit_code == 0, result.output
     assert "method head" in result.output and "5 more steps" in result.output
-    clustering = load_clustering(tmp_path / "run", store, "head", None, 5)
+    clustering = load_clustering(tmp_path / "run", store, ClusteringKey(head_steps=5))
     assert clustering.name == "head-steps-5" and clustering.folder.name == "head-steps-5"
     assert clustering.confidence is not None and clustering.confidence.shape == (72,)
     assert ((clustering.confidence > 0) & (clustering.confidence <= 1)).all()

@@ -32,43 +32,44 @@ def store_clusters_dir(run: Path, store_root: Path) -> Path:
     return RunFolder(run).clusters(store_root)
 
 
-def clustering_dir(
-    run: Path,
-    store_root: Path,
-    method: ClusterMethod = "head",
-    k: int | None = None,
-    head_steps: int = 0,
-) -> Path:
-    """Folder of one clustering of a store: the head's (trained `head_steps` more), or k-means
-    with `k` centres."""
-    base = store_clusters_dir(run, store_root)
-    if method == "head":
-        return base / f"head-steps-{head_steps}" if head_steps else base
-    if method == "kmeans":
-        if k is None:
+@dataclass(frozen=True)
+class ClusteringKey:
+    """Which clustering of a store: the run's head p_clust (trained `head_steps` more on the
+    frozen embeddings first), or k-means with `k` centres."""
+
+    method: ClusterMethod = "head"
+    k: int | None = None
+    head_steps: int = 0
+
+    @classmethod
+    def parse(cls, name: str) -> ClusteringKey:
+        """The key of a clustering `name`; UserError for an unknown one."""
+        prefix, _, number = name.rpartition("-")
+        if name == "head":
+            return cls("head")
+        if prefix == "head-steps" and number.isdigit():
+            return cls("head", head_steps=int(number))
+        if prefix == "kmeans" and number.isdigit():
+            return cls("kmeans", int(number))
+        raise UserError(f"{name!r} is not a clustering name (head, head-steps-N or kmeans-K).")
+
+    @property
+    def name(self) -> str:
+        """Short name of the clustering, as sessions and tables record it and as its folder is
+        called: `head`, `head-steps-N` or `kmeans-K`."""
+        if self.method == "head":
+            return f"head-steps-{self.head_steps}" if self.head_steps else "head"
+        return f"kmeans-{self.k}"
+
+    def folder(self, run: Path, store_root: Path) -> Path:
+        """Folder of this clustering of a store: `store_clusters_dir` itself for the head,
+        its `head-steps-N/` for a head trained longer, its `kmeans-K/` for k-means."""
+        if self.method == "kmeans" and self.k is None:
             raise UserError("k-means needs the number of clusters; pass --clusters K.")
-        return base / f"kmeans-{k}"
-    raise ValueError(f"clustering method {method!r} is not one of {CLUSTER_METHODS}")
-
-
-def clustering_name(method: ClusterMethod, k: int | None, head_steps: int = 0) -> str:
-    """Short name of a clustering, as sessions and tables record it: `head`, `head-steps-N`
-    or `kmeans-K`."""
-    if method == "head":
-        return f"head-steps-{head_steps}" if head_steps else "head"
-    return f"kmeans-{k}"
-
-
-def parse_clustering_name(name: str) -> tuple[ClusterMethod, int | None, int]:
-    """`(method, k, head_steps)` of a clustering name; UserError for an unknown one."""
-    prefix, _, number = name.rpartition("-")
-    if name == "head":
-        return "head", None, 0
-    if prefix == "head-steps" and number.isdigit():
-        return "head", None, int(number)
-    if prefix == "kmeans" and number.isdigit():
-        return "kmeans", int(number), 0
-    raise UserError(f"{name!r} is not a clustering name (head, head-steps-N or kmeans-K).")
+        if self.method not in CLUSTER_METHODS:
+            raise ValueError(f"clustering method {self.method!r} is not one of {CLUSTER_METHODS}")
+        base = store_clusters_dir(run, store_root)
+        return base if self.name == "head" else base / self.name
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,29 +214,22 @@ def write_clustering(
     return summary
 
 
-def load_clustering(
-    run: Path,
-    store_root: Path,
-    method: ClusterMethod = "head",
-    k: int | None = None,
-    head_steps: int = 0,
-) -> Clustering:
+def load_clustering(run: Path, store_root: Path, key: ClusteringKey) -> Clustering:
     """Read a clustering written by `coincide cluster`; a missing one is a UserError."""
-    folder = clustering_dir(run, store_root, method, k, head_steps)
+    folder = key.folder(run, store_root)
     summary_path = folder / SUMMARY_FILE
-    name = clustering_name(method, k, head_steps)
     if not summary_path.is_file():
-        flags = f" --clusters {k}" if method == "kmeans" else ""
-        flags += f" --head-steps {head_steps}" if head_steps else ""
+        flags = f" --clusters {key.k}" if key.method == "kmeans" else ""
+        flags += f" --head-steps {key.head_steps}" if key.head_steps else ""
         raise UserError(
-            f"{Path(store_root).name} has no '{name}' clustering in {run}; run "
-            f"`coincide cluster {run} --store {store_root} --method {method}{flags}` first."
+            f"{Path(store_root).name} has no '{key.name}' clustering in {run}; run "
+            f"`coincide cluster {run} --store {store_root} --method {key.method}{flags}` first."
         )
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     confidence_path = folder / CONFIDENCE_FILE
     return Clustering(
         folder=folder,
-        name=name,
+        name=key.name,
         assignment=np.load(folder / ASSIGNMENT_FILE),
         num_clusters=int(summary["K"]),
         summary=summary,

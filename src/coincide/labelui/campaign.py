@@ -114,18 +114,18 @@ def session_assignment(run_dir: Path, store: FeatureStore, session: Session) -> 
     """
     if session.strategy in ("random", "search"):
         return np.arange(len(store), dtype=np.int64)
-    from coincide.labeling.clusters import load_clustering, parse_clustering_name
+    from coincide.labeling.clusters import ClusteringKey, load_clustering
     from coincide.labeling.sessions import assignment_fingerprint
 
     name = str(session.params.get("clustering", "head"))
     try:
-        method, k, head_steps = parse_clustering_name(name)
+        key = ClusteringKey.parse(name)
     except UserError as err:
         raise UserError(
             f"session {session.name!r} names an unknown clustering {name!r}; "
             "use a session made by `coincide label`."
         ) from err
-    clustering = load_clustering(run_dir, store.root, method, k, head_steps)
+    clustering = load_clustering(run_dir, store.root, key)
     assignment = np.asarray(clustering.assignment, dtype=np.int64)
     if len(assignment) != len(store):
         raise UserError(

@@ -38,8 +38,7 @@ from coincide.labeling.clusters import (
     EMBEDDINGS_FILE,
     SUMMARY_FILE,
     Clustering,
-    clustering_dir,
-    clustering_name,
+    ClusteringKey,
     load_clustering,
     store_clusters_dir,
     write_clustering,
@@ -157,6 +156,11 @@ class ClusterSettings(StageSettings):
     seed: int = 0
     head_steps: int = 0
 
+    @property
+    def key(self) -> ClusteringKey:
+        """The clustering these settings make (`method` None: the head)."""
+        return ClusteringKey(self.method or "head", self.k, self.head_steps)
+
 
 def cluster_store(settings: ClusterSettings, store: FeatureStore, device: Any = None) -> Clustering:
     """Cluster every window of `store` (the opened `settings.store`) with the run's p_clust
@@ -166,15 +170,13 @@ def cluster_store(settings: ClusterSettings, store: FeatureStore, device: Any = 
     from coincide.train.checkpoint import load_checkpoint, load_models
 
     run = settings.run
-    method = settings.method or "head"
-    k = settings.k
     seed = settings.seed
-    head_steps = settings.head_steps
+    key = settings.key
+    method, k, head_steps = key.method, key.k, key.head_steps
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else default_checkpoint(run)
-    folder = clustering_dir(run, store.root, method, k, head_steps)
-    name = clustering_name(method, k, head_steps)
+    folder = key.folder(run, store.root)
     provenance: dict[str, Any] = {
-        "clustering": name,
+        "clustering": key.name,
         "method": method,
         "store": str(store.root.resolve()),
         **_checkpoint_identity(checkpoint),
@@ -196,14 +198,14 @@ def cluster_store(settings: ClusterSettings, store: FeatureStore, device: Any = 
         assignment, confidence = head_assign(head, embeddings)
         num_clusters = head.num_clusters
     else:
-        assert k is not None  # clustering_dir checked it
+        assert k is not None  # key.folder checked it
         assignment = kmeans_assign(embeddings, k, seed)
         confidence = centroid_assign_confidence(embeddings, assignment, k)
         num_clusters = k
         provenance["seed"] = seed
     summary = write_clustering(folder, assignment, num_clusters, provenance, confidence)
     settings.write(folder)
-    return Clustering(folder, name, assignment, num_clusters, summary, confidence)
+    return Clustering(folder, key.name, assignment, num_clusters, summary, confidence)
 
 
 def ensure_clustering(
@@ -212,11 +214,8 @@ def ensure_clustering(
     """The clustering `cluster_store` would make, read from disk when it was already made from
     the same checkpoint file and store (so reproducing a table does not redo it)."""
     run = settings.run
-    method = settings.method or "head"
-    k = settings.k
-    head_steps = settings.head_steps
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else default_checkpoint(run)
-    folder = clustering_dir(run, store.root, method, k, head_steps)
+    folder = settings.key.folder(run, store.root)
     if (folder / SUMMARY_FILE).is_file() and (folder / CONFIDENCE_FILE).is_file():
         summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
         same = all(
@@ -224,7 +223,7 @@ def ensure_clustering(
         )
         seed_same = summary.get("seed", settings.seed) == settings.seed
         if same and summary.get("windows") == len(store) and seed_same:
-            return load_clustering(run, store.root, method, k, head_steps)
+            return load_clustering(run, store.root, settings.key)
     return cluster_store(settings, store, device)
 
 

@@ -38,8 +38,8 @@ from coincide.config.stage import StageSettings
 from coincide.errors import UserError
 from coincide.labeling.clusters import (
     Clustering,
+    ClusteringKey,
     ClusterMembers,
-    clustering_name,
     load_clustering,
     store_clusters_dir,
 )
@@ -141,7 +141,7 @@ def run(settings: LabelSettings) -> dict[str, Any]:
         if method is None and head_steps:
             method = "head"
         method, k = resolve_method(Path(run_dir), method, k)
-        clustering = load_clustering(run_dir, store.root, method, k, head_steps)
+        clustering = load_clustering(run_dir, store.root, ClusteringKey(method, k, head_steps))
         if len(clustering.assignment) != len(store):
             raise UserError(
                 f"the clustering in {clustering.folder} covers {len(clustering.assignment)} "
@@ -153,7 +153,7 @@ def run(settings: LabelSettings) -> dict[str, Any]:
         )
         if settings.member == "medoid":
             embeddings = _load_embeddings(run_dir, store)
-        run_default = clustering_name(*run_clustering(Path(run_dir)))
+        run_default = ClusteringKey(*run_clustering(Path(run_dir))).name
         name = session_name or default_session_name("cluster", clustering.name, run_default)
     else:
         plan = SessionPlan(strategy="random", seed=seed, windows=len(store))
