@@ -8,9 +8,11 @@ DATA holds fsdd/, mnist/ and esc50_subset/ (the avmnist sources). For every benc
 (`--clips`) and scene setting (`--scenes`, `coincide make-bench --scene`) the script composes an
 avmnist benchmark once and ingests its train and test splits (all cached under DIR/bench/...).
 For every variant (`--variants`: configuration overrides, see VARIANTS) it runs `coincide
-reproduce table1` with the asked rows (e: AA only, f: AV only, k: the default curriculum
-av -> coin -> joint) and `--seeds`; rows a (the label-triplet topline, trained to its own
-held-out plateau) and b (log-mel) are trained once per benchmark and shared by the variants.
+reproduce table1` with the asked rows (e: AA only, f: AV only, k: the paper's curriculum
+av -> coin -> joint, which Table 1's row k keeps; the laptop preset's aa -> coin -> joint is
+measured with `coincide train` and probe.py) and `--seeds`; rows a (the label-triplet topline,
+trained to its own held-out plateau) and b (log-mel) are trained once per benchmark and shared
+by the variants.
 Every figure is measured on media no gradient saw:
 
 - window QbE: QbE mAP over the test store's windows, pairs of windows of one media left out

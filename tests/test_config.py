@@ -161,12 +161,19 @@ def test_laptop_preset_is_small_with_stages_long_enough_to_learn():
     assert laptop.model.head_dropout > 0 and laptop.optim.weight_decay > 0
     assert laptop.augment.enabled and not small.augment.enabled
     assert laptop.data == dataclasses.replace(small.data, batch_size=64)
-    assert load_config(["demo"]).data == small.data
+    demo = load_config(["demo"])
+    assert demo.data == small.data
+    assert [s.name for s in demo.curriculum.stages] == ["av", "coin", "joint"]
     assert laptop.clustering == dataclasses.replace(small.clustering, method="kmeans")
     assert laptop.curriculum.max_steps == 2000 > small.curriculum.max_steps
     assert laptop.curriculum.plateau.min_steps == 600
     assert laptop.curriculum.plateau.eval_every == 50
-    assert [s.name for s in laptop.curriculum.stages] == ["av", "coin", "joint"]
+    # AA first, then the paper's coin and joint stages (benchmarks/README.md, "AA first")
+    assert [s.name for s in laptop.curriculum.stages] == ["aa", "coin", "joint"]
+    assert laptop.curriculum.stages[0].losses == {"aa": 1.0}
+    assert [s.losses for s in laptop.curriculum.stages[1:]] == [
+        s.losses for s in small.curriculum.stages[1:]
+    ]
 
 
 def test_a_file_can_name_its_base_and_cycles_are_user_errors(tmp_path):

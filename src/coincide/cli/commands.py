@@ -245,7 +245,7 @@ def train(
         ),
     ] = 1,
 ) -> None:
-    """Train the curriculum (av -> coin -> joint; audio-only: aa -> aa_clust), resumably.
+    """Train the curriculum (aa -> coin -> joint; audio-only: aa -> aa_clust), resumably.
 
     Several GPUs (or CPU processes) of one machine: --nproc N.
 

@@ -1,9 +1,10 @@
 """The learning curriculum of paper 3.4, resumable (`coincide train`: `coincide.stages.train`).
 
 One entry point for CPU, one GPU and `torchrun --nproc_per_node N coincide train ...`. The
-stages of the configuration run in order (av -> coin -> joint by default; a store without frames
-runs the audio-only curriculum aa -> aa_clust); each stage trains its weighted loss terms until
-its held-out coincidence loss plateaus or it reaches its step cap.
+stages of the configuration run in order (aa -> coin -> joint in `laptop`, the default; av ->
+coin -> joint in `paper` and `small`; a store without frames runs the audio-only curriculum
+aa -> aa_clust); each stage trains its weighted loss terms until its held-out coincidence loss
+plateaus or it reaches its step cap.
 
 RUN holds: config.yaml (the resolved configuration), state.json (finished stages, where training
 is), checkpoints/last.pt (+ one stage<N>_<name>.pt per finished stage), checkpoints/best.pt with
