@@ -103,3 +103,23 @@ def test_work_that_fails_ends_with_its_error_not_a_progress_line() -> None:
     except OSError:
         pass
     assert out.getvalue() == ""
+
+
+def test_a_stage_its_plateau_rule_may_end_early_shows_an_upper_bound_on_the_time_left(
+    tmp_path, capsys
+):
+    """The bar of a stage runs to its step cap; with a plateau rule the stage usually ends
+    well before it, so the time left is labelled as the bound it is."""
+    from coincide.train.monitor import Monitor
+
+    for may_end_early in (True, False):
+        run_dir = tmp_path / str(may_end_early)
+        run_dir.mkdir()
+        monitor = Monitor(run_dir, ["total"], resume_step=0, progress=True)
+        monitor.start_stage("aa", 6000, 0, may_end_early=may_end_early)
+        monitor.advance(10)
+        monitor.end_stage()
+        monitor.close()
+        last = capsys.readouterr().out.splitlines()[-1]
+        assert last.startswith("aa  0%  10/6000")
+        assert ("eta at most " in last) is may_end_early and "eta " in last

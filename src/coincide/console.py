@@ -36,10 +36,18 @@ PLAIN_EVERY_S = 5.0
 
 
 class EtaColumn(TimeRemainingColumn):
-    """The time left, labelled ("eta 0:01:10"), so it reads the same in a bar and in a line."""
+    """The time left, labelled ("eta 0:01:10"), so it reads the same in a bar and in a line.
+
+    `label` names what the time is: "eta at most" for work that may end before its total (a
+    training stage that its plateau rule ends before the step cap).
+    """
+
+    def __init__(self, label: str = "eta", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.label = label
 
     def render(self, task: Task) -> Text:
-        return Text.assemble("eta ", super().render(task))
+        return Text.assemble(f"{self.label} ", super().render(task))
 
 
 class ElapsedColumn(TimeElapsedColumn):

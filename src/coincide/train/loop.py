@@ -321,7 +321,12 @@ class _Run:
             if note:
                 self._say(f"note: {note}.")
             assert self.monitor is not None
-            self.monitor.start_stage(stage.name, stage.max_steps, pos.stage_step)
+            self.monitor.start_stage(
+                stage.name,
+                stage.max_steps,
+                pos.stage_step,
+                may_end_early=bool(val_batches) and stage.plateau.patience > 0,
+            )
 
         # The starting value: a stage that never beats it ends at its start's weights.
         if val_batches and pos.stage_step == 0:

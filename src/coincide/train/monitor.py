@@ -126,8 +126,10 @@ class Monitor:
     def warn(self, text: str) -> None:
         self.console.print(f"[yellow]warning:[/yellow] {escape(text)}", soft_wrap=True)
 
-    def start_stage(self, title: str, total: int, done: int) -> None:
-        """Open the progress bar of a stage of `total` steps (cap), `done` already taken."""
+    def start_stage(self, title: str, total: int, done: int, may_end_early: bool = False) -> None:
+        """Open the progress bar of a stage of `total` steps (cap), `done` already taken;
+        `may_end_early`: a plateau rule may end it before the cap, so the time left shown is
+        an upper bound ("eta at most")."""
         if not self._show_progress:
             return
         self._progress = progress(
@@ -136,7 +138,7 @@ class Monitor:
             MofNCompleteColumn(),
             TextColumn("{task.fields[losses]}  {task.fields[speed]}"),
             ElapsedColumn(),
-            EtaColumn(),
+            EtaColumn("eta at most" if may_end_early else "eta"),
             console=self.console,
         )
         self._progress.start()
