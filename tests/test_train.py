@@ -99,7 +99,7 @@ def _embed(encoder: torch.nn.Module, store_path: Path) -> torch.Tensor:
         return encoder.eval()(logmel)
 
 
-def test_the_curriculum_trains_every_stage_and_writes_the_run(store, tmp_path):
+def test_the_curriculum_trains_every_stage_and_writes_the_run(store, tmp_path, capsys):
     cfg = load_config(["small"], TINY)
     run_dir = tmp_path / "run"
     trained = _Run(cfg, store, run_dir, torch.device("cpu"))
@@ -185,6 +185,16 @@ def test_the_curriculum_trains_every_stage_and_writes_the_run(store, tmp_path):
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["step"] == 12
     with pytest.raises(UserError, match="another model"):
         train(load_config(["small"], [*TINY, "model.audio.arch=small"]), store, run_dir)
+    # Other loss weights are allowed on resume, and said.
+    capsys.readouterr()
+    train(load_config(["small"], [*TINY, "curriculum.alpha=0.5"]), store, run_dir)
+    notes = [line for line in capsys.readouterr().out.splitlines() if "now weighs" in line]
+    assert notes == [
+        "note: stage 'coin' now weighs 0.5 L_av + 0.5 L_aa (the run started with 0.9 L_av + "
+        "0.1 L_aa)",
+        "note: stage 'joint' now weighs 0.45 L_av + 0.45 L_aa + 0.1 L_clust (the run started "
+        "with 0.81 L_av + 0.09 L_aa + 0.1 L_clust)",
+    ]
 
 
 def test_a_stage_stops_when_the_held_out_loss_plateaus(store, tmp_path):

@@ -73,7 +73,9 @@ from coincide.train.report import (
     finite_or_none,
     plot_stage,
     resume_line,
+    reweighted_stages,
     stage_summaries,
+    weights_text,
 )
 from coincide.train.step import TrainingStep
 
@@ -209,11 +211,13 @@ class _Run:
             self.run_dir, self.init_from, self.models["audio"], resumable is not None, self.main
         )
         self.resumed_from = self.last_path
+        self.resume_notes: list[str] = []
         if resumable is not None:
             ckpt, self.resumed_from = resumable
             check_resumable(
                 ckpt, self.cfg, self.stages, self.audio_only, self.models, self.resumed_from
             )
+            self.resume_notes = reweighted_stages(ckpt, self.stages, self.audio_only)
             position = resume(ckpt, self.models, self.optimizer, self.device, self.cuda)
         if self.main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -314,7 +318,7 @@ class _Run:
         if self.main:
             self._say(
                 f"stage {index + 1}/{len(self.stages)} '{stage.name}': "
-                + " + ".join(f"{w:g} L_{n}" for n, w in objective.weights.items())
+                + weights_text(objective.weights)
                 + f", up to {stage.max_steps} steps"
                 + ("" if val_batches else " (no held-out media: runs to its step cap)")
             )
@@ -554,6 +558,8 @@ class _Run:
             self._say(self.init_note)
         if self.last_path.exists():
             self._say(resume_line(self.stages, pos, self.resumed_from, self.run_dir))
+        for note in self.resume_notes:
+            self._say(note)
 
     def _say(self, text: str) -> None:
         if self.monitor is not None:
