@@ -65,6 +65,7 @@ from coincide.train.position import (
     checkpoint_payload,
     restore_best,
     resume,
+    reweighted_stages,
     save_best,
     write_state,
 )
@@ -73,7 +74,6 @@ from coincide.train.report import (
     finite_or_none,
     plot_stage,
     resume_line,
-    reweighted_stages,
     stage_summaries,
     weights_text,
 )

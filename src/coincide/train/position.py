@@ -28,6 +28,7 @@ from coincide.train.checkpoint import (
 )
 from coincide.train.objective import stage_pair_kinds
 from coincide.train.plateau import Plateau
+from coincide.train.report import weights_text
 from coincide.train.validation import HeldOut
 
 
@@ -94,8 +95,7 @@ def check_resumable(
     """The run folder's checkpoint must come from the same models, seed and stages."""
     saved = ckpt["config"]
     now = cfg.to_dict()
-    curriculum = saved["curriculum"]
-    saved_stages = curriculum["audio_only_stages"] if audio_only else curriculum["stages"]
+    saved_stages = _saved_stages(ckpt, audio_only)
     checks = {
         "model": (saved["model"], now["model"]),
         "clustering.K": (saved["clustering"]["K"], now["clustering"]["K"]),
@@ -115,6 +115,30 @@ def check_resumable(
             f"{last_path} holds model parts {ckpt['parts']}, this curriculum needs "
             f"{list(models.keys())}; use a new run folder."
         )
+
+
+def reweighted_stages(
+    ckpt: dict[str, Any], stages: Sequence[StageConfig], audio_only: bool
+) -> list[str]:
+    """Notes for the stages whose loss weights differ from those the checkpoint's run was
+    given (`--set curriculum.alpha=...` on resume): allowed, so that the stages still to come
+    can be weighted anew, but said, because config.yaml then records only the new weights."""
+    before = {s["name"]: s["losses"] for s in _saved_stages(ckpt, audio_only)}
+    notes = []
+    for stage in stages:
+        old = before.get(stage.name)
+        if old is not None and old != stage.losses:
+            notes.append(
+                f"note: stage '{stage.name}' now weighs {weights_text(stage.losses)} "
+                f"(the run started with {weights_text(old)})"
+            )
+    return notes
+
+
+def _saved_stages(ckpt: dict[str, Any], audio_only: bool) -> list[dict[str, Any]]:
+    """The stages (name, losses, ...) of the configuration a checkpoint was trained with."""
+    curriculum = ckpt["config"]["curriculum"]
+    return curriculum["audio_only_stages"] if audio_only else curriculum["stages"]
 
 
 @dataclass

@@ -124,26 +124,6 @@ def resume_line(
     return f"{run_dir} has finished every stage already (step {pos.step})"
 
 
-def reweighted_stages(
-    ckpt: dict[str, Any], stages: Sequence[StageConfig], audio_only: bool
-) -> list[str]:
-    """Notes for the stages whose loss weights differ from those the checkpoint's run was
-    given (`--set curriculum.alpha=...` on resume): allowed, so that the stages still to come
-    can be weighted anew, but said, because config.yaml then records only the new weights."""
-    curriculum = ckpt["config"]["curriculum"]
-    saved = curriculum["audio_only_stages"] if audio_only else curriculum["stages"]
-    before = {s["name"]: s["losses"] for s in saved}
-    notes = []
-    for stage in stages:
-        old = before.get(stage.name)
-        if old is not None and old != stage.losses:
-            notes.append(
-                f"note: stage '{stage.name}' now weighs {weights_text(stage.losses)} "
-                f"(the run started with {weights_text(old)})"
-            )
-    return notes
-
-
 def weights_text(losses: dict[str, float]) -> str:
     """A stage's weighted sum of terms as the log prints it: "0.9 L_av + 0.1 L_aa"."""
     return " + ".join(f"{w:g} L_{n}" for n, w in losses.items())
