@@ -71,7 +71,7 @@ class Scorer:
         self.test = test
         self.media = test_media
         self.classes = np.unique(test_labels[test_labels != ""])
-        clips, clip_label_rows = clip_scores(
+        _, clip_label_rows = clip_scores(
             (test_labels[:, None] == self.classes[None, :]).astype(float), test_media
         )
         self.truth = clip_label_rows > 0
