@@ -1,10 +1,10 @@
 """The `coincide` command line: one subcommand per stage, each calling that stage's `run`.
 
 Nothing else lives here: options are parsed, then handed to the stage module. The vocabulary
-(which arguments are positional, what --store and --out mean) is written down at the head of
-docs/cli.md, which `python -m coincide.cli.docs` generates from these parsers; old spellings
-are upgraded by `coincide.cli.vocab`. The commands that use a trained model (predict, embed,
-search, export) are in `coincide.cli.models`.
+(which arguments are positional, what --store and --out mean) is written down by hand at the
+head of docs/cli.md, whose rest `python -m coincide.cli.docs` generates from these parsers; old
+spellings are upgraded by `coincide.cli.vocab`. The commands that use a trained model
+(predict, embed, search, export) are in `coincide.cli.models`.
 """
 
 from __future__ import annotations
@@ -209,8 +209,8 @@ def train(
         list[str] | None,
         typer.Option(
             "--config",
-            help="Preset (laptop, small, paper, row_a..row_k) or YAML file; repeat to overlay. "
-            "Default: the run's config.yaml, else laptop (small is the 3-minute demo size).",
+            help="Preset (laptop, demo, small, paper, row_a, row_c..row_k) or YAML file; repeat to "
+            "overlay. Default: the run's config.yaml, else laptop (demo: what `make demo` trains).",
         ),
     ] = None,
     overrides: Annotated[
@@ -266,7 +266,8 @@ def train(
         run_training(settings)
 
 
-# The consolidation commands (cluster, label, labels export, finetune) live in cli_labeling.
+# The consolidation commands (cluster, label, labels export|import, finetune) live in
+# coincide.cli.labeling.
 from coincide.cli.labeling import cluster, finetune, label, labels_app  # noqa: E402
 
 app.command()(cluster)
