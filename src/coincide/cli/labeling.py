@@ -17,20 +17,20 @@ from coincide.cli.options import (
     FinetuneSteps,
     LabelDb,
     LabeledRun,
+    MemberOption,
     MethodOption,
     Multilabel,
     OnlySession,
+    OrderOption,
     PagePort,
     TrainedRun,
     finetune_config,
 )
 from coincide.cli.vocab import VocabGroup
 from coincide.config.choices import (
-    ClusterOrder,
     FinetuneStrategy,
     LabelsFormat,
     LabelStrategy,
-    MemberChoice,
 )
 
 
@@ -73,14 +73,8 @@ def label(
         LabelStrategy,
         typer.Option("--strategy", help="cluster (propagate) or random (N windows)."),
     ] = "cluster",
-    select: Annotated[
-        ClusterOrder,
-        typer.Option("--select", help="Cluster order: random (paper), size or size-uncertainty."),
-    ] = "random",
-    member: Annotated[
-        MemberChoice,
-        typer.Option("--member", help="Member shown: random (paper), medoid or typical."),
-    ] = "random",
+    select: OrderOption = "random",
+    member: MemberOption = "random",
     checks: Annotated[
         int,
         typer.Option(

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from coincide.config.choices import ClusterMethod
+from coincide.config.choices import ClusterMethod, ClusterOrder, MemberChoice
 
 if TYPE_CHECKING:
     from coincide.classifier.train import FinetuneConfig
@@ -50,6 +50,15 @@ MethodOption = Annotated[
 ]
 ClustersOption = Annotated[
     int | None, typer.Option("--clusters", min=1, help="k-means centres (default: the run's K).")
+]
+# Which clusters are asked first and which member is shown (label, reproduce table2).
+OrderOption = Annotated[
+    ClusterOrder,
+    typer.Option("--select", help="Cluster order: random (paper), size or size-uncertainty."),
+]
+MemberOption = Annotated[
+    MemberChoice,
+    typer.Option("--member", help="Member shown: random (paper), medoid or typical."),
 ]
 
 # The shallow classifier of `evaluate` and `reproduce table1`.

@@ -15,13 +15,15 @@ from coincide.cli.options import (
     FinetuneLr,
     FinetuneSteps,
     MaxTrainWindows,
+    MemberOption,
     MethodOption,
     Multilabel,
+    OrderOption,
     StoreOracle,
     finetune_config,
 )
 from coincide.cli.vocab import VocabGroup
-from coincide.config.choices import ClusterOrder, MemberChoice, Pooling
+from coincide.config.choices import Pooling
 from coincide.errors import UserError
 
 reproduce_app = typer.Typer(
@@ -101,12 +103,8 @@ def reproduce_table2(
     budgets: Annotated[
         str, typer.Option("--budget", help="Clusters labeled per row (default 0.37 K).")
     ] = "",
-    select: Annotated[
-        ClusterOrder, typer.Option("--select", help="random, size or size-uncertainty.")
-    ] = "random",
-    member: Annotated[
-        MemberChoice, typer.Option("--member", help="random, medoid or typical.")
-    ] = "random",
+    select: OrderOption = "random",
+    member: MemberOption = "random",
     seed: Annotated[int, typer.Option("--seed", help="Seed of selection and k-means.")] = 0,
     head_steps: Annotated[
         str,
