@@ -172,9 +172,14 @@ def test_laptop_preset_is_small_with_stages_long_enough_to_learn():
     # AA first, then the paper's coin and joint stages (benchmarks/README.md, "AA first")
     assert [s.name for s in laptop.curriculum.stages] == ["aa", "coin", "joint"]
     assert laptop.curriculum.stages[0].losses == {"aa": 1.0}
+    # L_AA as heavy as L_AV in the coin and joint stages (benchmarks/README.md, "A larger alpha")
+    assert laptop.curriculum.alpha == 0.5 and small.curriculum.alpha == 0.1
     assert [s.losses for s in laptop.curriculum.stages[1:]] == [
-        s.losses for s in small.curriculum.stages[1:]
+        {"av": 0.5, "aa": 0.5},
+        {"av": 0.45, "aa": 0.45, "clust": pytest.approx(0.1)},
     ]
+    # The demo keeps the paper's alpha, with which its printed figures were measured.
+    assert demo.curriculum.alpha == 0.1
 
 
 def test_a_file_can_name_its_base_and_cycles_are_user_errors(tmp_path):
