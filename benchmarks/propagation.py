@@ -43,7 +43,9 @@ from sklearn.linear_model import LogisticRegression
 
 from coincide.evaluation.metrics import clip_scores, mean_average_precision
 from coincide.labeling.clusters import ClusterMembers
+from coincide.labeling.oracle import oracle_window_labels
 from coincide.labeling.select import random_window_requests, select_requests
+from coincide.models.search_index import unit_rows
 from coincide.stages.cluster import (
     ClusterSettings,
     default_checkpoint,
@@ -55,13 +57,13 @@ from coincide.store.features import FeatureStore, open_store
 
 
 def first_labels(store: FeatureStore) -> np.ndarray:
-    """The first label of every window ('' where it has none)."""
-    return np.array([names[0] if names else "" for names in store.index["labels"]])
+    """The first label of every window ('' where it has none), as Table 3's annotator sees it."""
+    return np.array([names[0] if names else "" for names in oracle_window_labels(store, "store")])
 
 
 def unit(rows: np.ndarray) -> np.ndarray:
-    rows = np.asarray(rows, dtype=np.float64)
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+    """Rows of length 1 (`search_index.unit_rows`), in float64 for the fit."""
+    return unit_rows(rows).astype(np.float64)
 
 
 class Scorer:
